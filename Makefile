@@ -1,0 +1,28 @@
+# byok — Bring Your Own Key envelope encryption for PostgreSQL
+
+MODULE_big = byok
+OBJS = \
+	src/byok.o \
+	src/envelope.o \
+	src/keycache.o \
+	src/keystore.o \
+	src/localkeys.o \
+	src/kms.o \
+	src/kms_local.o \
+	src/sql_api.o
+
+EXTENSION = byok
+DATA = byok--1.0.sql
+PGFILEDESC = "byok - bring-your-own-key envelope encryption"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+# -Wno-unused-parameter: PostgreSQL headers and fixed callback signatures
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
+SHLIB_LINK += -lcrypto -lcurl
+
+REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info
+REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

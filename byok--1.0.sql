@@ -1,0 +1,137 @@
+/* byok--1.0.sql */
+
+\echo Use "CREATE EXTENSION byok" to load this file. \quit
+
+-- Catalog: everything byok knows about tenants and their keys.  Only wrapped
+-- keys are ever stored; the tables are readable by superusers and by roles a
+-- DBA grants.  The functions below reach them through the extension itself,
+-- so callers of byok_encrypt need no privilege here.
+CREATE SCHEMA byok;
+REVOKE ALL ON SCHEMA byok FROM PUBLIC;
+
+CREATE TABLE byok.tenants (
+    tenant_id   serial PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    provider    text NOT NULL,
+    key_ref     text NOT NULL,
+    state       text NOT NULL DEFAULT 'active'
+                CHECK (state IN ('active', 'revoked', 'destroyed')),
+    tk_version  integer NOT NULL DEFAULT 1,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by  name NOT NULL DEFAULT CURRENT_USER,
+    state_changed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE byok.tenants IS 'byok tenants: who they are and which customer master key (CMK) guards their keys';
+
+CREATE TABLE byok.tenant_keys (
+    tenant_id   integer NOT NULL REFERENCES byok.tenants ON DELETE CASCADE,
+    version     integer NOT NULL,
+    provider    text NOT NULL,
+    key_ref     text NOT NULL,
+    wrapped_key bytea NOT NULL,
+    fingerprint text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, version)
+);
+COMMENT ON TABLE byok.tenant_keys IS 'tenant keys (TK), each wrapped by the tenant''s CMK inside its provider';
+
+CREATE TABLE byok.data_keys (
+    dek_id      bigserial PRIMARY KEY,
+    tenant_id   integer NOT NULL REFERENCES byok.tenants ON DELETE CASCADE,
+    scope       text NOT NULL,
+    version     integer NOT NULL,
+    tk_version  integer NOT NULL,
+    wrapped_key bytea NOT NULL,
+    fingerprint text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    UNIQUE (tenant_id, scope, version)
+);
+COMMENT ON TABLE byok.data_keys IS 'data keys (DEK) per tenant, scope and version, each wrapped by the tenant key with AES-256-GCM';
+
+CREATE TABLE byok.key_events (
+    event_id    bigserial PRIMARY KEY,
+    event_time  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    tenant_id   integer,
+    tenant      text,
+    event       text NOT NULL,
+    key_kind    text,
+    key_version integer,
+    scope       text,
+    fingerprint text,
+    detail      text,
+    actor       name NOT NULL DEFAULT SESSION_USER
+);
+COMMENT ON TABLE byok.key_events IS 'byok audit log: every tenant and key lifecycle event (never key material)';
+CREATE INDEX ON byok.key_events (tenant_id, event_time);
+
+REVOKE ALL ON byok.tenants, byok.tenant_keys, byok.data_keys, byok.key_events FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('byok.tenants', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.tenant_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.data_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.key_events', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.tenants_tenant_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.data_keys_dek_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.key_events_event_id_seq', '');
+
+-- Encryption and decryption: callable by every role; the tenant binding
+-- (byok.tenant) and the tenant's key state decide what succeeds.
+CREATE FUNCTION byok_encrypt(tenant text, plaintext bytea,
+                             scope text DEFAULT 'default', aad bytea DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'byok_encrypt'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION byok_encrypt(tenant text, plaintext text,
+                             scope text DEFAULT 'default', aad bytea DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'byok_encrypt'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION byok_decrypt(ciphertext bytea, aad bytea DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'byok_decrypt'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION byok_decrypt_text(ciphertext bytea, aad bytea DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'byok_decrypt_text'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION byok_ciphertext_info(ciphertext bytea,
+    OUT version integer, OUT algorithm text, OUT dek_id bigint,
+    OUT tenant text, OUT scope text, OUT key_version integer)
+RETURNS record
+AS 'MODULE_PATHNAME', 'byok_ciphertext_info'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+-- Administration: not executable by PUBLIC; a DBA grants what it wants.
+CREATE FUNCTION byok_create_tenant(tenant text, provider text, key_ref text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'byok_create_tenant'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_create_tenant(text, text, text) FROM PUBLIC;
+
+CREATE FUNCTION byok_rotate_data_key(tenant text, scope text DEFAULT 'default')
+RETURNS integer
+AS 'MODULE_PATHNAME', 'byok_rotate_data_key'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_rotate_data_key(text, text) FROM PUBLIC;
+
+CREATE FUNCTION byok_revoke_tenant(tenant text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'byok_revoke_tenant'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_revoke_tenant(text) FROM PUBLIC;
+
+CREATE FUNCTION byok_reinstate_tenant(tenant text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'byok_reinstate_tenant'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_reinstate_tenant(text) FROM PUBLIC;
+
+CREATE FUNCTION byok_cache_flush(tenant text DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'byok_cache_flush'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_cache_flush(text) FROM PUBLIC;

@@ -1,0 +1,196 @@
+/*-------------------------------------------------------------------------
+ *
+ * byok.c
+ *		Module start-up: GUCs, shared-memory hooks, transaction callbacks.
+ *
+ * byok must be in shared_preload_libraries: its key cache and tenant slots
+ * live in shared memory reserved at postmaster start.  Loaded any other way
+ * it installs nothing, and every SQL function fails with
+ * ERRCODE_BYOK_NOT_LOADED and a hint (byok_check_loaded).
+ *
+ * Transaction callbacks close the key-lifetime loop: at the end of every
+ * (parallel or top-level) transaction, localkeys.c frees the expanded keys
+ * the transaction used, and keystore.c applies tenant state changes that
+ * committed.  Neither ever raises an error there.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+
+#include "byok.h"
+#include "keycache.h"
+#include "keystore.h"
+#include "kms.h"
+#include "localkeys.h"
+
+PG_MODULE_MAGIC;
+
+/* GUC variables */
+int			byok_cache_size = 10000;
+int			byok_max_tenants = 10000;
+int			byok_cache_ttl = 300;
+char	   *byok_local_keyring = NULL;
+char	   *byok_tenant = NULL;
+uint32		byok_tenant_guc_epoch = 1;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+static void
+byok_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	byok_cache_shmem_request();
+}
+
+static void
+byok_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	byok_cache_shmem_startup();
+}
+
+static bool
+byok_tenant_check(char **newval, void **extra, GucSource source)
+{
+	if (*newval && strlen(*newval) > BYOK_MAX_TENANT_NAME)
+	{
+		GUC_check_errdetail("A tenant name is at most %d bytes long.", BYOK_MAX_TENANT_NAME);
+		return false;
+	}
+	return true;
+}
+
+static void
+byok_tenant_assign(const char *newval, void *extra)
+{
+	/* every handle re-checks its tenant against the new binding */
+	byok_tenant_guc_epoch++;
+	if (byok_tenant_guc_epoch == 0)
+		byok_tenant_guc_epoch = 1;
+}
+
+static void
+byok_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (byok_keystore_has_pending())
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that revoked or reinstated a byok tenant")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			byok_local_release();
+			byok_keystore_xact_end(true);
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			byok_local_release();
+			byok_local_forget_current();
+			byok_keystore_xact_end(false);
+			break;
+		case XACT_EVENT_PREPARE:
+			byok_local_release();
+			byok_keystore_xact_end(false);
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+byok_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		/* the aborted work may have created a DEK that no longer exists */
+		byok_local_forget_current();
+		byok_keystore_subxact_abort(mySubid);
+	}
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("byok.tenant",
+							   "Binds this session to one tenant.",
+							   "When set, encrypting or decrypting for any other tenant fails.",
+							   &byok_tenant, "",
+							   PGC_USERSET, 0,
+							   byok_tenant_check, byok_tenant_assign, NULL);
+
+	DefineCustomIntVariable("byok.cache_ttl",
+							"How long an unwrapped key stays in the shared key cache.",
+							"After this time the key is wiped and the next use unwraps it again. 0 turns the shared cache off.",
+							&byok_cache_ttl, 300, 0, 86400 * 7,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("byok.local_keyring",
+							   "Folder holding the customer master keys of the local provider.",
+							   "Empty means byok_keyring inside the data directory.",
+							   &byok_local_keyring, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomIntVariable("byok.cache_size",
+							"Number of unwrapped keys the shared key cache can hold.",
+							NULL, &byok_cache_size, 10000, 16, 10000000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("byok.max_tenants",
+							"Number of tenants shared memory can track at once.",
+							NULL, &byok_max_tenants, 10000, 16, 10000000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("byok");
+
+	byok_kms_local_install();
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = byok_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = byok_shmem_startup;
+
+	RegisterXactCallback(byok_xact_callback, NULL);
+	RegisterSubXactCallback(byok_subxact_callback, NULL);
+}
+
+/* Raise a clear error unless byok was preloaded. */
+void
+byok_check_loaded(void)
+{
+	if (!byok_cache_ready())
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_NOT_LOADED),
+				 errmsg("byok is not loaded"),
+				 errdetail("byok keeps its key cache in shared memory, which must be reserved at server start."),
+				 errhint("Add byok to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+const char *
+byok_tenant_state_name(ByokTenantState state)
+{
+	static const char *const names[BYOK_TENANT_STATE_COUNT] = {
+		"active", "revoked", "cmk_disabled", "cmk_destroyed"
+	};
+
+	if (state < 0 || state >= BYOK_TENANT_STATE_COUNT)
+		return "unknown";
+	return names[state];
+}

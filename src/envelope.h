@@ -1,0 +1,56 @@
+/*-------------------------------------------------------------------------
+ *
+ * envelope.h
+ *		The byok ciphertext format (v1) and the AES-256-GCM primitives.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BYOK_ENVELOPE_H
+#define BYOK_ENVELOPE_H
+
+#include <openssl/evp.h>
+
+#include "byok.h"
+
+/*
+ * Format v1 (DESIGN §3):
+ *   0  version (1)   1  algorithm (1 = AES-256-GCM)   2..9  DEK id (BE int8)
+ *   10..21 nonce     22..22+n-1 ciphertext            last 16 bytes GCM tag
+ * AAD = bytes 0..21 || tenant id (BE int4) || caller AAD.
+ */
+#define BYOK_FORMAT_V1			1
+#define BYOK_ALG_AES256GCM		1
+#define BYOK_HEADER_LEN			22
+#define BYOK_OVERHEAD			(BYOK_HEADER_LEN + BYOK_GCM_TAG_LEN)
+
+/* wrapped key made by byok_gcm_wrap: nonce || ciphertext || tag */
+#define BYOK_WRAPPED_LEN(n)		(BYOK_GCM_NONCE_LEN + (n) + BYOK_GCM_TAG_LEN)
+
+typedef struct ByokHeader
+{
+	int			version;		/* format version byte */
+	int			algorithm;		/* algorithm byte */
+	int64		dek_id;			/* data key id */
+	int			body_len;		/* bytes of ciphertext between header and tag */
+} ByokHeader;
+
+extern void byok_envelope_parse(const uint8 *data, int len, ByokHeader *hdr);
+extern bool byok_envelope_try_parse(const uint8 *data, int len, ByokHeader *hdr);
+extern bytea *byok_envelope_seal(EVP_CIPHER_CTX *ctx, int64 dek_id, int32 tenant_id,
+								 const char *plain, int plain_len,
+								 const char *aad, int aad_len);
+extern bytea *byok_envelope_open(EVP_CIPHER_CTX *ctx, const uint8 *data, int len,
+								 int32 tenant_id, const char *aad, int aad_len);
+
+extern const char *byok_algorithm_name(int algorithm);
+extern EVP_CIPHER_CTX *byok_gcm_context(const uint8 *key, bool encrypt);
+extern void byok_random_bytes(uint8 *out, int len);
+extern int	byok_gcm_wrap(const uint8 *key, const uint8 *aad, int aad_len,
+						  const uint8 *plain, int plain_len, uint8 *out);
+extern bool byok_gcm_unwrap(const uint8 *key, const uint8 *aad, int aad_len,
+							const uint8 *in, int in_len, uint8 *out, int *out_len);
+extern void byok_key_fingerprint(const uint8 *key, int len, char *out);
+
+#define BYOK_FINGERPRINT_LEN	17	/* 16 hex digits and a terminator */
+
+#endif							/* BYOK_ENVELOPE_H */

@@ -1,0 +1,990 @@
+/*-------------------------------------------------------------------------
+ *
+ * keystore.c
+ *		The catalog of wrapped keys, the key-miss path and tenant lifecycle.
+ *
+ * The catalog tables (schema byok, see byok--1.0.sql) hold tenants, their
+ * wrapped tenant keys (TK, wrapped by the tenant's CMK inside its provider)
+ * and wrapped data keys (DEK, wrapped by the TK here with AES-256-GCM, the
+ * AAD binding tenant id, scope and version).  This file is the only one that
+ * reads or writes them.
+ *
+ * Catalog access runs through SPI as the bootstrap superuser
+ * (SetUserIdAndSecContext with SECURITY_LOCAL_USERID_CHANGE), so the roles
+ * that call byok_encrypt need no privilege on the tables, and every query
+ * names its schema and operators explicitly, so the caller's search_path
+ * cannot redirect it.  The previous user is restored on every exit; an
+ * error restores it through (sub)transaction abort.
+ *
+ * The miss path.  byok_keystore_load_dek() reads one DEK row with its
+ * tenant and TK, attaches the tenant's shared slot (which raises if the
+ * tenant is locked out), gets the TK from the shared cache or else from the
+ * provider, unwraps the DEK and installs both in the shared cache.  No lock
+ * is held while the provider works; byok_cache_put() refuses to install a
+ * key if the tenant's generation moved meanwhile (revoked mid-flight).
+ *
+ * Key lifetime.  TK and DEK bytes pass through stack buffers only, wiped in
+ * PG_FINALLY blocks on every path.  Catalog rows hold wrapped keys only.
+ *
+ * Transactions.  Tenant state changes (revoke, reinstate) take effect in
+ * shared memory when their transaction commits (XACT_EVENT_COMMIT), so an
+ * aborted revoke changes nothing.  DEKs created by the running transaction
+ * stay out of the shared cache until it commits, so an aborted creation
+ * leaves no key behind.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_authid_d.h"
+#include "catalog/pg_type_d.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "port/pg_bswap.h"
+#include "portability/instr_time.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "envelope.h"
+#include "keycache.h"
+#include "keystore.h"
+#include "kms.h"
+#include "localkeys.h"
+
+/* a tenant and its current TK, as the catalog records them */
+typedef struct KsTenant
+{
+	int32		tenant_id;
+	char		name[NAMEDATALEN];
+	ByokTenantState state;		/* catalog state mapped to a slot state */
+	int32		tk_version;
+	char		provider[32];
+	char		key_ref[BYOK_MAX_KEY_REF + 1];
+	uint8		wrapped[BYOK_MAX_WRAPPED];	/* TK wrapped by the CMK */
+	int			wrapped_len;
+	int			slot;			/* shared slot, once attached */
+	uint64		generation;		/* slot generation at attach */
+} KsTenant;
+
+/* a state change waiting for commit */
+typedef struct KsPending
+{
+	int			slot;
+	int32		tenant_id;
+	ByokTenantState state;
+	SubTransactionId subid;
+} KsPending;
+
+typedef struct KsAccess
+{
+	Oid			userid;
+	int			sec_context;
+} KsAccess;
+
+static List *ks_pending = NIL;	/* KsPending, in TopTransactionContext */
+static int64 *ks_created = NULL;	/* DEK ids created by this transaction */
+static int	ks_ncreated = 0;
+static int	ks_created_cap = 0;
+static bool ks_bump_epoch = false;
+static Oid	ks_catalog = InvalidOid;
+static LocalTransactionId ks_catalog_lxid = InvalidLocalTransactionId;
+
+static SPIPlanPtr plan_load_dek = NULL;
+static SPIPlanPtr plan_current = NULL;
+static SPIPlanPtr plan_tenant = NULL;
+static SPIPlanPtr plan_tenant_lock = NULL;
+static SPIPlanPtr plan_event = NULL;
+
+/* ---- catalog access ---- */
+
+/*
+ * The oid of schema byok in this database: part of every shared key, so
+ * keys of an earlier install (DROP/CREATE EXTENSION) are never confused with
+ * the current one.  Looked up once per transaction.
+ */
+Oid
+byok_keystore_catalog(void)
+{
+	if (ks_catalog_lxid != MyProc->lxid || !OidIsValid(ks_catalog))
+	{
+		ks_catalog = get_namespace_oid("byok", true);
+		if (!OidIsValid(ks_catalog))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("extension \"byok\" is not installed in this database"),
+					 errhint("Run CREATE EXTENSION byok.")));
+		ks_catalog_lxid = MyProc->lxid;
+	}
+	return ks_catalog;
+}
+
+static void
+ks_enter(KsAccess *acc)
+{
+	GetUserIdAndSecContext(&acc->userid, &acc->sec_context);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+						   acc->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+static void
+ks_leave(KsAccess *acc)
+{
+	SPI_finish();
+	SetUserIdAndSecContext(acc->userid, acc->sec_context);
+}
+
+/* Run a saved plan (prepared on first use).  Returns SPI_processed. */
+static uint64
+ks_exec(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types,
+		Datum *values, const char *nulls, bool read_only)
+{
+	int			rc;
+
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	rc = SPI_execute_plan(*plan, values, nulls, read_only, 0);
+	if (rc < 0)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/* Run an ad-hoc statement (administrative paths only). */
+static uint64
+ks_exec_once(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+static Datum
+ks_get(int row, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+static void
+ks_get_text(int row, int col, char *out, int outlen)
+{
+	bool		isnull;
+	Datum		d = ks_get(row, col, &isnull);
+
+	if (isnull)
+		out[0] = '\0';
+	else
+		text_to_cstring_buffer(DatumGetTextPP(d), out, outlen);
+}
+
+static int
+ks_get_bytea(int row, int col, uint8 *out, int outlen)
+{
+	bool		isnull;
+	Datum		d = ks_get(row, col, &isnull);
+	bytea	   *b;
+	int			len;
+
+	if (isnull)
+		return 0;
+	b = DatumGetByteaPP(d);
+	len = VARSIZE_ANY_EXHDR(b);
+	if (len > outlen)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("wrapped key in the byok catalog is too long")));
+	memcpy(out, VARDATA_ANY(b), len);
+	return len;
+}
+
+static ByokTenantState
+ks_state_from_text(const char *state)
+{
+	if (strcmp(state, "revoked") == 0)
+		return BYOK_TENANT_REVOKED;
+	if (strcmp(state, "destroyed") == 0)
+		return BYOK_TENANT_CMK_DESTROYED;
+	return BYOK_TENANT_ACTIVE;
+}
+
+static void
+ks_event(int32 tenant_id, const char *tenant, const char *event, const char *key_kind,
+		 int32 key_version, const char *scope, const char *fingerprint, const char *detail)
+{
+	Oid			types[8] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[8];
+	char		nulls[8];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int32GetDatum(tenant_id);
+	if (tenant_id <= 0)
+		nulls[0] = 'n';
+#define TXT(i, s) do { if (s) values[i] = CStringGetTextDatum(s); else nulls[i] = 'n'; } while (0)
+	TXT(1, tenant);
+	TXT(2, event);
+	TXT(3, key_kind);
+	TXT(5, scope);
+	TXT(6, fingerprint);
+	TXT(7, detail);
+#undef TXT
+	values[4] = Int32GetDatum(key_version);
+	if (key_version <= 0)
+		nulls[4] = 'n';
+	ks_exec(&plan_event,
+			"INSERT INTO byok.key_events (tenant_id, tenant, event, key_kind, key_version, scope, fingerprint, detail) "
+			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+			8, types, values, nulls, false);
+}
+
+/* ---- checks and errors ---- */
+
+void
+byok_check_tenant_name(const char *tenant)
+{
+	int			len = strlen(tenant);
+
+	if (len == 0 || len > BYOK_MAX_TENANT_NAME)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid tenant name"),
+				 errdetail("A tenant name must be 1 to %d bytes long.", BYOK_MAX_TENANT_NAME)));
+	for (const char *p = tenant; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || strchr("_.:@-", *p) != NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid tenant name \"%s\"", tenant),
+					 errdetail("A tenant name may contain only letters, digits and the characters _ . : @ -.")));
+}
+
+void
+byok_check_scope(const char *scope, int len)
+{
+	if (len == 0 || len > BYOK_MAX_SCOPE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid scope"),
+				 errdetail("A scope must be 1 to %d bytes long.", BYOK_MAX_SCOPE)));
+	for (int i = 0; i < len; i++)
+		if ((unsigned char) scope[i] < 0x20 || scope[i] == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid scope"),
+					 errdetail("A scope may not contain control characters.")));
+}
+
+void
+byok_raise_tenant_state(ByokTenantState state, const char *tenant)
+{
+	switch (state)
+	{
+		case BYOK_TENANT_REVOKED:
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_TENANT_REVOKED),
+					 errmsg("tenant \"%s\" is revoked", tenant),
+					 errdetail("An administrator revoked this tenant; its keys cannot be used."),
+					 errhint("byok_reinstate_tenant() restores access.")));
+			break;
+		case BYOK_TENANT_CMK_DISABLED:
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_CMK_DISABLED),
+					 errmsg("customer master key of tenant \"%s\" is disabled", tenant),
+					 errdetail("The tenant's key provider reports its key disabled; its data cannot be read or written until the customer enables it.")));
+			break;
+		case BYOK_TENANT_CMK_DESTROYED:
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_CMK_DESTROYED),
+					 errmsg("customer master key of tenant \"%s\" is destroyed", tenant),
+					 errdetail("The tenant's data can no longer be decrypted.")));
+			break;
+		default:
+			elog(ERROR, "unexpected tenant state %d", (int) state);
+	}
+	pg_unreachable();
+}
+
+/* ---- keys ---- */
+
+/* AAD binding a wrapped DEK to its tenant, scope and version */
+static int
+ks_dek_aad(int32 tenant_id, const char *scope, int32 version, uint8 *aad)
+{
+	static const char label[] = "byok-dek-v1";
+	uint32		t = pg_hton32((uint32) tenant_id);
+	uint32		v = pg_hton32((uint32) version);
+	int			slen = strlen(scope);
+	int			len = 0;
+
+	memcpy(aad, label, sizeof(label));
+	len += sizeof(label);
+	memcpy(aad + len, &t, 4);
+	len += 4;
+	memcpy(aad + len, &v, 4);
+	len += 4;
+	memcpy(aad + len, scope, slen);
+	return len + slen;
+}
+
+/* Attach the tenant's shared slot; raise if it is locked out. */
+static void
+ks_attach(KsTenant *t)
+{
+	ByokTenantState st;
+
+	t->slot = byok_tenant_attach(MyDatabaseId, byok_keystore_catalog(), t->tenant_id,
+								 t->name, t->state, &t->generation);
+	st = pg_atomic_read_u32(&byok_tenant_slot(t->slot)->state);
+	if (st != BYOK_TENANT_ACTIVE)
+		byok_raise_tenant_state(st, t->name);
+}
+
+/*
+ * The tenant's current TK into 'tk': from the shared cache, or unwrapped by
+ * the provider and installed.  The tenant must be attached.  No lock held
+ * across the provider call.
+ */
+static void
+ks_tenant_key(KsTenant *t, uint8 *tk)
+{
+	ByokCacheKey ck;
+	int			slot;
+	uint64		gen;
+	const ByokKmsRoutine *r;
+	ByokKmsContext ctx;
+	ByokKmsError err;
+	int			len = 0;
+	uint8		buf[BYOK_MAX_WRAPPED];
+
+	byok_cache_key_init(&ck, MyDatabaseId, byok_keystore_catalog(), BYOK_CACHE_TK,
+						t->tenant_id, t->tk_version);
+	if (byok_cache_get(&ck, tk, &slot, &gen) && slot == t->slot)
+		return;
+
+	r = byok_kms_lookup(t->provider, false);
+	ctx.tenant = t->name;
+	ctx.tk_version = t->tk_version;
+	if (byok_kms_unwrap(r, t->key_ref, &ctx, t->wrapped, t->wrapped_len,
+						buf, &len, &err) != BYOK_KMS_OK)
+	{
+		explicit_bzero(buf, sizeof(buf));
+		byok_kms_throw(&err, t->name);
+	}
+	if (len != BYOK_KEY_LEN)
+	{
+		explicit_bzero(buf, sizeof(buf));
+		byok_kms_set_error(&err, BYOK_KMS_BAD_RESPONSE, "BAD_KEY_LENGTH",
+						   "The unwrapped tenant key is %d bytes long, not %d.", len, BYOK_KEY_LEN);
+		byok_kms_throw(&err, t->name);
+	}
+	memcpy(tk, buf, BYOK_KEY_LEN);
+	explicit_bzero(buf, sizeof(buf));
+	if (!byok_cache_put(&ck, t->slot, t->generation, tk))
+	{
+		ByokTenantState st = pg_atomic_read_u32(&byok_tenant_slot(t->slot)->state);
+
+		explicit_bzero(tk, BYOK_KEY_LEN);
+		if (st != BYOK_TENANT_ACTIVE)
+			byok_raise_tenant_state(st, t->name);
+		/* purged (flushed) meanwhile but still active: fetch again */
+		t->generation = pg_atomic_read_u64(&byok_tenant_slot(t->slot)->generation);
+		ks_tenant_key(t, tk);
+	}
+}
+
+/* Fill 'dst' from the columns tenant_id, name, state, tk_version, provider, key_ref, wrapped TK starting at 'col'. */
+static void
+ks_read_tenant(int row, int col, KsTenant *dst)
+{
+	bool		isnull;
+	char		state[16];
+
+	memset(dst, 0, sizeof(*dst));
+	dst->tenant_id = DatumGetInt32(ks_get(row, col, &isnull));
+	ks_get_text(row, col + 1, dst->name, sizeof(dst->name));
+	ks_get_text(row, col + 2, state, sizeof(state));
+	dst->state = ks_state_from_text(state);
+	dst->tk_version = DatumGetInt32(ks_get(row, col + 3, &isnull));
+	ks_get_text(row, col + 4, dst->provider, sizeof(dst->provider));
+	ks_get_text(row, col + 5, dst->key_ref, sizeof(dst->key_ref));
+	dst->wrapped_len = ks_get_bytea(row, col + 6, dst->wrapped, sizeof(dst->wrapped));
+}
+
+#define TENANT_COLUMNS \
+	"t.tenant_id, t.name, t.state, tk.version, tk.provider, tk.key_ref, tk.wrapped_key "
+#define TENANT_JOIN \
+	"byok.tenants t JOIN byok.tenant_keys tk ON tk.tenant_id OPERATOR(pg_catalog.=) t.tenant_id " \
+	"AND tk.version OPERATOR(pg_catalog.=) t.tk_version "
+
+/* Look a tenant up by name (inside ks_enter); raise if unknown. */
+static void
+ks_find_tenant(const char *tenant, bool for_update, KsTenant *t)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(tenant)};
+
+	if (for_update)
+		ks_exec(&plan_tenant_lock,
+				"SELECT " TENANT_COLUMNS "FROM " TENANT_JOIN
+				"WHERE t.name OPERATOR(pg_catalog.=) $1 FOR UPDATE OF t",
+				1, types, values, NULL, false);
+	else
+		ks_exec(&plan_tenant,
+				"SELECT " TENANT_COLUMNS "FROM " TENANT_JOIN
+				"WHERE t.name OPERATOR(pg_catalog.=) $1",
+				1, types, values, NULL, false);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_UNKNOWN_TENANT),
+				 errmsg("tenant \"%s\" does not exist", tenant)));
+	ks_read_tenant(0, 1, t);
+}
+
+/*
+ * The miss path for one DEK: catalog row, tenant slot, TK, unwrap, install.
+ * Writes the DEK to 'key' and where it came from to 'ref'.  Raises
+ * ERRCODE_BYOK_MALFORMED_CIPHERTEXT for an unknown DEK id and the tenant's
+ * state error when it is locked out.
+ */
+void
+byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(dek_id)};
+	char		scope[BYOK_MAX_SCOPE + 1];
+	int32		version;
+	uint8		wrapped[BYOK_MAX_WRAPPED];
+	int			wrapped_len;
+	uint8		tk[BYOK_KEY_LEN];
+	uint8		aad[16 + BYOK_MAX_SCOPE + 8];
+	int			aad_len;
+	int			len = 0;
+	bool		isnull;
+	bool		ok;
+
+	ks_enter(&acc);
+	ks_exec(&plan_load_dek,
+			"SELECT " TENANT_COLUMNS ", d.scope, d.version, d.wrapped_key "
+			"FROM byok.data_keys d JOIN byok.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
+			"JOIN byok.tenant_keys tk ON tk.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
+			"AND tk.version OPERATOR(pg_catalog.=) d.tk_version "
+			"WHERE d.dek_id OPERATOR(pg_catalog.=) $1",
+			1, types, values, NULL, false);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
+				 errmsg("malformed byok ciphertext"),
+				 errdetail("No data key with id " INT64_FORMAT " exists in this database.", dek_id)));
+	ks_read_tenant(0, 1, &t);
+	ks_get_text(0, 8, scope, sizeof(scope));
+	version = DatumGetInt32(ks_get(0, 9, &isnull));
+	wrapped_len = ks_get_bytea(0, 10, wrapped, sizeof(wrapped));
+	ks_leave(&acc);
+
+	ks_attach(&t);
+	aad_len = ks_dek_aad(t.tenant_id, scope, version, aad);
+	PG_TRY();
+	{
+		ks_tenant_key(&t, tk);
+		ok = byok_gcm_unwrap(tk, aad, aad_len, wrapped, wrapped_len, key, &len);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(tk, sizeof(tk));
+	}
+	PG_END_TRY();
+	if (!ok || len != BYOK_KEY_LEN)
+	{
+		explicit_bzero(key, BYOK_KEY_LEN);
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("data key " INT64_FORMAT " of tenant \"%s\" failed to unwrap", dek_id, t.name),
+				 errdetail("The wrapped data key in byok.data_keys does not authenticate under the tenant key.")));
+	}
+
+	ref->dek_id = dek_id;
+	ref->tenant_id = t.tenant_id;
+	ref->slot = t.slot;
+	ref->generation = t.generation;
+	for (int i = 0; i < ks_ncreated; i++)
+		if (ks_created[i] == dek_id)
+			return;				/* not committed yet: keep it out of the shared cache */
+	{
+		ByokCacheKey ck;
+
+		byok_cache_key_init(&ck, MyDatabaseId, byok_keystore_catalog(), BYOK_CACHE_DEK, dek_id, 0);
+		if (!byok_cache_put(&ck, t.slot, t.generation, key))
+		{
+			ByokTenantState st = pg_atomic_read_u32(&byok_tenant_slot(t.slot)->state);
+
+			if (st != BYOK_TENANT_ACTIVE)
+			{
+				explicit_bzero(key, BYOK_KEY_LEN);
+				byok_raise_tenant_state(st, t.name);
+			}
+			/* flushed meanwhile but active: use the key, uncached */
+			ref->generation = pg_atomic_read_u64(&byok_tenant_slot(t.slot)->generation);
+		}
+	}
+}
+
+/*
+ * Make, wrap and insert a new DEK for (tenant, scope, version) under the
+ * tenant's TK (inside ks_enter; tenant attached).  Returns the new dek_id,
+ * or 0 if a concurrent session inserted that version first.
+ */
+/* A fresh DEK, wrapped under 'tk' into 'wrapped', its fingerprint into 'fp'; wiped after. */
+static void
+ks_make_dek(const uint8 *tk, const uint8 *aad, int aad_len, uint8 *wrapped, char *fp)
+{
+	uint8		dek[BYOK_KEY_LEN];
+
+	PG_TRY();
+	{
+		byok_random_bytes(dek, BYOK_KEY_LEN);
+		byok_gcm_wrap(tk, aad, aad_len, dek, BYOK_KEY_LEN, wrapped);
+		byok_key_fingerprint(dek, BYOK_KEY_LEN, fp);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(dek, sizeof(dek));
+	}
+	PG_END_TRY();
+}
+
+static int64
+ks_insert_dek(KsTenant *t, const char *scope, int32 version, const uint8 *tk, bool on_conflict)
+{
+	uint8		wrapped[BYOK_WRAPPED_LEN(BYOK_KEY_LEN)];
+	uint8		aad[16 + BYOK_MAX_SCOPE + 8];
+	char		fp[BYOK_FINGERPRINT_LEN];
+	bytea	   *wb;
+	Oid			types[6] = {INT4OID, TEXTOID, INT4OID, INT4OID, BYTEAOID, TEXTOID};
+	Datum		values[6];
+	int64		dek_id = 0;
+	bool		isnull;
+
+	ks_make_dek(tk, aad, ks_dek_aad(t->tenant_id, scope, version, aad), wrapped, fp);
+
+	wb = (bytea *) palloc(VARHDRSZ + sizeof(wrapped));
+	SET_VARSIZE(wb, VARHDRSZ + sizeof(wrapped));
+	memcpy(VARDATA(wb), wrapped, sizeof(wrapped));
+	values[0] = Int32GetDatum(t->tenant_id);
+	values[1] = CStringGetTextDatum(scope);
+	values[2] = Int32GetDatum(version);
+	values[3] = Int32GetDatum(t->tk_version);
+	values[4] = PointerGetDatum(wb);
+	values[5] = CStringGetTextDatum(fp);
+	ks_exec_once(on_conflict ?
+				 "INSERT INTO byok.data_keys (tenant_id, scope, version, tk_version, wrapped_key, fingerprint) "
+				 "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, scope, version) DO NOTHING "
+				 "RETURNING dek_id" :
+				 "INSERT INTO byok.data_keys (tenant_id, scope, version, tk_version, wrapped_key, fingerprint) "
+				 "VALUES ($1, $2, $3, $4, $5, $6) RETURNING dek_id",
+				 6, types, values, NULL);
+	if (SPI_processed == 1)
+	{
+		dek_id = DatumGetInt64(ks_get(0, 1, &isnull));
+		if (ks_ncreated == ks_created_cap)
+		{
+			int			cap = Max(8, ks_created_cap * 2);
+			int64	   *grown = MemoryContextAlloc(TopTransactionContext, cap * sizeof(int64));
+
+			if (ks_ncreated > 0)
+				memcpy(grown, ks_created, ks_ncreated * sizeof(int64));
+			ks_created = grown;
+			ks_created_cap = cap;
+		}
+		ks_created[ks_ncreated++] = dek_id;
+		ks_event(t->tenant_id, t->name, version == 1 ? "data_key_created" : "data_key_rotated",
+				 "dek", version, scope, fp, NULL);
+	}
+	return dek_id;
+}
+
+/*
+ * The DEK id that new encryptions for (tenant, scope) use: the scope's
+ * highest version, or a version 1 made now if the scope is new.  Raises
+ * ERRCODE_BYOK_UNKNOWN_TENANT for an unknown tenant and the tenant's state
+ * error when it is locked out.
+ */
+int64
+byok_keystore_current_dek(const char *tenant, const char *scope)
+{
+	KsAccess	acc;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(tenant), CStringGetTextDatum(scope)};
+	int64		dek_id = 0;
+	bool		isnull;
+	KsTenant	t;
+	uint8		tk[BYOK_KEY_LEN];
+
+	ks_enter(&acc);
+	ks_exec(&plan_current,
+			"SELECT t.tenant_id, t.state, "
+			"(SELECT d.dek_id FROM byok.data_keys d WHERE d.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+			" AND d.scope OPERATOR(pg_catalog.=) $2 ORDER BY d.version DESC LIMIT 1) "
+			"FROM byok.tenants t WHERE t.name OPERATOR(pg_catalog.=) $1",
+			2, types, values, NULL, false);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_UNKNOWN_TENANT),
+				 errmsg("tenant \"%s\" does not exist", tenant)));
+	{
+		Datum		d = ks_get(0, 3, &isnull);
+
+		if (!isnull)
+			dek_id = DatumGetInt64(d);
+	}
+	if (dek_id != 0)
+	{
+		ks_leave(&acc);
+		return dek_id;
+	}
+
+	/* a new scope: make its first DEK, racing safely with other sessions */
+	ks_find_tenant(tenant, false, &t);
+	ks_attach(&t);
+	PG_TRY();
+	{
+		ks_tenant_key(&t, tk);
+		dek_id = ks_insert_dek(&t, scope, 1, tk, true);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(tk, sizeof(tk));
+	}
+	PG_END_TRY();
+	if (dek_id == 0)
+	{
+		ks_exec(&plan_current, NULL, 2, types, values, NULL, false);
+		if (SPI_processed == 1)
+		{
+			Datum		d = ks_get(0, 3, &isnull);
+
+			if (!isnull)
+				dek_id = DatumGetInt64(d);
+		}
+		if (dek_id == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not create the first data key of scope \"%s\" for tenant \"%s\"",
+							scope, tenant),
+					 errdetail("Another transaction created it concurrently."),
+					 errhint("Retry the transaction.")));
+	}
+	ks_leave(&acc);
+	return dek_id;
+}
+
+/* ---- tenant lifecycle ---- */
+
+void
+byok_keystore_create_tenant(const char *tenant, const char *provider, const char *key_ref)
+{
+	const ByokKmsRoutine *r;
+	ByokKmsError err;
+	ByokKmsContext ctx;
+	KsAccess	acc;
+	KsTenant	t;
+	uint8		tk[BYOK_KEY_LEN];
+	uint8		wrapped[BYOK_MAX_WRAPPED];
+	int			wrapped_len = 0;
+	char		fp[BYOK_FINGERPRINT_LEN];
+	char		detail[512];
+	instr_time	start;
+	instr_time	elapsed;
+	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, BYTEAOID, TEXTOID};
+	Datum		values[6];
+	bytea	   *wb;
+	bool		isnull;
+	ByokKmsStatus st;
+
+	byok_check_tenant_name(tenant);
+	r = byok_kms_lookup(provider, false);
+	if (byok_kms_check_key_ref(r, key_ref, &err) != BYOK_KMS_OK)
+		byok_kms_throw(&err, tenant);
+
+	ks_enter(&acc);
+	values[0] = CStringGetTextDatum(tenant);
+	ks_exec_once("SELECT 1 FROM byok.tenants WHERE name OPERATOR(pg_catalog.=) $1",
+				 1, types, values, NULL);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("tenant \"%s\" already exists", tenant)));
+
+	/* the onboarding round trip, before anything is written */
+	ctx.tenant = tenant;
+	ctx.tk_version = 1;
+	PG_TRY();
+	{
+		byok_random_bytes(tk, BYOK_KEY_LEN);
+		INSTR_TIME_SET_CURRENT(start);
+		st = byok_kms_validate(r, key_ref, &ctx, tk, wrapped, &wrapped_len, &err);
+		INSTR_TIME_SET_CURRENT(elapsed);
+		INSTR_TIME_SUBTRACT(elapsed, start);
+		if (st != BYOK_KMS_OK)
+			byok_kms_throw(&err, tenant);
+		byok_key_fingerprint(tk, BYOK_KEY_LEN, fp);
+
+		values[1] = CStringGetTextDatum(provider);
+		values[2] = CStringGetTextDatum(key_ref);
+		ks_exec_once("INSERT INTO byok.tenants (name, provider, key_ref) VALUES ($1, $2, $3) "
+					 "RETURNING tenant_id", 3, types, values, NULL);
+		memset(&t, 0, sizeof(t));
+		t.tenant_id = DatumGetInt32(ks_get(0, 1, &isnull));
+		strlcpy(t.name, tenant, sizeof(t.name));
+		t.tk_version = 1;
+
+		wb = (bytea *) palloc(VARHDRSZ + wrapped_len);
+		SET_VARSIZE(wb, VARHDRSZ + wrapped_len);
+		memcpy(VARDATA(wb), wrapped, wrapped_len);
+		values[0] = Int32GetDatum(t.tenant_id);
+		values[3] = Int32GetDatum(1);
+		values[4] = PointerGetDatum(wb);
+		values[5] = CStringGetTextDatum(fp);
+		types[0] = INT4OID;
+		ks_exec_once("INSERT INTO byok.tenant_keys (tenant_id, provider, key_ref, version, wrapped_key, fingerprint) "
+					 "VALUES ($1, $2, $3, $4, $5, $6)", 6, types, values, NULL);
+
+		snprintf(detail, sizeof(detail), "provider %s, key %s, round trip %.3f ms",
+				 provider, key_ref, INSTR_TIME_GET_MILLISEC(elapsed));
+		ks_event(t.tenant_id, tenant, "tenant_created", NULL, 0, NULL, NULL, detail);
+		ks_event(t.tenant_id, tenant, "tenant_key_created", "tk", 1, NULL, fp, NULL);
+
+		byok_tenant_reset(MyDatabaseId, byok_keystore_catalog(), t.tenant_id, tenant);
+		ks_insert_dek(&t, "default", 1, tk, false);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(tk, sizeof(tk));
+	}
+	PG_END_TRY();
+	ks_leave(&acc);
+	ks_bump_epoch = true;
+	byok_local_forget_current();
+}
+
+/*
+ * A new DEK version for (tenant, scope); returns it.  Serialised per tenant
+ * by a row lock on its byok.tenants row.
+ */
+int32
+byok_keystore_rotate_data_key(const char *tenant, const char *scope)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	uint8		tk[BYOK_KEY_LEN];
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2];
+	int32		version;
+	bool		isnull;
+
+	byok_check_scope(scope, strlen(scope));
+	ks_enter(&acc);
+	ks_find_tenant(tenant, true, &t);
+	ks_attach(&t);
+	values[0] = Int32GetDatum(t.tenant_id);
+	values[1] = CStringGetTextDatum(scope);
+	ks_exec_once("SELECT COALESCE(pg_catalog.max(version), 0) OPERATOR(pg_catalog.+) 1 FROM byok.data_keys "
+				 "WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND scope OPERATOR(pg_catalog.=) $2",
+				 2, types, values, NULL);
+	version = DatumGetInt32(ks_get(0, 1, &isnull));
+	PG_TRY();
+	{
+		ks_tenant_key(&t, tk);
+		ks_insert_dek(&t, scope, version, tk, false);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(tk, sizeof(tk));
+	}
+	PG_END_TRY();
+	ks_leave(&acc);
+	ks_bump_epoch = true;
+	byok_local_forget_current();
+	return version;
+}
+
+/*
+ * An administrator's lockout (revoke = true) or its end.  The catalog
+ * changes now; shared memory follows when the transaction commits.
+ */
+void
+byok_keystore_set_revoked(const char *tenant, bool revoke)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2];
+	KsPending  *p;
+	MemoryContext old;
+
+	ks_enter(&acc);
+	ks_find_tenant(tenant, true, &t);
+	if (t.state == BYOK_TENANT_CMK_DESTROYED)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CMK_DESTROYED),
+				 errmsg("tenant \"%s\" is destroyed", tenant)));
+	if ((t.state == BYOK_TENANT_REVOKED) == revoke)
+	{
+		ks_leave(&acc);
+		ereport(NOTICE,
+				(errmsg("tenant \"%s\" is already %s", tenant, revoke ? "revoked" : "active")));
+		return;
+	}
+	values[0] = Int32GetDatum(t.tenant_id);
+	values[1] = CStringGetTextDatum(revoke ? "revoked" : "active");
+	ks_exec_once("UPDATE byok.tenants SET state = $2, state_changed_at = pg_catalog.now() "
+				 "WHERE tenant_id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL);
+	ks_event(t.tenant_id, tenant, revoke ? "tenant_revoked" : "tenant_reinstated",
+			 NULL, 0, NULL, NULL, NULL);
+	ks_leave(&acc);
+
+	/* the slot must exist at commit, so the change reaches every backend */
+	t.slot = byok_tenant_attach(MyDatabaseId, byok_keystore_catalog(), t.tenant_id, t.name,
+								t.state, &t.generation);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	p = palloc(sizeof(KsPending));
+	p->slot = t.slot;
+	p->tenant_id = t.tenant_id;
+	p->state = revoke ? BYOK_TENANT_REVOKED : BYOK_TENANT_ACTIVE;
+	p->subid = GetCurrentSubTransactionId();
+	ks_pending = lappend(ks_pending, p);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Wipe the cached keys of one tenant, or of every tenant of this database
+ * when 'tenant' is NULL; returns the number of entries wiped.
+ */
+int
+byok_keystore_cache_flush(const char *tenant)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	int			purged = 0;
+	char		detail[64];
+	bool		can_write = !RecoveryInProgress() && !XactReadOnly;
+
+	ks_enter(&acc);
+	if (tenant != NULL)
+	{
+		int			slot;
+
+		ks_find_tenant(tenant, false, &t);
+		slot = byok_tenant_find(MyDatabaseId, byok_keystore_catalog(), t.tenant_id);
+		if (slot >= 0)
+			purged = byok_tenant_purge(slot);
+	}
+	else
+		purged = byok_cache_flush_database(MyDatabaseId);
+	snprintf(detail, sizeof(detail), "%d cache entries wiped", purged);
+	if (can_write)
+		ks_event(tenant ? t.tenant_id : 0, tenant, "cache_flushed", NULL, 0, NULL, NULL, detail);
+	ks_leave(&acc);
+	byok_local_release();
+	return purged;
+}
+
+/*
+ * What the catalog says about a DEK, for byok_ciphertext_info(); false if
+ * this database has no such DEK.
+ */
+bool
+byok_keystore_dek_info(int64 dek_id, char **tenant, char **scope, int32 *version)
+{
+	KsAccess	acc;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(dek_id)};
+	char		tbuf[NAMEDATALEN];
+	char		sbuf[BYOK_MAX_SCOPE + 1];
+	bool		isnull;
+	bool		found;
+
+	byok_keystore_catalog();
+	ks_enter(&acc);
+	ks_exec_once("SELECT t.name, d.scope, d.version FROM byok.data_keys d "
+				 "JOIN byok.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
+				 "WHERE d.dek_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL);
+	found = SPI_processed == 1;
+	if (found)
+	{
+		ks_get_text(0, 1, tbuf, sizeof(tbuf));
+		ks_get_text(0, 2, sbuf, sizeof(sbuf));
+		*version = DatumGetInt32(ks_get(0, 3, &isnull));
+	}
+	ks_leave(&acc);
+	if (found)
+	{
+		*tenant = pstrdup(tbuf);
+		*scope = pstrdup(sbuf);
+	}
+	return found;
+}
+
+/* ---- transaction hooks ---- */
+
+/*
+ * End of the top-level transaction: on commit, apply pending tenant state
+ * changes to shared memory and bump the catalog epoch if DEKs changed.
+ * Never raises an error.
+ */
+void
+byok_keystore_xact_end(bool commit)
+{
+	ListCell   *lc;
+
+	if (commit)
+	{
+		foreach(lc, ks_pending)
+		{
+			KsPending  *p = lfirst(lc);
+
+			byok_tenant_set_state(p->slot, p->tenant_id, p->state);
+		}
+		if (ks_bump_epoch)
+			byok_catalog_epoch_bump();
+	}
+	ks_pending = NIL;
+	ks_created = NULL;
+	ks_ncreated = ks_created_cap = 0;
+	ks_bump_epoch = false;
+}
+
+/* A subtransaction aborted: drop the state changes it made. */
+void
+byok_keystore_subxact_abort(SubTransactionId subid)
+{
+	ListCell   *lc;
+
+	foreach(lc, ks_pending)
+	{
+		KsPending  *p = lfirst(lc);
+
+		if (p->subid == subid)
+			ks_pending = foreach_delete_current(ks_pending, lc);
+	}
+}
+
+bool
+byok_keystore_has_pending(void)
+{
+	return ks_pending != NIL;
+}

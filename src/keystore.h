@@ -1,0 +1,41 @@
+/*-------------------------------------------------------------------------
+ *
+ * keystore.h
+ *		The catalog of wrapped keys, the key-miss path and tenant lifecycle.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BYOK_KEYSTORE_H
+#define BYOK_KEYSTORE_H
+
+#include "byok.h"
+
+/* where an unwrapped DEK came from: enough to validate it on every use */
+typedef struct ByokDekRef
+{
+	int64		dek_id;			/* byok.data_keys.dek_id */
+	int32		tenant_id;		/* owner */
+	int			slot;			/* shared tenant slot */
+	uint64		generation;		/* slot generation the key was fetched under */
+} ByokDekRef;
+
+extern Oid	byok_keystore_catalog(void);
+extern void byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref);
+extern int64 byok_keystore_current_dek(const char *tenant, const char *scope);
+
+extern void byok_keystore_create_tenant(const char *tenant, const char *provider,
+										const char *key_ref);
+extern int32 byok_keystore_rotate_data_key(const char *tenant, const char *scope);
+extern void byok_keystore_set_revoked(const char *tenant, bool revoke);
+extern int	byok_keystore_cache_flush(const char *tenant);
+extern bool byok_keystore_dek_info(int64 dek_id, char **tenant, char **scope, int32 *version);
+
+extern void byok_keystore_xact_end(bool commit);
+extern void byok_keystore_subxact_abort(SubTransactionId subid);
+extern bool byok_keystore_has_pending(void);
+
+extern void byok_check_tenant_name(const char *tenant);
+extern void byok_check_scope(const char *scope, int len);
+extern void byok_raise_tenant_state(ByokTenantState state, const char *tenant) pg_attribute_noreturn();
+
+#endif							/* BYOK_KEYSTORE_H */

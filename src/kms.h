@@ -1,0 +1,116 @@
+/*-------------------------------------------------------------------------
+ *
+ * kms.h
+ *		The one interface every key provider (KMS or HSM) implements.
+ *
+ * A provider holds customer master keys (CMKs) that never leave it.  byok
+ * asks it to wrap a tenant key (TK) under a CMK, to unwrap it again, and to
+ * report the CMK's state.  Providers never raise errors themselves: each
+ * call returns a ByokKmsStatus and fills a ByokKmsError (class, the
+ * provider's own code, sanitised text); byok_kms_throw() is the one place
+ * that turns it into an ereport (pgcrypto's px_THROW_ERROR pattern).
+ *
+ * Secrets (key files, PINs, tokens) are reached through paths in GUCs and
+ * never pass through this interface as values.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BYOK_KMS_H
+#define BYOK_KMS_H
+
+#include "byok.h"
+
+/* normalised failure classes; each maps to one SQLSTATE */
+typedef enum ByokKmsStatus
+{
+	BYOK_KMS_OK = 0,
+	BYOK_KMS_DISABLED,			/* CMK exists but is disabled / revoked */
+	BYOK_KMS_DESTROYED,			/* CMK not found or destroyed */
+	BYOK_KMS_PERMISSION,		/* credentials refused */
+	BYOK_KMS_THROTTLED,			/* provider asks us to slow down */
+	BYOK_KMS_UNAVAILABLE,		/* unreachable, timed out */
+	BYOK_KMS_BAD_RESPONSE,		/* answer we cannot use (incl. failed unwrap) */
+	BYOK_KMS_CONFIG,			/* bad key reference or provider set-up */
+	BYOK_KMS_STATUS_COUNT
+} ByokKmsStatus;
+
+typedef enum ByokKeyState
+{
+	BYOK_KEY_ENABLED = 0,
+	BYOK_KEY_DISABLED,
+	BYOK_KEY_DESTROYED,
+	BYOK_KEY_STATE_COUNT
+} ByokKeyState;
+
+typedef struct ByokKmsError
+{
+	ByokKmsStatus status;		/* the class */
+	char		provider[32];	/* provider name */
+	char		remote_code[64];	/* provider's own code, e.g. "ENOENT" */
+	char		message[256];	/* sanitised provider text, never secrets */
+} ByokKmsError;
+
+/*
+ * What a wrap is bound to: providers that support it (AAD, encryption
+ * context) bind the wrapped TK to its tenant and version, so a wrapped key
+ * copied to another tenant fails to unwrap.
+ */
+typedef struct ByokKmsContext
+{
+	const char *tenant;			/* tenant name */
+	int32		tk_version;		/* tenant key version */
+} ByokKmsContext;
+
+typedef struct ByokKmsRoutine
+{
+	const char *name;			/* provider name used in SQL */
+
+	/* check a key reference's syntax and the provider's set-up; no I/O needed */
+	ByokKmsStatus (*check_key_ref) (const char *key_ref, ByokKmsError *err);
+
+	/* wrap 'plain' under CMK 'key_ref'; out has BYOK_MAX_WRAPPED bytes */
+	ByokKmsStatus (*wrap) (const char *key_ref, const ByokKmsContext *ctx,
+						   const uint8 *plain, int plain_len,
+						   uint8 *out, int *out_len, ByokKmsError *err);
+
+	/* unwrap; out has BYOK_MAX_WRAPPED bytes */
+	ByokKmsStatus (*unwrap) (const char *key_ref, const ByokKmsContext *ctx,
+							 const uint8 *wrapped, int wrapped_len,
+							 uint8 *out, int *out_len, ByokKmsError *err);
+
+	/* the CMK's state as the provider sees it now */
+	ByokKmsStatus (*key_state) (const char *key_ref, ByokKeyState *state,
+								ByokKmsError *err);
+} ByokKmsRoutine;
+
+/* registry (kms.c) */
+extern void byok_kms_register(const ByokKmsRoutine *routine);
+extern const ByokKmsRoutine *byok_kms_lookup(const char *name, bool missing_ok);
+
+/* dispatch wrappers: the only callers of a routine's functions */
+extern ByokKmsStatus byok_kms_check_key_ref(const ByokKmsRoutine *r, const char *key_ref,
+											ByokKmsError *err);
+extern ByokKmsStatus byok_kms_wrap(const ByokKmsRoutine *r, const char *key_ref,
+								   const ByokKmsContext *ctx, const uint8 *plain, int plain_len,
+								   uint8 *out, int *out_len, ByokKmsError *err);
+extern ByokKmsStatus byok_kms_unwrap(const ByokKmsRoutine *r, const char *key_ref,
+									 const ByokKmsContext *ctx, const uint8 *wrapped,
+									 int wrapped_len, uint8 *out, int *out_len,
+									 ByokKmsError *err);
+extern ByokKmsStatus byok_kms_key_state(const ByokKmsRoutine *r, const char *key_ref,
+										ByokKeyState *state, ByokKmsError *err);
+extern ByokKmsStatus byok_kms_validate(const ByokKmsRoutine *r, const char *key_ref,
+									   const ByokKmsContext *ctx, const uint8 *key,
+									   uint8 *wrapped, int *wrapped_len,
+									   ByokKmsError *err);
+
+extern void byok_kms_set_error(ByokKmsError *err, ByokKmsStatus status,
+							   const char *remote_code, const char *fmt,...)
+			pg_attribute_printf(4, 5);
+extern void byok_kms_throw(const ByokKmsError *err, const char *tenant) pg_attribute_noreturn();
+extern const char *byok_kms_status_name(ByokKmsStatus status);
+
+/* provider install functions */
+extern void byok_kms_local_install(void);
+
+#endif							/* BYOK_KMS_H */

@@ -1,0 +1,263 @@
+/*-------------------------------------------------------------------------
+ *
+ * localkeys.c
+ *		Per-backend handles on the DEKs a transaction is using.
+ *
+ * The hot path of byok_encrypt/byok_decrypt ends here.  A handle holds two
+ * OpenSSL contexts with one DEK's AES key schedule expanded, the DEK's
+ * tenant slot and the slot generation seen when the key was fetched.  Each
+ * use compares that generation with the slot's (one atomic read): any
+ * revocation, provider lockout, flush or purge bumps it, so a transaction
+ * that already holds a key stops using it at its very next call.  The
+ * byok.tenant binding is checked when the handle is made and again whenever
+ * the setting changes (byok_tenant_guc_epoch).
+ *
+ * Key lifetime.  Handles live only until the end of the transaction:
+ * byok_local_release() frees every context (EVP_CIPHER_CTX_free wipes the
+ * key schedule) from the transaction callback, on commit and abort alike.
+ * The raw DEK bytes exist here only on the stack while the contexts are
+ * made, and are wiped right after, also on error.
+ *
+ * A second, longer-lived map takes (tenant, scope) to the DEK id new
+ * encryptions use.  It holds no key material; it is trusted only while the
+ * shared catalog epoch (bumped by every commit that creates or rotates a
+ * DEK) is unchanged, and is dropped when a (sub)transaction aborts, since
+ * it may name a DEK created by the aborted work.
+ *
+ * No locks are taken here except through keycache.c and keystore.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#include "envelope.h"
+#include "keystore.h"
+#include "localkeys.h"
+
+#define CURRENT_KEY_LEN		(NAMEDATALEN + 1 + BYOK_MAX_SCOPE + 1)
+
+typedef struct LkCurrent
+{
+	char		key[CURRENT_KEY_LEN];	/* tenant \x1f scope, NUL-terminated */
+	int64		dek_id;			/* DEK new encryptions use */
+	uint64		epoch;			/* catalog epoch when looked up */
+} LkCurrent;
+
+ByokLocalKey *byok_local_last = NULL;
+
+static HTAB *lk_keys = NULL;
+static int	lk_nkeys = 0;
+static HTAB *lk_current = NULL;
+static LkCurrent *lk_current_last = NULL;
+static int	lk_current_tlen = 0;
+
+static void
+lk_init(void)
+{
+	HASHCTL		ctl;
+
+	if (lk_keys != NULL)
+		return;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(ByokLocalKey);
+	ctl.hcxt = TopMemoryContext;
+	lk_keys = hash_create("byok local keys", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = CURRENT_KEY_LEN;
+	ctl.entrysize = sizeof(LkCurrent);
+	ctl.hcxt = TopMemoryContext;
+	lk_current = hash_create("byok current data keys", 64, &ctl,
+							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+static void
+lk_drop(ByokLocalKey *lk)
+{
+	int64		id = lk->dek_id;
+
+	if (lk->enc)
+		EVP_CIPHER_CTX_free(lk->enc);
+	if (lk->dec)
+		EVP_CIPHER_CTX_free(lk->dec);
+	lk->enc = lk->dec = NULL;
+	if (byok_local_last == lk)
+		byok_local_last = NULL;
+	hash_search(lk_keys, &id, HASH_REMOVE, NULL);
+	lk_nkeys--;
+}
+
+/*
+ * The slow path of byok_local_dek(): find or make the handle for 'dek_id',
+ * fetching the key from the shared cache or, on a miss, from the catalog and
+ * the provider.  Raises the tenant's state error if it is locked out, and
+ * ERRCODE_BYOK_TENANT_MISMATCH if byok.tenant names another tenant.
+ */
+ByokLocalKey *
+byok_local_dek_slow(int64 dek_id)
+{
+	ByokLocalKey *lk;
+	ByokTenantSlot *ts;
+	bool		found;
+
+	lk_init();
+	lk = hash_search(lk_keys, &dek_id, HASH_FIND, NULL);
+	if (lk != NULL)
+	{
+		ts = byok_tenant_slot(lk->slot);
+		if (pg_atomic_read_u64(&ts->generation) != lk->generation)
+		{
+			ByokTenantState st = pg_atomic_read_u32(&ts->state);
+			bool		same = ts->tenant_id == lk->tenant_id;
+
+			lk_drop(lk);
+			lk = NULL;
+			if (same && st != BYOK_TENANT_ACTIVE)
+				byok_raise_tenant_state(st, ts->name);
+		}
+	}
+
+	if (lk == NULL)
+	{
+		uint8		key[BYOK_KEY_LEN];
+		ByokCacheKey ck;
+		ByokDekRef	ref;
+		EVP_CIPHER_CTX *enc = NULL;
+		EVP_CIPHER_CTX *dec = NULL;
+
+		byok_cache_key_init(&ck, MyDatabaseId, byok_keystore_catalog(), BYOK_CACHE_DEK, dek_id, 0);
+		ref.dek_id = dek_id;
+		PG_TRY();
+		{
+			if (byok_cache_get(&ck, key, &ref.slot, &ref.generation))
+			{
+				ts = byok_tenant_slot(ref.slot);
+				ref.tenant_id = ts->tenant_id;
+			}
+			else
+				byok_keystore_load_dek(dek_id, key, &ref);
+			enc = byok_gcm_context(key, true);
+			dec = byok_gcm_context(key, false);
+		}
+		PG_FINALLY();
+		{
+			explicit_bzero(key, sizeof(key));
+		}
+		PG_END_TRY();
+
+		lk = hash_search(lk_keys, &dek_id, HASH_ENTER, &found);
+		lk->tenant_id = ref.tenant_id;
+		lk->slot = ref.slot;
+		lk->generation = ref.generation;
+		lk->bind_epoch = 0;
+		lk->enc = enc;
+		lk->dec = dec;
+		lk_nkeys++;
+	}
+
+	if (lk->bind_epoch != byok_tenant_guc_epoch)
+	{
+		ts = byok_tenant_slot(lk->slot);
+		if (byok_tenant != NULL && byok_tenant[0] != '\0' &&
+			strcmp(ts->name, byok_tenant) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_TENANT_MISMATCH),
+					 errmsg("this session is bound to tenant \"%s\"", byok_tenant),
+					 errdetail("The value belongs to another tenant.")));
+		lk->bind_epoch = byok_tenant_guc_epoch;
+	}
+	byok_local_last = lk;
+	return lk;
+}
+
+/*
+ * The handle of the DEK that new encryptions for (tenant, scope) use,
+ * creating the scope's first DEK if it has none yet.
+ */
+ByokLocalKey *
+byok_local_current(const char *tenant, int tenant_len, const char *scope, int scope_len)
+{
+	LkCurrent  *cur = lk_current_last;
+	uint64		epoch = byok_catalog_epoch();
+
+	if (likely(cur != NULL && cur->epoch == epoch &&
+			   lk_current_tlen == tenant_len &&
+			   memcmp(cur->key, tenant, tenant_len) == 0 &&
+			   cur->key[tenant_len] == '\x1f' &&
+			   memcmp(cur->key + tenant_len + 1, scope, scope_len) == 0 &&
+			   cur->key[tenant_len + 1 + scope_len] == '\0'))
+		return byok_local_dek(cur->dek_id);
+
+	{
+		char		key[CURRENT_KEY_LEN];
+		char	   *tname;
+		char	   *sname;
+		bool		found;
+
+		if (tenant_len > BYOK_MAX_TENANT_NAME || tenant_len == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_UNKNOWN_TENANT),
+					 errmsg("tenant \"%.*s\" does not exist", Min(tenant_len, BYOK_MAX_TENANT_NAME), tenant)));
+		byok_check_scope(scope, scope_len);
+		lk_init();
+		memset(key, 0, sizeof(key));
+		memcpy(key, tenant, tenant_len);
+		key[tenant_len] = '\x1f';
+		memcpy(key + tenant_len + 1, scope, scope_len);
+
+		cur = hash_search(lk_current, key, HASH_FIND, NULL);
+		if (cur == NULL || cur->epoch != epoch)
+		{
+			int64		dek_id;
+
+			tname = pnstrdup(tenant, tenant_len);
+			sname = pnstrdup(scope, scope_len);
+			dek_id = byok_keystore_current_dek(tname, sname);
+			pfree(tname);
+			pfree(sname);
+			cur = hash_search(lk_current, key, HASH_ENTER, &found);
+			cur->dek_id = dek_id;
+			cur->epoch = epoch;
+		}
+		lk_current_last = cur;
+		lk_current_tlen = tenant_len;
+		return byok_local_dek(cur->dek_id);
+	}
+}
+
+/* Forget which DEK is current for every (tenant, scope). */
+void
+byok_local_forget_current(void)
+{
+	HASH_SEQ_STATUS scan;
+	LkCurrent  *cur;
+
+	lk_current_last = NULL;
+	if (lk_current == NULL)
+		return;
+	hash_seq_init(&scan, lk_current);
+	while ((cur = hash_seq_search(&scan)) != NULL)
+		hash_search(lk_current, cur->key, HASH_REMOVE, NULL);
+}
+
+/*
+ * Transaction end: free every handle, wiping the expanded keys.
+ */
+void
+byok_local_release(void)
+{
+	HASH_SEQ_STATUS scan;
+	ByokLocalKey *lk;
+
+	byok_local_last = NULL;
+	if (lk_keys == NULL || lk_nkeys == 0)
+		return;
+	hash_seq_init(&scan, lk_keys);
+	while ((lk = hash_seq_search(&scan)) != NULL)
+		lk_drop(lk);
+}

@@ -1,0 +1,52 @@
+/*-------------------------------------------------------------------------
+ *
+ * localkeys.h
+ *		Per-backend handles on the DEKs a transaction is using.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BYOK_LOCALKEYS_H
+#define BYOK_LOCALKEYS_H
+
+#include <openssl/evp.h>
+
+#include "keycache.h"
+
+typedef struct ByokLocalKey
+{
+	int64		dek_id;			/* hash key */
+	int32		tenant_id;		/* owner, part of every AAD */
+	int			slot;			/* shared tenant slot */
+	uint64		generation;		/* slot generation when fetched */
+	uint32		bind_epoch;		/* byok.tenant epoch last checked against */
+	EVP_CIPHER_CTX *enc;		/* AES-256-GCM with the DEK expanded, encrypting */
+	EVP_CIPHER_CTX *dec;		/* same, decrypting */
+} ByokLocalKey;
+
+extern ByokLocalKey *byok_local_last;
+
+extern ByokLocalKey *byok_local_dek_slow(int64 dek_id);
+extern ByokLocalKey *byok_local_current(const char *tenant, int tenant_len,
+										const char *scope, int scope_len);
+extern void byok_local_release(void);
+extern void byok_local_forget_current(void);
+
+/*
+ * The handle for DEK 'dek_id', valid for this call: same tenant generation
+ * as when fetched (so not revoked, flushed or purged since) and checked
+ * against byok.tenant.  The common case costs two compares and one atomic
+ * read.
+ */
+static inline ByokLocalKey *
+byok_local_dek(int64 dek_id)
+{
+	ByokLocalKey *lk = byok_local_last;
+
+	if (likely(lk != NULL && lk->dek_id == dek_id &&
+			   lk->bind_epoch == byok_tenant_guc_epoch &&
+			   pg_atomic_read_u64(&byok_tenant_slot(lk->slot)->generation) == lk->generation))
+		return lk;
+	return byok_local_dek_slow(dek_id);
+}
+
+#endif							/* BYOK_LOCALKEYS_H */

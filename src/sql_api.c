@@ -1,0 +1,203 @@
+/*-------------------------------------------------------------------------
+ *
+ * sql_api.c
+ *		The SQL-callable functions: thin wrappers over the modules that own
+ *		the logic.
+ *
+ * byok_encrypt and byok_decrypt are the hot path: argument unpacking, one
+ * byok.tenant comparison, one handle lookup in localkeys.h (two compares and
+ * an atomic read when warm) and one AES-GCM operation in envelope.c.  No
+ * catalog access, no lock and no allocation beyond the result on a warm
+ * call.
+ *
+ * NULL in gives NULL out: a NULL tenant, value or scope returns NULL; a
+ * NULL aad means "no additional authenticated data".
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+
+#include "envelope.h"
+#include "keystore.h"
+#include "localkeys.h"
+
+PG_FUNCTION_INFO_V1(byok_encrypt);
+PG_FUNCTION_INFO_V1(byok_decrypt);
+PG_FUNCTION_INFO_V1(byok_decrypt_text);
+PG_FUNCTION_INFO_V1(byok_ciphertext_info);
+PG_FUNCTION_INFO_V1(byok_create_tenant);
+PG_FUNCTION_INFO_V1(byok_rotate_data_key);
+PG_FUNCTION_INFO_V1(byok_revoke_tenant);
+PG_FUNCTION_INFO_V1(byok_reinstate_tenant);
+PG_FUNCTION_INFO_V1(byok_cache_flush);
+
+static inline void
+sa_check_binding(const char *tenant, int len)
+{
+	if (byok_tenant != NULL && byok_tenant[0] != '\0' &&
+		(strlen(byok_tenant) != (size_t) len || memcmp(byok_tenant, tenant, len) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_TENANT_MISMATCH),
+				 errmsg("this session is bound to tenant \"%s\"", byok_tenant),
+				 errdetail("Encrypting for tenant \"%.*s\" is not allowed in this session.",
+						   Min(len, BYOK_MAX_TENANT_NAME), tenant)));
+}
+
+/*
+ * byok_encrypt(tenant text, plaintext bytea|text, scope text, aad bytea) -> bytea
+ */
+Datum
+byok_encrypt(PG_FUNCTION_ARGS)
+{
+	text	   *tenant;
+	bytea	   *plain;
+	text	   *scope;
+	bytea	   *aad = NULL;
+	ByokLocalKey *lk;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	byok_check_loaded();
+	tenant = PG_GETARG_TEXT_PP(0);
+	plain = PG_GETARG_BYTEA_PP(1);
+	scope = PG_GETARG_TEXT_PP(2);
+	if (!PG_ARGISNULL(3))
+		aad = PG_GETARG_BYTEA_PP(3);
+
+	sa_check_binding(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant));
+	lk = byok_local_current(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
+							VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope));
+	PG_RETURN_BYTEA_P(byok_envelope_seal(lk->enc, lk->dek_id, lk->tenant_id,
+										 VARDATA_ANY(plain), VARSIZE_ANY_EXHDR(plain),
+										 aad ? VARDATA_ANY(aad) : NULL,
+										 aad ? VARSIZE_ANY_EXHDR(aad) : 0));
+}
+
+/* shared body of byok_decrypt and byok_decrypt_text */
+static bytea *
+sa_decrypt(FunctionCallInfo fcinfo)
+{
+	bytea	   *ct = PG_GETARG_BYTEA_PP(0);
+	bytea	   *aad = PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1);
+	const uint8 *data = (const uint8 *) VARDATA_ANY(ct);
+	int			len = VARSIZE_ANY_EXHDR(ct);
+	ByokHeader	hdr;
+	ByokLocalKey *lk;
+
+	byok_check_loaded();
+	byok_envelope_parse(data, len, &hdr);
+	lk = byok_local_dek(hdr.dek_id);
+	return byok_envelope_open(lk->dec, data, len, lk->tenant_id,
+							  aad ? VARDATA_ANY(aad) : NULL,
+							  aad ? VARSIZE_ANY_EXHDR(aad) : 0);
+}
+
+/*
+ * byok_decrypt(ciphertext bytea, aad bytea) -> bytea
+ */
+Datum
+byok_decrypt(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(sa_decrypt(fcinfo));
+}
+
+/*
+ * byok_decrypt_text(ciphertext bytea, aad bytea) -> text, checked to be
+ * valid in the database encoding.
+ */
+Datum
+byok_decrypt_text(PG_FUNCTION_ARGS)
+{
+	bytea	   *plain;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	plain = sa_decrypt(fcinfo);
+	pg_verifymbstr(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, false);
+	PG_RETURN_TEXT_P((text *) plain);
+}
+
+/*
+ * byok_ciphertext_info(ciphertext bytea) -> (version, algorithm, dek_id,
+ * tenant, scope, key_version).  Needs no key; tenant, scope and key_version
+ * are NULL when this database has no such DEK.
+ */
+Datum
+byok_ciphertext_info(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct = PG_GETARG_BYTEA_PP(0);
+	ByokHeader	hdr;
+	TupleDesc	tupdesc;
+	Datum		values[6];
+	bool		nulls[6] = {false};
+	char	   *tenant;
+	char	   *scope;
+	int32		version;
+
+	byok_check_loaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	byok_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct), &hdr);
+	values[0] = Int32GetDatum(hdr.version);
+	values[1] = CStringGetTextDatum(byok_algorithm_name(hdr.algorithm));
+	values[2] = Int64GetDatum(hdr.dek_id);
+	if (byok_keystore_dek_info(hdr.dek_id, &tenant, &scope, &version))
+	{
+		values[3] = CStringGetTextDatum(tenant);
+		values[4] = CStringGetTextDatum(scope);
+		values[5] = Int32GetDatum(version);
+	}
+	else
+		nulls[3] = nulls[4] = nulls[5] = true;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+Datum
+byok_create_tenant(PG_FUNCTION_ARGS)
+{
+	byok_check_loaded();
+	byok_keystore_create_tenant(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+								text_to_cstring(PG_GETARG_TEXT_PP(1)),
+								text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	PG_RETURN_VOID();
+}
+
+Datum
+byok_rotate_data_key(PG_FUNCTION_ARGS)
+{
+	byok_check_loaded();
+	PG_RETURN_INT32(byok_keystore_rotate_data_key(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+												  text_to_cstring(PG_GETARG_TEXT_PP(1))));
+}
+
+Datum
+byok_revoke_tenant(PG_FUNCTION_ARGS)
+{
+	byok_check_loaded();
+	byok_keystore_set_revoked(text_to_cstring(PG_GETARG_TEXT_PP(0)), true);
+	PG_RETURN_VOID();
+}
+
+Datum
+byok_reinstate_tenant(PG_FUNCTION_ARGS)
+{
+	byok_check_loaded();
+	byok_keystore_set_revoked(text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
+	PG_RETURN_VOID();
+}
+
+Datum
+byok_cache_flush(PG_FUNCTION_ARGS)
+{
+	byok_check_loaded();
+	PG_RETURN_INT32(byok_keystore_cache_flush(PG_ARGISNULL(0) ? NULL :
+											  text_to_cstring(PG_GETARG_TEXT_PP(0))));
+}
