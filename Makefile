@@ -22,6 +22,8 @@ SHLIB_LINK += -lcrypto -lcurl
 
 REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)
+ISOLATION = revoke_running
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check_iso
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

@@ -59,7 +59,8 @@ CREATE TABLE byok.key_events (
     scope       text,
     fingerprint text,
     detail      text,
-    actor       name NOT NULL DEFAULT SESSION_USER
+    actor       name NOT NULL,
+    session_actor name NOT NULL DEFAULT SESSION_USER
 );
 COMMENT ON TABLE byok.key_events IS 'byok audit log: every tenant and key lifecycle event (never key material)';
 CREATE INDEX ON byok.key_events (tenant_id, event_time);

@@ -164,12 +164,12 @@ byok_envelope_parse(const uint8 *data, int len, ByokHeader *hdr)
 		ereport(ERROR,
 				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
 				 errmsg("malformed byok ciphertext"),
-				 errdetail("Unknown format version %d.", data[0])));
+				 errdetail("The format version is not one this server reads.")));
 	if (data[1] != BYOK_ALG_AES256GCM)
 		ereport(ERROR,
 				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
 				 errmsg("malformed byok ciphertext"),
-				 errdetail("Unknown algorithm %d.", data[1])));
+				 errdetail("The algorithm is not one this server knows.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
 			 errmsg("malformed byok ciphertext"),

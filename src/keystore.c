@@ -86,6 +86,7 @@ typedef struct KsAccess
 	int			sec_context;
 } KsAccess;
 
+static Oid	ks_caller = InvalidOid;	/* user who called byok, for the audit log */
 static List *ks_pending = NIL;	/* KsPending, in TopTransactionContext */
 static int64 *ks_created = NULL;	/* DEK ids created by this transaction */
 static int	ks_ncreated = 0;
@@ -127,6 +128,7 @@ static void
 ks_enter(KsAccess *acc)
 {
 	GetUserIdAndSecContext(&acc->userid, &acc->sec_context);
+	ks_caller = acc->userid;
 	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
 						   acc->sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -225,9 +227,9 @@ static void
 ks_event(int32 tenant_id, const char *tenant, const char *event, const char *key_kind,
 		 int32 key_version, const char *scope, const char *fingerprint, const char *detail)
 {
-	Oid			types[8] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[8];
-	char		nulls[8];
+	Oid			types[9] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[9];
+	char		nulls[9];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(tenant_id);
@@ -240,14 +242,15 @@ ks_event(int32 tenant_id, const char *tenant, const char *event, const char *key
 	TXT(5, scope);
 	TXT(6, fingerprint);
 	TXT(7, detail);
+	TXT(8, GetUserNameFromId(ks_caller, false));
 #undef TXT
 	values[4] = Int32GetDatum(key_version);
 	if (key_version <= 0)
 		nulls[4] = 'n';
 	ks_exec(&plan_event,
-			"INSERT INTO byok.key_events (tenant_id, tenant, event, key_kind, key_version, scope, fingerprint, detail) "
-			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-			8, types, values, nulls, false);
+			"INSERT INTO byok.key_events (tenant_id, tenant, event, key_kind, key_version, scope, fingerprint, detail, actor) "
+			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+			9, types, values, nulls, false);
 }
 
 /* ---- checks and errors ---- */
@@ -308,7 +311,7 @@ byok_raise_tenant_state(ByokTenantState state, const char *tenant)
 		case BYOK_TENANT_CMK_DESTROYED:
 			ereport(ERROR,
 					(errcode(ERRCODE_BYOK_CMK_DESTROYED),
-					 errmsg("customer master key of tenant \"%s\" is destroyed", tenant),
+					 errmsg("customer master key of tenant \"%s\" is destroyed or missing", tenant),
 					 errdetail("The tenant's data can no longer be decrypted.")));
 			break;
 		default:

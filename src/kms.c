@@ -190,48 +190,40 @@ byok_kms_throw(const ByokKmsError *err, const char *tenant)
 	{
 		case BYOK_KMS_DISABLED:
 			code = ERRCODE_BYOK_CMK_DISABLED;
-			what = "customer master key is disabled";
+			what = "customer master key of tenant \"%s\" is disabled";
 			break;
 		case BYOK_KMS_DESTROYED:
 			code = ERRCODE_BYOK_CMK_DESTROYED;
-			what = "customer master key is destroyed or missing";
+			what = "customer master key of tenant \"%s\" is destroyed or missing";
 			break;
 		case BYOK_KMS_PERMISSION:
 			code = ERRCODE_BYOK_KMS_PERMISSION;
-			what = "key provider refused access";
+			what = "key provider refused access for tenant \"%s\"";
 			break;
 		case BYOK_KMS_THROTTLED:
 			code = ERRCODE_BYOK_KMS_THROTTLED;
-			what = "key provider is throttling requests";
+			what = "key provider is throttling requests for tenant \"%s\"";
 			break;
 		case BYOK_KMS_UNAVAILABLE:
 			code = ERRCODE_BYOK_KMS_UNAVAILABLE;
-			what = "key provider is unavailable";
+			what = "key provider is unavailable for tenant \"%s\"";
 			break;
 		case BYOK_KMS_CONFIG:
 			code = ERRCODE_BYOK_PROVIDER_CONFIG;
-			what = "key provider configuration is invalid";
+			what = "key provider configuration is invalid for tenant \"%s\"";
 			break;
 		case BYOK_KMS_BAD_RESPONSE:
 		default:
 			code = ERRCODE_BYOK_KMS_BAD_RESPONSE;
-			what = "key provider returned an unusable response";
+			what = "key provider returned an unusable response for tenant \"%s\"";
 			break;
 	}
 
-	if (tenant)
-		ereport(ERROR,
-				(errcode(code),
-				 errmsg("%s for tenant \"%s\"", what, tenant),
-				 errdetail("Provider \"%s\" reported %s: %s", err->provider,
-						   err->remote_code[0] ? err->remote_code : "an error",
-						   err->message)));
-	else
-		ereport(ERROR,
-				(errcode(code),
-				 errmsg("%s", what),
-				 errdetail("Provider \"%s\" reported %s: %s", err->provider,
-						   err->remote_code[0] ? err->remote_code : "an error",
-						   err->message)));
+	ereport(ERROR,
+			(errcode(code),
+			 errmsg_internal(what, tenant ? tenant : "?"),
+			 errdetail("Provider \"%s\" reported %s: %s", err->provider,
+					   err->remote_code[0] ? err->remote_code : "an error",
+					   err->message)));
 	pg_unreachable();
 }

@@ -121,7 +121,16 @@ byok_decrypt_text(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	plain = sa_decrypt(fcinfo);
-	pg_verifymbstr(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, false);
+	/* pg_verifymbstr's own error would quote the offending plaintext bytes */
+	if (!pg_verifymbstr(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, true))
+	{
+		explicit_bzero(VARDATA(plain), VARSIZE(plain) - VARHDRSZ);
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("decrypted value is not valid text in encoding \"%s\"",
+						GetDatabaseEncodingName()),
+				 errhint("Use byok_decrypt() for binary values.")));
+	}
 	PG_RETURN_TEXT_P((text *) plain);
 }
 
