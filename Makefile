@@ -22,7 +22,7 @@ SHLIB_LINK += -lcrypto -lcurl
 
 REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)
-ISOLATION = revoke_running
+ISOLATION = revoke_running first_dek_race
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check_iso
 
 PG_CONFIG ?= pg_config

@@ -67,6 +67,19 @@ CREATE INDEX ON byok.key_events (tenant_id, event_time);
 
 REVOKE ALL ON byok.tenants, byok.tenant_keys, byok.data_keys, byok.key_events FROM PUBLIC;
 
+-- Keys deleted behind byok's back (by hand, by a restore) must not linger in
+-- any cache: such a change wipes this database's cached keys at commit.
+CREATE FUNCTION byok.catalog_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'byok_catalog_changed'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION byok.catalog_changed() FROM PUBLIC;
+CREATE TRIGGER catalog_changed AFTER DELETE OR TRUNCATE ON byok.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_changed();
+CREATE TRIGGER catalog_changed AFTER DELETE OR TRUNCATE ON byok.tenant_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_changed();
+CREATE TRIGGER catalog_changed AFTER DELETE OR TRUNCATE ON byok.data_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_changed();
+
 SELECT pg_catalog.pg_extension_config_dump('byok.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('byok.tenant_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('byok.data_keys', '');

@@ -92,6 +92,7 @@ static int64 *ks_created = NULL;	/* DEK ids created by this transaction */
 static int	ks_ncreated = 0;
 static int	ks_created_cap = 0;
 static bool ks_bump_epoch = false;
+static bool ks_flush_at_commit = false;	/* keys deleted: wipe this database's cache */
 static Oid	ks_catalog = InvalidOid;
 static LocalTransactionId ks_catalog_lxid = InvalidLocalTransactionId;
 
@@ -962,13 +963,27 @@ byok_keystore_xact_end(bool commit)
 
 			byok_tenant_set_state(p->slot, p->tenant_id, p->state);
 		}
-		if (ks_bump_epoch)
+		if (ks_flush_at_commit)
+			byok_cache_flush_database(MyDatabaseId);
+		if (ks_bump_epoch || ks_flush_at_commit)
 			byok_catalog_epoch_bump();
 	}
 	ks_pending = NIL;
 	ks_created = NULL;
 	ks_ncreated = ks_created_cap = 0;
 	ks_bump_epoch = false;
+	ks_flush_at_commit = false;
+}
+
+/*
+ * Catalog rows were deleted outside byok's functions: at commit, wipe every
+ * cached key of this database and make every backend look up its current
+ * DEKs again.
+ */
+void
+byok_keystore_catalog_changed(void)
+{
+	ks_flush_at_commit = true;
 }
 
 /* A subtransaction aborted: drop the state changes it made. */

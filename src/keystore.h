@@ -33,6 +33,7 @@ extern bool byok_keystore_dek_info(int64 dek_id, char **tenant, char **scope, in
 extern void byok_keystore_xact_end(bool commit);
 extern void byok_keystore_subxact_abort(SubTransactionId subid);
 extern bool byok_keystore_has_pending(void);
+extern void byok_keystore_catalog_changed(void);
 
 extern void byok_check_tenant_name(const char *tenant);
 extern void byok_check_scope(const char *scope, int len);

@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -36,6 +37,7 @@ PG_FUNCTION_INFO_V1(byok_rotate_data_key);
 PG_FUNCTION_INFO_V1(byok_revoke_tenant);
 PG_FUNCTION_INFO_V1(byok_reinstate_tenant);
 PG_FUNCTION_INFO_V1(byok_cache_flush);
+PG_FUNCTION_INFO_V1(byok_catalog_changed);
 
 static inline void
 sa_check_binding(const char *tenant, int len)
@@ -209,4 +211,18 @@ byok_cache_flush(PG_FUNCTION_ARGS)
 	byok_check_loaded();
 	PG_RETURN_INT32(byok_keystore_cache_flush(PG_ARGISNULL(0) ? NULL :
 											  text_to_cstring(PG_GETARG_TEXT_PP(0))));
+}
+
+/*
+ * Statement trigger on the catalog tables: rows deleted behind byok's back.
+ */
+Datum
+byok_catalog_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("byok.catalog_changed() must be called as a trigger")));
+	byok_keystore_catalog_changed();
+	return PointerGetDatum(NULL);
 }
