@@ -9,7 +9,9 @@ OBJS = \
 	src/localkeys.o \
 	src/kms.o \
 	src/kms_local.o \
-	src/sql_api.o
+	src/sql_api.o \
+	src/stats.o \
+	src/worker.o
 
 EXTENSION = byok
 DATA = byok--1.0.sql

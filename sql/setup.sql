@@ -18,6 +18,28 @@ EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
     RETURN SQLSTATE || ': ' || SQLERRM || coalesce(NULLIF(' | ' || detail, ' | '), '');
 END $$;
+-- try_code() is try() without the detail (when the detail depends on timing).
+CREATE FUNCTION try_code(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE stmt;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+-- wait_state() waits (up to 10 s) until byok.stats shows the tenant in a state.
+CREATE FUNCTION wait_state(t text, want text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    s text;
+BEGIN
+    FOR i IN 1 .. 200 LOOP
+        SELECT state INTO s FROM byok_stats() WHERE tenant = t;
+        IF s = want THEN
+            RETURN s;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN coalesce(s, 'no slot');
+END $$;
 CREATE FUNCTION newkey(name text) RETURNS void LANGUAGE sql AS $$
     SELECT sh(format('head -c 32 /dev/urandom > byok_keyring/%s.key && chmod 600 byok_keyring/%s.key', name, name));
 $$;

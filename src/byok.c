@@ -28,6 +28,7 @@
 #include "keystore.h"
 #include "kms.h"
 #include "localkeys.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -38,6 +39,16 @@ int			byok_cache_ttl = 300;
 char	   *byok_local_keyring = NULL;
 char	   *byok_tenant = NULL;
 uint32		byok_tenant_guc_epoch = 1;
+int			byok_poll_interval = 1000;
+int			byok_kms_timeout = 5000;
+int			byok_unreachable_policy = BYOK_SERVE_CACHED;
+int			byok_unreachable_grace = 60;
+
+static const struct config_enum_entry unreachable_policy_options[] = {
+	{"serve_cached", BYOK_SERVE_CACHED, false},
+	{"fail_closed", BYOK_FAIL_CLOSED, false},
+	{NULL, 0, false}
+};
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -145,6 +156,30 @@ _PG_init(void)
 							   &byok_local_keyring, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("byok.kms_timeout",
+							"Longest time one key provider call may take.",
+							"Bounds every provider call, including a session waiting for another session's call to the same key.",
+							&byok_kms_timeout, 5000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("byok.poll_interval",
+							"How often the byok poller asks each provider for the state of the keys in use.",
+							"A customer's disabled or destroyed key locks its tenant out within about this interval.",
+							&byok_poll_interval, 1000, 100, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("byok.unreachable_policy",
+							 "What happens to a tenant whose key provider cannot be reached.",
+							 "serve_cached: cached keys keep working until they expire, new unwraps fail. "
+							 "fail_closed: the tenant is locked out once the provider has been unreachable for byok.unreachable_grace.",
+							 &byok_unreachable_policy, BYOK_SERVE_CACHED, unreachable_policy_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("byok.unreachable_grace",
+							"How long a provider may be unreachable before fail_closed locks its tenants out.",
+							NULL, &byok_unreachable_grace, 60, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
@@ -167,6 +202,8 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = byok_shmem_startup;
 
+	byok_worker_register();
+
 	RegisterXactCallback(byok_xact_callback, NULL);
 	RegisterSubXactCallback(byok_subxact_callback, NULL);
 }
@@ -187,7 +224,7 @@ const char *
 byok_tenant_state_name(ByokTenantState state)
 {
 	static const char *const names[BYOK_TENANT_STATE_COUNT] = {
-		"active", "revoked", "cmk_disabled", "cmk_destroyed"
+		"active", "revoked", "cmk_disabled", "cmk_destroyed", "kms_unreachable"
 	};
 
 	if (state < 0 || state >= BYOK_TENANT_STATE_COUNT)

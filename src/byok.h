@@ -49,6 +49,7 @@ typedef enum ByokTenantState
 	BYOK_TENANT_REVOKED,		/* an administrator revoked it */
 	BYOK_TENANT_CMK_DISABLED,	/* the provider says the CMK is disabled */
 	BYOK_TENANT_CMK_DESTROYED,	/* the provider says the CMK is gone (final) */
+	BYOK_TENANT_KMS_UNREACHABLE,	/* fail_closed: provider unreachable past the grace */
 	BYOK_TENANT_STATE_COUNT
 } ByokTenantState;
 
@@ -59,6 +60,16 @@ extern int	byok_cache_ttl;
 extern char *byok_local_keyring;
 extern char *byok_tenant;
 extern uint32 byok_tenant_guc_epoch;
+extern int	byok_poll_interval;
+extern int	byok_kms_timeout;
+extern int	byok_unreachable_policy;
+extern int	byok_unreachable_grace;
+
+typedef enum ByokUnreachablePolicy
+{
+	BYOK_SERVE_CACHED = 0,		/* cached keys serve until their TTL */
+	BYOK_FAIL_CLOSED			/* lock the tenant out after the grace */
+} ByokUnreachablePolicy;
 
 extern const char *byok_tenant_state_name(ByokTenantState state);
 extern void byok_check_loaded(void);

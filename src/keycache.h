@@ -9,9 +9,11 @@
 #define BYOK_KEYCACHE_H
 
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 #include "port/atomics.h"
 
 #include "byok.h"
+#include "kms.h"
 
 typedef enum ByokCacheKind
 {
@@ -27,6 +29,28 @@ typedef struct ByokCacheKey
 	int32		version;		/* TK version; 0 for DEKs */
 	Oid			catalog;		/* oid of schema byok: tells installs apart */
 } ByokCacheKey;
+
+/*
+ * Per-tenant statistics.  The atomics are added to without a lock (the hot
+ * path flushes its per-transaction counts at transaction end); the rest
+ * change under the byok lock held exclusive.
+ */
+typedef struct ByokTenantStats
+{
+	pg_atomic_uint64 encrypts;	/* values sealed */
+	pg_atomic_uint64 decrypts;	/* values opened */
+	pg_atomic_uint64 cache_hits;	/* shared-cache hits on a backend miss */
+	pg_atomic_uint64 cache_misses;	/* shared-cache misses */
+	uint64		provider_calls; /* unwraps sent to the provider */
+	uint64		provider_errors[BYOK_KMS_STATUS_COUNT]; /* by class */
+	int64		latency_last_us;	/* last provider unwrap */
+	int64		latency_sum_us; /* for the mean */
+	int64		latency_max_us;
+	TimestampTz unavailable_until;	/* negative cache: provider down, fail fast */
+	int64		revocation_lag_us;	/* last lockout: from seeing it to purge end */
+	int32		last_purged;	/* entries wiped by the last lockout */
+	char		last_reason[64];	/* cause of the last state change */
+} ByokTenantStats;
 
 /*
  * One tenant as shared memory knows it.  'state' and 'generation' are read
@@ -45,9 +69,78 @@ typedef struct ByokTenantSlot
 	pg_atomic_uint32 state;		/* ByokTenantState */
 	pg_atomic_uint64 generation;	/* bumped on every state change and purge */
 	int32		nentries;		/* cache entries of this tenant (under lock) */
+	int32		cmk;			/* CMK registry index, -1 if none */
+	pg_atomic_uint32 handles;	/* backends' transaction handles on its keys */
 	TimestampTz state_changed_at;	/* last state change */
 	TimestampTz last_used;		/* for choosing a slot to reuse */
+	ByokTenantStats stats;		/* counters for byok.stats */
 } ByokTenantSlot;
+
+/* a CMK as the registry holds it (a copy, for the poller and the stats) */
+typedef struct ByokCmkInfo
+{
+	int			idx;			/* registry index */
+	char		provider[32];
+	char		key_ref[BYOK_MAX_KEY_REF + 1];
+	ByokKmsStatus last_status;	/* result of the last poll */
+	int			last_state;		/* ByokKeyState, or -1 before the first poll */
+	TimestampTz last_poll_at;
+	int64		last_poll_us;	/* duration of the last poll */
+	TimestampTz unreachable_since;	/* first failed poll in a row, or 0 */
+	char		last_error[128];	/* sanitised, from the provider */
+} ByokCmkInfo;
+
+/* a tenant state change, reported to the server log and the audit log */
+typedef struct ByokStateChange
+{
+	Oid			dboid;
+	Oid			catalog;
+	int32		tenant_id;
+	char		tenant[NAMEDATALEN];
+	ByokTenantState old_state;
+	ByokTenantState new_state;
+	int			purged;			/* cache entries wiped */
+	int64		lag_us;			/* from the sighting to the end of the purge */
+	char		reason[64];
+} ByokStateChange;
+
+/* an audit row waiting to be written in its database */
+typedef struct ByokEvent
+{
+	Oid			dboid;
+	Oid			catalog;		/* schema byok it belongs to */
+	int32		tenant_id;
+	char		tenant[NAMEDATALEN];
+	char		event[32];
+	char		detail[256];
+	TimestampTz at;
+} ByokEvent;
+
+typedef enum ByokFlightRole
+{
+	BYOK_FLIGHT_HIT,			/* the key is cached now: use it */
+	BYOK_FLIGHT_LEADER,			/* call the provider, then byok_flight_end */
+	BYOK_FLIGHT_WAITER,			/* another backend calls: byok_flight_wait */
+	BYOK_FLIGHT_NONE			/* no flight slot free: call the provider */
+} ByokFlightRole;
+
+typedef struct ByokPollerStatus
+{
+	int			pid;
+	uint64		rounds;
+	TimestampTz last_round_at;
+	int64		last_round_us;
+	int			last_round_cmks;
+	int64		max_round_us;
+} ByokPollerStatus;
+
+typedef struct ByokDrillResult
+{
+	int64		lockout_us;		/* revoke until no backend holds a usable key */
+	int			purged;			/* entries wiped */
+	int			residual;		/* cells still holding one of the wiped keys */
+	int			stale_handles;	/* handles not yet dropped when we stopped waiting */
+} ByokDrillResult;
 
 extern void byok_cache_shmem_request(void);
 extern void byok_cache_shmem_startup(void);
@@ -60,6 +153,36 @@ extern int	byok_tenant_find(Oid dboid, Oid catalog, int32 tenant_id);
 extern void byok_tenant_reset(Oid dboid, Oid catalog, int32 tenant_id, const char *name);
 extern int	byok_tenant_set_state(int slot, int32 tenant_id, ByokTenantState state);
 extern int	byok_tenant_purge(int slot);
+
+extern int	byok_tenant_provider_state(int slot, int32 tenant_id, ByokTenantState state,
+									   const char *reason, ByokStateChange *change);
+extern void byok_tenant_record_call(int slot, ByokKmsStatus status, int64 us);
+extern bool byok_tenant_fail_fast(int slot);
+extern void byok_tenant_handle(int slot, int delta, uint64 encrypts, uint64 decrypts);
+extern int	byok_tenant_snapshot(Oid dboid, Oid catalog, ByokTenantSlot **out);
+extern void byok_tenant_drill(int slot, int32 tenant_id, ByokDrillResult *result);
+
+extern int	byok_cmk_register(int slot, const char *provider, const char *key_ref);
+extern int	byok_cmk_snapshot(ByokCmkInfo **out);
+extern List *byok_cmk_record_poll(int idx, ByokKmsStatus status, ByokKeyState state,
+								  int64 us, const ByokKmsError *err);
+extern bool byok_cmk_get(int idx, ByokCmkInfo *out);
+
+extern void byok_state_change_report(const ByokStateChange *ch, const char *source);
+extern void byok_event_queue(const ByokStateChange *change, const char *event, const char *detail);
+extern int	byok_event_take(Oid dboid, ByokEvent *out, int max);
+extern Oid	byok_event_pending_db(void);
+
+extern ByokFlightRole byok_flight_begin(const ByokCacheKey *key, uint8 *out, int *slot,
+										uint64 *generation, int *flight, uint64 *seq);
+extern void byok_flight_end(int flight, const ByokKmsError *err);
+extern bool byok_flight_wait(int flight, uint64 seq, int timeout_ms, ByokKmsError *err);
+
+extern void byok_poller_register(void);
+extern void byok_poller_wake(void);
+extern void byok_poller_round_done(int64 us, int ncmks);
+extern void byok_poller_get_status(ByokPollerStatus *out);
+extern int	byok_cache_sweep_expired(void);
 
 extern bool byok_cache_get(const ByokCacheKey *key, uint8 *out, int *slot, uint64 *generation);
 extern bool byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8 *bytes);

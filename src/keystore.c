@@ -309,6 +309,12 @@ byok_raise_tenant_state(ByokTenantState state, const char *tenant)
 					 errmsg("customer master key of tenant \"%s\" is disabled", tenant),
 					 errdetail("The tenant's key provider reports its key disabled; its data cannot be read or written until the customer enables it.")));
 			break;
+		case BYOK_TENANT_KMS_UNREACHABLE:
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_KMS_UNAVAILABLE),
+					 errmsg("key provider of tenant \"%s\" is unreachable", tenant),
+					 errdetail("The provider has not answered for longer than byok.unreachable_grace, and byok.unreachable_policy is fail_closed.")));
+			break;
 		case BYOK_TENANT_CMK_DESTROYED:
 			ereport(ERROR,
 					(errcode(ERRCODE_BYOK_CMK_DESTROYED),
@@ -357,9 +363,70 @@ ks_attach(KsTenant *t)
 }
 
 /*
+ * Ask the provider to unwrap the tenant's TK (no lock held), count the call,
+ * and act on the answer: install the TK and register its CMK with the
+ * poller on success; lock the tenant out in every backend at once when the
+ * provider says the CMK is disabled or destroyed.  Returns the status;
+ * 'err' describes a failure.
+ */
+static ByokKmsStatus
+ks_fetch_tk(KsTenant *t, const ByokCacheKey *ck, uint8 *tk, ByokKmsError *err)
+{
+	const ByokKmsRoutine *r = byok_kms_lookup(t->provider, false);
+	ByokKmsContext ctx;
+	ByokKmsStatus st;
+	uint8		buf[BYOK_MAX_WRAPPED];
+	int			len = 0;
+	instr_time	start;
+	instr_time	elapsed;
+
+	ctx.tenant = t->name;
+	ctx.tk_version = t->tk_version;
+	INSTR_TIME_SET_CURRENT(start);
+	st = byok_kms_unwrap(r, t->key_ref, &ctx, t->wrapped, t->wrapped_len, buf, &len, err);
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, start);
+	if (st == BYOK_KMS_OK && len != BYOK_KEY_LEN)
+	{
+		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_KEY_LENGTH",
+						   "The unwrapped tenant key is %d bytes long, not %d.", len, BYOK_KEY_LEN);
+		st = err->status;
+	}
+	if (st == BYOK_KMS_OK)
+		memcpy(tk, buf, BYOK_KEY_LEN);
+	explicit_bzero(buf, sizeof(buf));
+	byok_tenant_record_call(t->slot, st, INSTR_TIME_GET_MICROSEC(elapsed));
+
+	if (st == BYOK_KMS_DISABLED || st == BYOK_KMS_DESTROYED)
+	{
+		ByokStateChange ch;
+
+		byok_cmk_register(t->slot, t->provider, t->key_ref);
+		if (byok_tenant_provider_state(t->slot, t->tenant_id,
+									   st == BYOK_KMS_DISABLED ? BYOK_TENANT_CMK_DISABLED : BYOK_TENANT_CMK_DESTROYED,
+									   st == BYOK_KMS_DISABLED ? "unwrap: CMK disabled" : "unwrap: CMK destroyed",
+									   &ch) >= 0)
+			byok_state_change_report(&ch, "backend");
+	}
+	else if (st == BYOK_KMS_OK)
+	{
+		if (!byok_cache_put(ck, t->slot, t->generation, tk))
+		{
+			explicit_bzero(tk, BYOK_KEY_LEN);
+			byok_kms_set_error(err, BYOK_KMS_OK, "", "The tenant changed state during the unwrap.");
+			return BYOK_KMS_STATUS_COUNT;	/* tenant changed meanwhile */
+		}
+		byok_cmk_register(t->slot, t->provider, t->key_ref);
+	}
+	return st;
+}
+
+/*
  * The tenant's current TK into 'tk': from the shared cache, or unwrapped by
- * the provider and installed.  The tenant must be attached.  No lock held
- * across the provider call.
+ * the provider and installed.  When several backends miss the same TK at
+ * once, one calls the provider and the others wait for it (single flight,
+ * bounded by byok.kms_timeout, interruptible).  The tenant must be
+ * attached.  No lock is held across the provider call.
  */
 static void
 ks_tenant_key(KsTenant *t, uint8 *tk)
@@ -367,46 +434,84 @@ ks_tenant_key(KsTenant *t, uint8 *tk)
 	ByokCacheKey ck;
 	int			slot;
 	uint64		gen;
-	const ByokKmsRoutine *r;
-	ByokKmsContext ctx;
+	int			flight = -1;
+	uint64		seq = 0;
 	ByokKmsError err;
-	int			len = 0;
-	uint8		buf[BYOK_MAX_WRAPPED];
+	ByokKmsStatus st = BYOK_KMS_OK;
 
 	byok_cache_key_init(&ck, MyDatabaseId, byok_keystore_catalog(), BYOK_CACHE_TK,
 						t->tenant_id, t->tk_version);
 	if (byok_cache_get(&ck, tk, &slot, &gen) && slot == t->slot)
 		return;
+	pg_atomic_fetch_add_u64(&byok_tenant_slot(t->slot)->stats.cache_misses, 1);
 
-	r = byok_kms_lookup(t->provider, false);
-	ctx.tenant = t->name;
-	ctx.tk_version = t->tk_version;
-	if (byok_kms_unwrap(r, t->key_ref, &ctx, t->wrapped, t->wrapped_len,
-						buf, &len, &err) != BYOK_KMS_OK)
+	for (int attempt = 0; attempt < 3; attempt++)
 	{
-		explicit_bzero(buf, sizeof(buf));
-		byok_kms_throw(&err, t->name);
-	}
-	if (len != BYOK_KEY_LEN)
-	{
-		explicit_bzero(buf, sizeof(buf));
-		byok_kms_set_error(&err, BYOK_KMS_BAD_RESPONSE, "BAD_KEY_LENGTH",
-						   "The unwrapped tenant key is %d bytes long, not %d.", len, BYOK_KEY_LEN);
-		byok_kms_throw(&err, t->name);
-	}
-	memcpy(tk, buf, BYOK_KEY_LEN);
-	explicit_bzero(buf, sizeof(buf));
-	if (!byok_cache_put(&ck, t->slot, t->generation, tk))
-	{
-		ByokTenantState st = pg_atomic_read_u32(&byok_tenant_slot(t->slot)->state);
+		ByokFlightRole role;
+		ByokTenantState ts;
 
-		explicit_bzero(tk, BYOK_KEY_LEN);
-		if (st != BYOK_TENANT_ACTIVE)
-			byok_raise_tenant_state(st, t->name);
-		/* purged (flushed) meanwhile but still active: fetch again */
+		memset(&err, 0, sizeof(err));
+		if (byok_tenant_fail_fast(t->slot))
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_KMS_UNAVAILABLE),
+					 errmsg("key provider is unavailable for tenant \"%s\"", t->name),
+					 errdetail("The provider failed less than a second ago; byok does not call it again sooner.")));
+
+		role = byok_cache_ttl > 0 ?
+			byok_flight_begin(&ck, tk, &slot, &gen, &flight, &seq) : BYOK_FLIGHT_NONE;
+		if (role == BYOK_FLIGHT_HIT && slot == t->slot)
+			return;
+		if (role == BYOK_FLIGHT_WAITER)
+		{
+			if (!byok_flight_wait(flight, seq, byok_kms_timeout, &err))
+				ereport(ERROR,
+						(errcode(ERRCODE_BYOK_KMS_UNAVAILABLE),
+						 errmsg("key provider is unavailable for tenant \"%s\"", t->name),
+						 errdetail("Another session's call to the provider did not finish within byok.kms_timeout (%d ms).",
+								   byok_kms_timeout)));
+			st = err.status;
+		}
+		else
+		{
+			PG_TRY();
+			{
+				st = ks_fetch_tk(t, &ck, tk, &err);
+			}
+			PG_CATCH();
+			{
+				if (role == BYOK_FLIGHT_LEADER)
+				{
+					ByokKmsError fail;
+
+					memset(&fail, 0, sizeof(fail));
+					fail.status = BYOK_KMS_UNAVAILABLE;
+					strlcpy(fail.message, "The call was interrupted.", sizeof(fail.message));
+					byok_flight_end(flight, &fail);
+				}
+				PG_RE_THROW();
+			}
+			PG_END_TRY();
+			if (role == BYOK_FLIGHT_LEADER)
+				byok_flight_end(flight, st == BYOK_KMS_OK ? NULL : &err);
+			if (st == BYOK_KMS_OK)
+				return;
+		}
+
+		/* the provider's own words first: they say the most */
+		if (st != BYOK_KMS_OK && st != BYOK_KMS_STATUS_COUNT)
+			byok_kms_throw(&err, t->name);
+		ts = pg_atomic_read_u32(&byok_tenant_slot(t->slot)->state);
+		if (ts != BYOK_TENANT_ACTIVE)
+			byok_raise_tenant_state(ts, t->name);
+		/* the leader installed it (or the tenant was purged meanwhile): look again */
+		if (byok_cache_get(&ck, tk, &slot, &gen) && slot == t->slot)
+			return;
 		t->generation = pg_atomic_read_u64(&byok_tenant_slot(t->slot)->generation);
-		ks_tenant_key(t, tk);
 	}
+	ereport(ERROR,
+			(errcode(ERRCODE_BYOK_KMS_UNAVAILABLE),
+			 errmsg("could not obtain the tenant key of tenant \"%s\"", t->name),
+			 errdetail("The key kept being purged while it was fetched.")));
 }
 
 /* Fill 'dst' from the columns tenant_id, name, state, tk_version, provider, key_ref, wrapped TK starting at 'col'. */
@@ -1005,4 +1110,34 @@ bool
 byok_keystore_has_pending(void)
 {
 	return ks_pending != NIL;
+}
+
+/*
+ * The revocation drill for 'tenant' (see byok_tenant_drill), recorded in
+ * the audit log.  Refuses a tenant that is already locked out.
+ */
+void
+byok_keystore_drill(const char *tenant, ByokDrillResult *result)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	char		detail[256];
+	ByokTenantState st;
+
+	ks_enter(&acc);
+	ks_find_tenant(tenant, false, &t);
+	t.slot = byok_tenant_attach(MyDatabaseId, byok_keystore_catalog(), t.tenant_id,
+								t.name, t.state, &t.generation);
+	st = pg_atomic_read_u32(&byok_tenant_slot(t.slot)->state);
+	if (st != BYOK_TENANT_ACTIVE)
+		byok_raise_tenant_state(st, t.name);
+	byok_local_release();		/* our own handles must not count as stale */
+	byok_tenant_drill(t.slot, t.tenant_id, result);
+	snprintf(detail, sizeof(detail),
+			 "lockout %.3f ms, %d cached keys wiped, %d residual, %d stale handles",
+			 result->lockout_us / 1000.0, result->purged, result->residual,
+			 result->stale_handles);
+	if (!RecoveryInProgress() && !XactReadOnly)
+		ks_event(t.tenant_id, t.name, "revocation_drill", NULL, 0, NULL, NULL, detail);
+	ks_leave(&acc);
 }

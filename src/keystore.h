@@ -9,6 +9,7 @@
 #define BYOK_KEYSTORE_H
 
 #include "byok.h"
+#include "keycache.h"
 
 /* where an unwrapped DEK came from: enough to validate it on every use */
 typedef struct ByokDekRef
@@ -30,6 +31,7 @@ extern void byok_keystore_set_revoked(const char *tenant, bool revoke);
 extern int	byok_keystore_cache_flush(const char *tenant);
 extern bool byok_keystore_dek_info(int64 dek_id, char **tenant, char **scope, int32 *version);
 
+extern void byok_keystore_drill(const char *tenant, ByokDrillResult *result);
 extern void byok_keystore_xact_end(bool commit);
 extern void byok_keystore_subxact_abort(SubTransactionId subid);
 extern bool byok_keystore_has_pending(void);

@@ -11,6 +11,9 @@
  *   only N.key.disabled exists -> DISABLED (rename back to enable)
  *   neither exists             -> DESTROYED
  *
+ * A keyring folder that cannot be reached makes the provider unavailable
+ * (like an unmounted key volume): that is never a revocation.
+ *
  * Key names are limited to [A-Za-z0-9._-], may not start with a dot and
  * may not contain "..", so a name can never leave the keyring.  A key file
  * must be a regular file (symlinks are refused) readable by its owner only.
@@ -51,9 +54,6 @@ kl_keyring(char *buf, size_t len)
 static ByokKmsStatus
 kl_check_key_ref(const char *key_ref, ByokKmsError *err)
 {
-	char		dir[MAXPGPATH];
-	struct stat st;
-
 	if (key_ref[0] == '.' || strstr(key_ref, "..") != NULL || strchr(key_ref, '/') != NULL)
 	{
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_KEY_NAME",
@@ -76,11 +76,25 @@ kl_check_key_ref(const char *key_ref, ByokKmsError *err)
 						   "A local key name may be at most 64 bytes long.");
 		return err->status;
 	}
+	return BYOK_KMS_OK;
+}
+
+/*
+ * The keyring folder must be reachable: a missing or unreadable folder (an
+ * unmounted key volume, say) makes the provider unavailable, never
+ * "destroyed".
+ */
+static ByokKmsStatus
+kl_check_keyring(ByokKmsError *err)
+{
+	char		dir[MAXPGPATH];
+	struct stat st;
+
 	kl_keyring(dir, sizeof(dir));
 	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
 	{
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_KEYRING",
-						   "The keyring folder \"%s\" does not exist.", dir);
+		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "NO_KEYRING",
+						   "The keyring folder \"%s\" cannot be reached.", dir);
 		return err->status;
 	}
 	return BYOK_KMS_OK;
@@ -97,7 +111,8 @@ kl_key_state(const char *key_ref, ByokKeyState *state, ByokKmsError *err)
 	char		path[MAXPGPATH];
 	struct stat st;
 
-	if (kl_check_key_ref(key_ref, err) != BYOK_KMS_OK)
+	if (kl_check_key_ref(key_ref, err) != BYOK_KMS_OK ||
+		kl_check_keyring(err) != BYOK_KMS_OK)
 		return err->status;
 	kl_keyring(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/%s.key", dir, key_ref);
@@ -132,7 +147,8 @@ kl_read_key(const char *key_ref, uint8 *key, ByokKmsError *err)
 	ssize_t		n;
 	uint8		extra;
 
-	if (kl_check_key_ref(key_ref, err) != BYOK_KMS_OK)
+	if (kl_check_key_ref(key_ref, err) != BYOK_KMS_OK ||
+		kl_check_keyring(err) != BYOK_KMS_OK)
 		return err->status;
 	kl_keyring(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/%s.key", dir, key_ref);

@@ -86,6 +86,7 @@ lk_drop(ByokLocalKey *lk)
 	if (lk->dec)
 		EVP_CIPHER_CTX_free(lk->dec);
 	lk->enc = lk->dec = NULL;
+	byok_tenant_handle(lk->slot, -1, lk->encrypts, lk->decrypts);
 	if (byok_local_last == lk)
 		byok_local_last = NULL;
 	hash_search(lk_keys, &id, HASH_REMOVE, NULL);
@@ -157,7 +158,9 @@ byok_local_dek_slow(int64 dek_id)
 		lk->bind_epoch = 0;
 		lk->enc = enc;
 		lk->dec = dec;
+		lk->encrypts = lk->decrypts = 0;
 		lk_nkeys++;
+		byok_tenant_handle(lk->slot, +1, 0, 0);
 	}
 
 	if (lk->bind_epoch != byok_tenant_guc_epoch)

@@ -21,6 +21,8 @@ typedef struct ByokLocalKey
 	uint32		bind_epoch;		/* byok.tenant epoch last checked against */
 	EVP_CIPHER_CTX *enc;		/* AES-256-GCM with the DEK expanded, encrypting */
 	EVP_CIPHER_CTX *dec;		/* same, decrypting */
+	uint64		encrypts;		/* values sealed, added to the tenant's stats at drop */
+	uint64		decrypts;		/* values opened, likewise */
 } ByokLocalKey;
 
 extern ByokLocalKey *byok_local_last;

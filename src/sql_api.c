@@ -75,6 +75,7 @@ byok_encrypt(PG_FUNCTION_ARGS)
 	sa_check_binding(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant));
 	lk = byok_local_current(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
 							VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope));
+	lk->encrypts++;
 	PG_RETURN_BYTEA_P(byok_envelope_seal(lk->enc, lk->dek_id, lk->tenant_id,
 										 VARDATA_ANY(plain), VARSIZE_ANY_EXHDR(plain),
 										 aad ? VARDATA_ANY(aad) : NULL,
@@ -91,13 +92,16 @@ sa_decrypt(FunctionCallInfo fcinfo)
 	int			len = VARSIZE_ANY_EXHDR(ct);
 	ByokHeader	hdr;
 	ByokLocalKey *lk;
+	bytea	   *plain;
 
 	byok_check_loaded();
 	byok_envelope_parse(data, len, &hdr);
 	lk = byok_local_dek(hdr.dek_id);
-	return byok_envelope_open(lk->dec, data, len, lk->tenant_id,
-							  aad ? VARDATA_ANY(aad) : NULL,
-							  aad ? VARSIZE_ANY_EXHDR(aad) : 0);
+	plain = byok_envelope_open(lk->dec, data, len, lk->tenant_id,
+							   aad ? VARDATA_ANY(aad) : NULL,
+							   aad ? VARSIZE_ANY_EXHDR(aad) : 0);
+	lk->decrypts++;
+	return plain;
 }
 
 /*

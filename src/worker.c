@@ -1,0 +1,329 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The key-state poller and its audit-log writer.
+ *
+ * The poller ("byok poller" in pg_stat_activity) is a background worker
+ * registered from _PG_init.  It needs no database connection: backends
+ * register every CMK they unwrap under in the shared CMK registry
+ * (keycache.c), and each round the poller asks each provider for the state
+ * of every live CMK in it — one question per CMK, however many tenants
+ * share it — and applies the answer to every tenant using that CMK
+ * (byok_cmk_record_poll): a disabled or destroyed CMK locks its tenants out
+ * in every backend at once; an enabled one lets them back in; a provider
+ * that does not answer is not a revocation (see byok.unreachable_policy).
+ * CMKs are polled fastest-first, so one that timed out last round cannot
+ * delay the others; every provider call is bounded by the provider's own
+ * timeout (byok.kms_timeout).
+ *
+ * State changes go to the server log at once and into a shared-memory
+ * event queue; on a primary the poller then starts a short-lived worker
+ * connected to the tenant's database ("byok event writer") that writes them
+ * to byok.key_events and exits.  On a hot standby the poller runs the same
+ * way (locking the standby's sessions out too) and writes nothing.
+ *
+ * Signals: SIGHUP reloads the configuration (byok.poll_interval takes
+ * effect at once); SIGTERM ends the worker, which the postmaster starts
+ * again a second later unless the server is shutting down; postmaster death
+ * ends it.  The poller never holds a lock while a provider works.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type_d.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "portability/instr_time.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "keycache.h"
+#include "kms.h"
+#include "worker.h"
+
+PGDLLEXPORT void byok_poller_main(Datum arg);
+PGDLLEXPORT void byok_event_writer_main(Datum arg);
+
+#define WRITER_BATCH 512
+
+static BackgroundWorkerHandle *writer_handle = NULL;
+static Oid	writer_db = InvalidOid;
+static int	writer_tries = 0;
+
+/* Register the poller; called from _PG_init while preloading. */
+void
+byok_worker_register(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = 1;
+	strlcpy(worker.bgw_library_name, "byok", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "byok_poller_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "byok poller", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "byok poller", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
+}
+
+static int
+wk_by_latency(const void *a, const void *b)
+{
+	const ByokCmkInfo *x = a;
+	const ByokCmkInfo *y = b;
+	int64		lx = x->last_status == BYOK_KMS_OK ? x->last_poll_us : INT64_MAX / 2 + x->last_poll_us;
+	int64		ly = y->last_status == BYOK_KMS_OK ? y->last_poll_us : INT64_MAX / 2 + y->last_poll_us;
+
+	return (lx > ly) - (lx < ly);
+}
+
+/*
+ * One round: the state of every live CMK, applied to its tenants.
+ */
+static void
+wk_poll_round(MemoryContext round_cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(round_cxt);
+	ByokCmkInfo *cmks;
+	int			n;
+	instr_time	round_start;
+	instr_time	round_time;
+
+	INSTR_TIME_SET_CURRENT(round_start);
+	n = byok_cmk_snapshot(&cmks);
+	qsort(cmks, n, sizeof(ByokCmkInfo), wk_by_latency);
+
+	for (int i = 0; i < n; i++)
+	{
+		const ByokKmsRoutine *r = byok_kms_lookup(cmks[i].provider, true);
+		ByokKmsError err;
+		ByokKeyState state = BYOK_KEY_ENABLED;
+		ByokKmsStatus st;
+		instr_time	start;
+		instr_time	took;
+		List	   *changes;
+		ListCell   *lc;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ShutdownRequestPending)
+			break;
+		if (r == NULL)
+			continue;
+		INSTR_TIME_SET_CURRENT(start);
+		PG_TRY();
+		{
+			st = byok_kms_key_state(r, cmks[i].key_ref, &state, &err);
+		}
+		PG_CATCH();
+		{
+			/* a provider bug must not stop the poller: record it and go on */
+			MemoryContextSwitchTo(round_cxt);
+			EmitErrorReport();
+			FlushErrorState();
+			memset(&err, 0, sizeof(err));
+			strlcpy(err.provider, cmks[i].provider, sizeof(err.provider));
+			byok_kms_set_error(&err, BYOK_KMS_BAD_RESPONSE, "ERROR", "The provider raised an error.");
+			st = BYOK_KMS_BAD_RESPONSE;
+		}
+		PG_END_TRY();
+		INSTR_TIME_SET_CURRENT(took);
+		INSTR_TIME_SUBTRACT(took, start);
+
+		changes = byok_cmk_record_poll(cmks[i].idx, st, state,
+									   INSTR_TIME_GET_MICROSEC(took), &err);
+		foreach(lc, changes)
+			byok_state_change_report(lfirst(lc), "poller");
+	}
+
+	INSTR_TIME_SET_CURRENT(round_time);
+	INSTR_TIME_SUBTRACT(round_time, round_start);
+	byok_poller_round_done(INSTR_TIME_GET_MICROSEC(round_time), n);
+	byok_cache_sweep_expired();
+
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(round_cxt);
+}
+
+/*
+ * On a primary, start a writer for a database with queued audit events,
+ * one writer at a time.  A database whose writer keeps failing (dropped,
+ * extension removed) has its events discarded after three tries; they were
+ * in the server log already.
+ */
+static void
+wk_launch_writer(void)
+{
+	BackgroundWorker worker;
+	Oid			dboid;
+	pid_t		pid;
+
+	if (RecoveryInProgress())
+	{
+		ByokEvent	drop[64];
+		Oid			db;
+
+		/* a standby writes nothing: the events are in its server log */
+		while (OidIsValid(db = byok_event_pending_db()))
+			(void) byok_event_take(db, drop, lengthof(drop));
+		return;
+	}
+	if (writer_handle != NULL)
+	{
+		if (GetBackgroundWorkerPid(writer_handle, &pid) != BGWH_STOPPED)
+			return;
+		pfree(writer_handle);
+		writer_handle = NULL;
+	}
+	dboid = byok_event_pending_db();
+	if (!OidIsValid(dboid))
+	{
+		writer_db = InvalidOid;
+		writer_tries = 0;
+		return;
+	}
+	if (dboid == writer_db && ++writer_tries > 3)
+	{
+		ByokEvent	drop[64];
+		int			n;
+
+		while ((n = byok_event_take(dboid, drop, lengthof(drop))) > 0)
+			ereport(LOG,
+					(errmsg("byok discarded %d audit events of database %u that could not be written",
+							n, dboid)));
+		writer_tries = 0;
+		return;
+	}
+	if (dboid != writer_db)
+	{
+		writer_db = dboid;
+		writer_tries = 1;
+	}
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "byok", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "byok_event_writer_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "byok event writer", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "byok event writer", BGW_MAXLEN);
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+	worker.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&worker, &writer_handle))
+		writer_handle = NULL;	/* no worker slot free: try next round */
+}
+
+void
+byok_poller_main(Datum arg)
+{
+	MemoryContext round_cxt;
+	TimestampTz next_round = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+
+	round_cxt = AllocSetContextCreate(TopMemoryContext, "byok poller round",
+									  ALLOCSET_DEFAULT_SIZES);
+	byok_poller_register();
+	ereport(LOG,
+			(errmsg("byok poller started"),
+			 errdetail("Polling every %d ms.", byok_poll_interval)));
+
+	while (!ShutdownRequestPending)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		long		wait_ms;
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			next_round = Min(next_round, now + (int64) byok_poll_interval * 1000);
+		}
+		if (now >= next_round)
+		{
+			next_round = now + (int64) byok_poll_interval * 1000;
+			wk_poll_round(round_cxt);
+		}
+		wk_launch_writer();
+
+		now = GetCurrentTimestamp();
+		wait_ms = next_round > now ? (long) ((next_round - now + 999) / 1000) : 0;
+		if (wait_ms > 0)
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	/* exit code 1: the postmaster starts the poller again unless shutting down */
+	proc_exit(1);
+}
+
+/*
+ * The audit-log writer: connected to one database, it writes that
+ * database's queued events to byok.key_events in one transaction and exits.
+ */
+void
+byok_event_writer_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	ByokEvent  *events;
+	int			n;
+	Oid			catalog;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	events = palloc(sizeof(ByokEvent) * WRITER_BATCH);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "byok: writing audit events");
+	catalog = get_namespace_oid("byok", true);
+	n = byok_event_take(dboid, events, WRITER_BATCH);
+	if (n > 0 && OidIsValid(catalog))
+	{
+		Oid			types[5] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		for (int i = 0; i < n; i++)
+		{
+			Datum		values[5];
+
+			if (events[i].catalog != catalog)
+				continue;		/* from an earlier install of the extension */
+			values[0] = Int32GetDatum(events[i].tenant_id);
+			values[1] = CStringGetTextDatum(events[i].tenant);
+			values[2] = CStringGetTextDatum(events[i].event);
+			values[3] = CStringGetTextDatum(events[i].detail);
+			values[4] = TimestampTzGetDatum(events[i].at);
+			if (SPI_execute_with_args("INSERT INTO byok.key_events "
+									  "(tenant_id, tenant, event, detail, event_time, actor) "
+									  "VALUES ($1, $2, $3, $4, $5, 'byok')",
+									  5, types, values, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not insert into byok.key_events");
+		}
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	proc_exit(0);
+}
