@@ -26,7 +26,12 @@ REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_pr
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)
 ISOLATION = revoke_running first_dek_race
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check_iso
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# after PGXS, which sets PROVE_FLAGS itself
+PROVE_FLAGS = -I test/perl -v

@@ -1357,6 +1357,7 @@ byok_poller_round_done(int64 us, int ncmks)
 	kc_shared->poller.last_round_us = us;
 	kc_shared->poller.last_round_cmks = ncmks;
 	kc_shared->poller.max_round_us = Max(kc_shared->poller.max_round_us, us);
+	kc_shared->poller.interval_ms = byok_poll_interval;
 	LWLockRelease(kc_lock);
 }
 

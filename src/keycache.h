@@ -132,6 +132,7 @@ typedef struct ByokPollerStatus
 	int64		last_round_us;
 	int			last_round_cmks;
 	int64		max_round_us;
+	int			interval_ms;	/* byok.poll_interval as the poller sees it */
 } ByokPollerStatus;
 
 typedef struct ByokDrillResult

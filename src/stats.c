@@ -167,7 +167,8 @@ byok_poller_status(PG_FUNCTION_ARGS)
 	values[3] = Float8GetDatum(ps.last_round_us / 1000.0);
 	values[4] = Int32GetDatum(ps.last_round_cmks);
 	values[5] = Float8GetDatum(ps.max_round_us / 1000.0);
-	values[6] = Int32GetDatum(byok_poll_interval);
+	values[6] = Int32GetDatum(ps.interval_ms);
+	nulls[6] = ps.rounds == 0;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

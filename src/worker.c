@@ -4,7 +4,7 @@
  *		The key-state poller and its audit-log writer.
  *
  * The poller ("byok poller" in pg_stat_activity) is a background worker
- * registered from _PG_init.  It needs no database connection: backends
+ * registered from _PG_init.  It connects to no database: backends
  * register every CMK they unwrap under in the shared CMK registry
  * (keycache.c), and each round the poller asks each provider for the state
  * of every live CMK in it — one question per CMK, however many tenants
@@ -69,7 +69,8 @@ byok_worker_register(void)
 	BackgroundWorker worker;
 
 	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	/* a connection to no database: enough to appear in pg_stat_activity */
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 1;
 	strlcpy(worker.bgw_library_name, "byok", BGW_MAXLEN);
@@ -104,6 +105,13 @@ wk_poll_round(MemoryContext round_cxt)
 
 	INSTR_TIME_SET_CURRENT(round_start);
 	n = byok_cmk_snapshot(&cmks);
+	if (n > 0)
+	{
+		char		activity[64];
+
+		snprintf(activity, sizeof(activity), "byok: polling %d customer master keys", n);
+		pgstat_report_activity(STATE_RUNNING, activity);
+	}
 	qsort(cmks, n, sizeof(ByokCmkInfo), wk_by_latency);
 
 	for (int i = 0; i < n; i++)
@@ -152,6 +160,8 @@ wk_poll_round(MemoryContext round_cxt)
 	INSTR_TIME_SUBTRACT(round_time, round_start);
 	byok_poller_round_done(INSTR_TIME_GET_MICROSEC(round_time), n);
 	byok_cache_sweep_expired();
+	if (n > 0)
+		pgstat_report_activity(STATE_IDLE, NULL);
 
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(round_cxt);
@@ -235,6 +245,8 @@ byok_poller_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("byok poller");
 
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "byok poller round",
 									  ALLOCSET_DEFAULT_SIZES);

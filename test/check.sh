@@ -6,6 +6,8 @@
 # servers it starts itself (never the system cluster, never port 5432):
 #   - pg_regress suites (sql/, expected/) on a temporary instance
 #   - isolation specs (specs/) on a temporary instance
+#   - TAP tests (test/t/, PostgreSQL::Test::Cluster): poller, lockout drills,
+#     concurrency, standby
 # and ends with "N passed, N failed".  Exit status is non-zero on any failure.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -16,15 +18,15 @@ byok_build_install || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; 
 passed=0; failed=0
 count_results() {   # count "... ok" / "... FAILED" lines of a pg_regress run
     local log=$1 ok bad
-    ok=$(grep -cE '\.\.\. ok|^ok [0-9]+' "$log")
-    bad=$(grep -cE '\.\.\. FAILED|^not ok [0-9]+' "$log")
+    ok=$(grep -cE '\.\.\. ok|^ *ok [0-9]+' "$log")
+    bad=$(grep -cE '\.\.\. FAILED|^ *not ok [0-9]+' "$log")
     passed=$((passed + ok)); failed=$((failed + bad))
 }
 
 say "regression and isolation suites (make installcheck)"
 runuser -u postgres -- make -C "$BUILD_DIR" PG_CONFIG=$PG_CONFIG installcheck >"$BUILD_DIR/installcheck.log" 2>&1
 rc=$?
-cat "$BUILD_DIR/installcheck.log" | grep -E '^(test|ok|not ok| +[a-z_]+ +\.\.\.|#)|\.\.\. ' || true
+grep -E '^(test |ok|not ok|# )|\.\.\. |^t/|^test/t/|^Result' "$BUILD_DIR/installcheck.log" || true
 count_results "$BUILD_DIR/installcheck.log"
 if [ $rc -ne 0 ]; then
     for f in "$BUILD_DIR/regression.diffs" "$BUILD_DIR/output_iso/regression.diffs"; do

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "http_kms_server.py")
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 import http_kms_server as K  # noqa: E402  (only for the SigV4 test vectors)
 
 AKID, SECRET = "AKIDBYOKTEST0001", "byok/Test+Secret/0123456789abcdefEXAMPLE"
@@ -153,13 +154,17 @@ def sigv4_headers(body, target, akid=AKID, secret=SECRET, when=None, region="us-
     return out
 
 
+CTYPE_CHECKED = set()
+
+
 def kms(op, payload, **kw):
     body = json.dumps(payload).encode()
     hdrs = sigv4_headers(body, op, **kw)
     st, h, js = request("POST", "/", body, hdrs)
-    if st == 200:
+    if op not in CTYPE_CHECKED and st in (200, 400) and js is not None:
+        CTYPE_CHECKED.add(op)
         check("AWS %s response is application/x-amz-json-1.1" % op,
-              h.get("Content-Type") == "application/x-amz-json-1.1" or js is None, h.get("Content-Type"))
+              h.get("Content-Type") == "application/x-amz-json-1.1", h.get("Content-Type"))
     return st, js
 
 
@@ -243,17 +248,13 @@ def test_aws():
         check("Encrypt via %s" % ref, st == 200 and js["KeyId"] == arn, js)
     st, js = kms("Decrypt", {"CiphertextBlob": js["CiphertextBlob"], "KeyId": "alias/selftest"})
     check("Decrypt with KeyId alias", st == 200 and base64.b64decode(js["Plaintext"]) == b"via alias", js)
-    st, js = kms("ListAliases", {"KeyId": kid})
-    check("ListAliases", st == 200 and [a["AliasName"] for a in js["Aliases"]] == ["alias/selftest"], js)
 
     st, js = kms("CreateKey", {})
     kid2 = js["KeyMetadata"]["KeyId"]
     st, js = kms("Decrypt", {"CiphertextBlob": blob, "EncryptionContext": ctx, "KeyId": kid2})
     check("Decrypt naming another key -> IncorrectKeyException", err_type(js) == "IncorrectKeyException", js)
-    st, js = kms("ReEncrypt", {"CiphertextBlob": blob, "SourceEncryptionContext": ctx, "DestinationKeyId": kid2})
-    check("ReEncrypt to another key", st == 200 and js["KeyId"].endswith(kid2) and js["SourceKeyId"] == arn, js)
-    st, js2 = kms("Decrypt", {"CiphertextBlob": js["CiphertextBlob"]})
-    check("Decrypt the re-encrypted blob", st == 200 and base64.b64decode(js2["Plaintext"]) == b"\x00secret\xff" * 3, js2)
+    st, js = kms("Decrypt", {"CiphertextBlob": blob, "EncryptionContext": ctx, "KeyId": arn})
+    check("Decrypt naming its own key by ARN", st == 200, js)
     st, js = kms("GenerateDataKey", {"KeyId": kid, "KeySpec": "AES_256", "EncryptionContext": ctx})
     dk = base64.b64decode(js["Plaintext"])
     st2, js2 = kms("Decrypt", {"CiphertextBlob": js["CiphertextBlob"], "EncryptionContext": ctx})
@@ -424,6 +425,8 @@ def test_vault():
     check("read key", st == 200 and d["name"] == "vk1" and d["type"] == "aes256-gcm96" and
           d["min_decryption_version"] == 1 and d["min_encryption_version"] == 0 and
           d["deletion_allowed"] is False and list(d["keys"]) == ["1"] and isinstance(d["keys"]["1"], int), js)
+    st, js = vault("POST", "transit/keys/badinput", {"derived": "maybe"})
+    check("bad boolean input -> 400 error converting input", st == 400 and "converting" in js["errors"][0], js)
     st, js = vault("GET", "transit/keys/nope")
     check("read unknown key -> 404 {errors: []}", st == 404 and js == {"errors": []}, js)
     st, js = vault("POST", "transit/encrypt/vk1", {"plaintext": b64("hello vault")})
@@ -627,6 +630,12 @@ def test_misc(kid):
     h = sigv4_headers(data, "DescribeKey", extra={"content-type": "application/json"})
     st, _, js = request("POST", "/", data, h)
     check("wrong Content-Type -> UnknownOperationException", err_type(js) == "UnknownOperationException", js)
+    conn = http.client.HTTPConnection("127.0.0.1", SRV.port, timeout=5)
+    conn.request("POST", "/v1/transit/encrypt/fk", iter([b'{"plaintext": ""}']),
+                 {"X-Vault-Token": TOKEN, "Transfer-Encoding": "chunked"})
+    r = conn.getresponse()
+    check("chunked request body -> 411 (Content-Length required)", r.status == 411, r.status)
+    conn.close()
     st, js = admin("GET", "nope")
     check("unknown admin endpoint -> 404", st == 404, js)
     st, js = vault("GET", "secret/data/x")
@@ -654,7 +663,7 @@ def main():
         test_misc(a["kid"])
         # persistence across a restart
         SRV.stop()
-        SRV.start()
+        SRV.start("--vault-upsert")
         st, js = kms("Decrypt", {"CiphertextBlob": a["keep_blob"]})
         check("restart: AWS blob decrypts", st == 200 and base64.b64decode(js["Plaintext"]) == b"kept", js)
         st, js = kms("DescribeKey", {"KeyId": "alias/selftest"})
@@ -666,6 +675,9 @@ def main():
               base64.b64decode(js["data"]["plaintext"]) == b"survives restart", js)
         st, js = vault("GET", "transit/keys/dk")
         check("restart: Vault key settings kept", st == 200 and js["data"]["derived"] is True, js)
+        st, js = vault("POST", "transit/encrypt/upserted", {"plaintext": b64("x")})
+        st2, js2 = vault("GET", "transit/keys/upserted")
+        check("--vault-upsert: encrypt creates the key", st == 200 and st2 == 200, (js, js2))
         _, js = admin("GET", "health")
         check("restart: bulk keys kept", js["aws_keys"] > 2000 and js["vault_keys"] >= 500, js)
         ok = True
