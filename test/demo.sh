@@ -4,8 +4,10 @@
 # Installs what is missing, builds and installs byok into the system
 # PostgreSQL 15, starts a scratch cluster (port 5491, a temporary folder,
 # run by the postgres OS user), walks through onboarding two tenants,
-# encrypting and decrypting their rows, a revocation drill, and stops the
-# cluster again.  Nothing is left running.
+# encrypting and decrypting their rows, an administrator's revocation, a
+# customer disabling its key (seen by the poller within a second), a
+# revocation drill, rotation and the audit trail, and stops the cluster
+# again.  Nothing is left running.
 set -eu
 . "$(dirname "$0")/lib.sh"
 
@@ -17,7 +19,7 @@ byok_install_packages
 byok_build_install
 
 say "starting a scratch PostgreSQL 15 on port $PORT with shared_preload_libraries = 'byok'"
-byok_cluster_start "$DIR" "$PORT"
+byok_cluster_start "$DIR" "$PORT" "byok.poll_interval = 250ms"
 
 psql_demo() { runuser -u postgres -- $PG_BIN/psql -X -q -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 keyring="$DIR/data/byok_keyring"
@@ -65,20 +67,34 @@ SELECT byok_reinstate_tenant('acme');
 SELECT id, tenant, byok_decrypt_text(email) FROM customers ORDER BY id;
 SQL
 
-say "the customer disables its own key at its provider (renames acme-cmk.key): once the cached keys are gone, acme is unreadable"
-runuser -u postgres -- mv "$keyring/acme-cmk.key" "$keyring/acme-cmk.key.disabled"
+say "the customer disables its own key at its provider (renames acme-cmk.key): the byok poller sees it within a second and every session is locked out — no flush, no restart"
 psql_demo <<'SQL'
-SELECT byok_cache_flush('acme') AS cache_entries_wiped;
+SELECT count(byok_decrypt_text(email)) AS acme_rows_readable FROM customers WHERE tenant = 'acme';
+SQL
+runuser -u postgres -- mv "$keyring/acme-cmk.key" "$keyring/acme-cmk.key.disabled"
+start=$(date +%s.%N)
+until psql_demo -tA -c "SELECT state FROM byok.stats WHERE tenant = 'acme'" | grep -q cmk_disabled; do sleep 0.05; done
+printf 'acme locked out %.2f s after the key was disabled\n' "$(echo "$(date +%s.%N) - $start" | bc)"
+psql_demo <<'SQL'
 \set ON_ERROR_STOP 0
 SELECT id, byok_decrypt_text(email) FROM customers WHERE tenant = 'acme';
 \set ON_ERROR_STOP 1
 SELECT id, byok_decrypt_text(email) FROM customers WHERE tenant = 'globex';
+SELECT tenant, live_state, health, round(revocation_lag_ms::numeric, 3) AS purge_ms FROM byok.tenant_status ORDER BY tenant;
 SQL
 
-say "the customer enables its key again: acme's rows come back, nothing was lost"
+say "the customer enables its key again: the poller lets acme back in; nothing was lost"
 runuser -u postgres -- mv "$keyring/acme-cmk.key.disabled" "$keyring/acme-cmk.key"
+until psql_demo -tA -c "SELECT state FROM byok.stats WHERE tenant = 'acme'" | grep -q active; do sleep 0.05; done
 psql_demo <<'SQL'
 SELECT id, tenant, byok_decrypt_text(email) FROM customers ORDER BY id;
+SQL
+
+say "a revocation drill for the auditors: lock acme out, measure, prove no key bytes remain, reinstate"
+psql_demo <<'SQL'
+SELECT * FROM byok_revocation_drill('acme');
+SELECT tenant, state, encrypts, decrypts, cache_hits, cache_misses, provider_calls, kms_status, last_poll_result
+FROM byok.stats ORDER BY tenant;
 SQL
 
 say "key rotation: new rows use a new data key version, old rows still decrypt"
