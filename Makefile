@@ -9,6 +9,9 @@ OBJS = \
 	src/localkeys.o \
 	src/kms.o \
 	src/kms_local.o \
+	src/kms_http.o \
+	src/kms_aws.o \
+	src/kms_vault.o \
 	src/sql_api.o \
 	src/stats.o \
 	src/worker.o

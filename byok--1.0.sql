@@ -19,7 +19,9 @@ CREATE TABLE byok.tenants (
     tk_version  integer NOT NULL DEFAULT 1,
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     created_by  name NOT NULL DEFAULT CURRENT_USER,
-    state_changed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    state_changed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    validated_at timestamptz,
+    latency_baseline_ms float8
 );
 COMMENT ON TABLE byok.tenants IS 'byok tenants: who they are and which customer master key (CMK) guards their keys';
 
@@ -125,6 +127,13 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'byok_create_tenant'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION byok_create_tenant(text, text, text) FROM PUBLIC;
+
+CREATE FUNCTION byok_validate_tenant(tenant text,
+    OUT "check" text, OUT ok boolean, OUT detail text, OUT latency_ms float8)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'byok_validate_tenant'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_validate_tenant(text) FROM PUBLIC;
 
 CREATE FUNCTION byok_rotate_data_key(tenant text, scope text DEFAULT 'default')
 RETURNS integer

@@ -54,3 +54,15 @@ ALTER SYSTEM RESET byok.local_keyring;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
 SHOW byok.local_keyring;
+-- onboarding checks on demand
+SELECT "check", ok, regexp_replace(detail, '[0-9a-f]{16}', 'FP') AS detail, latency_ms >= 0 AS timed
+FROM byok_validate_tenant('t-loose');
+SELECT latency_baseline_ms > 0 AS has_baseline, validated_at IS NOT NULL AS validated
+FROM byok.tenants WHERE name = 't-loose';
+-- a tenant whose stored tenant key no longer matches its CMK fails the last check
+SELECT "check", ok, regexp_replace(detail, '[0-9a-f]{16}', 'FP') AS detail FROM byok_validate_tenant('t-swap');
+SELECT sh('chmod 644 byok_keyring/loose-cmk.key');
+SELECT "check", ok, detail FROM byok_validate_tenant('t-loose');
+SELECT sh('chmod 600 byok_keyring/loose-cmk.key');
+SELECT event, regexp_replace(detail, '[0-9.]+ ms', 'N ms') AS detail
+FROM byok.key_events WHERE event = 'tenant_validated' ORDER BY event_id;

@@ -43,6 +43,17 @@ int			byok_poll_interval = 1000;
 int			byok_kms_timeout = 5000;
 int			byok_unreachable_policy = BYOK_SERVE_CACHED;
 int			byok_unreachable_grace = 60;
+bool		byok_kms_allow_insecure = false;
+char	   *byok_kms_ca_file = NULL;
+int			byok_kms_max_connections = 16;
+char	   *byok_aws_region = NULL;
+char	   *byok_aws_endpoint = NULL;
+char	   *byok_aws_credentials_file = NULL;
+char	   *byok_aws_profile = NULL;
+char	   *byok_vault_address = NULL;
+char	   *byok_vault_token_file = NULL;
+char	   *byok_vault_namespace = NULL;
+char	   *byok_vault_mount = NULL;
 
 static const struct config_enum_entry unreachable_policy_options[] = {
 	{"serve_cached", BYOK_SERVE_CACHED, false},
@@ -180,6 +191,58 @@ _PG_init(void)
 							NULL, &byok_unreachable_grace, 60, 0, 86400,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("byok.kms_allow_insecure",
+							 "Allows plain http:// key provider endpoints.",
+							 "For tests against a local server only: credentials and wrapped keys then cross the network unencrypted.",
+							 &byok_kms_allow_insecure, false,
+							 PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.kms_ca_file",
+							   "CA bundle that verifies key provider TLS certificates.",
+							   "Empty means the system's default bundle.",
+							   &byok_kms_ca_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomIntVariable("byok.kms_max_connections",
+							"Most connections one process opens to one key provider endpoint at once.",
+							"Caps how many of the poller's questions run concurrently against one endpoint.",
+							&byok_kms_max_connections, 16, 1, 256,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.aws_region",
+							   "AWS region of the aws-kms provider.", NULL,
+							   &byok_aws_region, "us-east-1",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.aws_endpoint",
+							   "AWS KMS endpoint URL of the aws-kms provider.",
+							   "Empty means https://kms.<region>.amazonaws.com/.",
+							   &byok_aws_endpoint, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.aws_credentials_file",
+							   "AWS shared-credentials file the aws-kms provider signs with.",
+							   "It must be readable by the server's operating system user alone.",
+							   &byok_aws_credentials_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.aws_profile",
+							   "Profile of byok.aws_credentials_file to use.", NULL,
+							   &byok_aws_profile, "default",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.vault_address",
+							   "Address of the HashiCorp Vault server of the vault-transit provider.",
+							   "For example https://vault.example.com:8200.",
+							   &byok_vault_address, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.vault_token_file",
+							   "File holding the Vault token of the vault-transit provider.",
+							   "The token is its first line; the file must be readable by the server's operating system user alone.",
+							   &byok_vault_token_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.vault_namespace",
+							   "Vault namespace (Vault Enterprise) of the vault-transit provider.", NULL,
+							   &byok_vault_namespace, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.vault_mount",
+							   "Mount path of the Transit secrets engine.", NULL,
+							   &byok_vault_mount, "transit",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
@@ -196,6 +259,8 @@ _PG_init(void)
 	MarkGUCPrefixReserved("byok");
 
 	byok_kms_local_install();
+	byok_kms_aws_install();
+	byok_kms_vault_install();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = byok_shmem_request;

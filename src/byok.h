@@ -64,6 +64,17 @@ extern int	byok_poll_interval;
 extern int	byok_kms_timeout;
 extern int	byok_unreachable_policy;
 extern int	byok_unreachable_grace;
+extern bool byok_kms_allow_insecure;
+extern char *byok_kms_ca_file;
+extern int	byok_kms_max_connections;
+extern char *byok_aws_region;
+extern char *byok_aws_endpoint;
+extern char *byok_aws_credentials_file;
+extern char *byok_aws_profile;
+extern char *byok_vault_address;
+extern char *byok_vault_token_file;
+extern char *byok_vault_namespace;
+extern char *byok_vault_mount;
 
 typedef enum ByokUnreachablePolicy
 {

@@ -71,6 +71,7 @@ typedef struct ByokCmk
 	bool		in_use;
 	char		provider[32];
 	char		key_ref[BYOK_MAX_KEY_REF + 1];
+	int32		version_hint;	/* oldest provider key version byok needs */
 	ByokKmsStatus last_status;
 	int			last_state;		/* ByokKeyState, -1 before the first poll */
 	TimestampTz last_poll_at;
@@ -863,7 +864,7 @@ byok_tenant_drill(int slot, int32 tenant_id, ByokDrillResult *result)
  * exclusive.
  */
 int
-byok_cmk_register(int slot, const char *provider, const char *key_ref)
+byok_cmk_register(int slot, const char *provider, const char *key_ref, int32 version_hint)
 {
 	ByokCmkMapKey mk;
 	ByokCmkMapEntry *me;
@@ -902,6 +903,9 @@ byok_cmk_register(int slot, const char *provider, const char *key_ref)
 	{
 		idx = me->idx;
 		kc_cmks[idx].last_active_at = GetCurrentTimestamp();
+		if (version_hint > 0 &&
+			(kc_cmks[idx].version_hint == 0 || version_hint < kc_cmks[idx].version_hint))
+			kc_cmks[idx].version_hint = version_hint;
 		ts->cmk = idx;
 	}
 	LWLockRelease(kc_lock);
@@ -920,6 +924,7 @@ kc_cmk_copy(int idx, ByokCmkInfo *out)
 	out->idx = idx;
 	strlcpy(out->provider, c->provider, sizeof(out->provider));
 	strlcpy(out->key_ref, c->key_ref, sizeof(out->key_ref));
+	out->version_hint = c->version_hint;
 	out->last_status = c->last_status;
 	out->last_state = c->last_state;
 	out->last_poll_at = c->last_poll_at;

@@ -82,6 +82,7 @@ typedef struct ByokCmkInfo
 	int			idx;			/* registry index */
 	char		provider[32];
 	char		key_ref[BYOK_MAX_KEY_REF + 1];
+	int32		version_hint;	/* oldest provider key version byok needs, 0 = n/a */
 	ByokKmsStatus last_status;	/* result of the last poll */
 	int			last_state;		/* ByokKeyState, or -1 before the first poll */
 	TimestampTz last_poll_at;
@@ -163,7 +164,8 @@ extern void byok_tenant_handle(int slot, int delta, uint64 encrypts, uint64 decr
 extern int	byok_tenant_snapshot(Oid dboid, Oid catalog, ByokTenantSlot **out);
 extern void byok_tenant_drill(int slot, int32 tenant_id, ByokDrillResult *result);
 
-extern int	byok_cmk_register(int slot, const char *provider, const char *key_ref);
+extern int	byok_cmk_register(int slot, const char *provider, const char *key_ref,
+							  int32 version_hint);
 extern int	byok_cmk_snapshot(ByokCmkInfo **out);
 extern List *byok_cmk_record_poll(int idx, ByokKmsStatus status, ByokKeyState state,
 								  int64 us, const ByokKmsError *err);

@@ -401,7 +401,7 @@ ks_fetch_tk(KsTenant *t, const ByokCacheKey *ck, uint8 *tk, ByokKmsError *err)
 	{
 		ByokStateChange ch;
 
-		byok_cmk_register(t->slot, t->provider, t->key_ref);
+		byok_cmk_register(t->slot, t->provider, t->key_ref, 0);
 		if (byok_tenant_provider_state(t->slot, t->tenant_id,
 									   st == BYOK_KMS_DISABLED ? BYOK_TENANT_CMK_DISABLED : BYOK_TENANT_CMK_DESTROYED,
 									   st == BYOK_KMS_DISABLED ? "unwrap: CMK disabled" : "unwrap: CMK destroyed",
@@ -416,7 +416,8 @@ ks_fetch_tk(KsTenant *t, const ByokCacheKey *ck, uint8 *tk, ByokKmsError *err)
 			byok_kms_set_error(err, BYOK_KMS_OK, "", "The tenant changed state during the unwrap.");
 			return BYOK_KMS_STATUS_COUNT;	/* tenant changed meanwhile */
 		}
-		byok_cmk_register(t->slot, t->provider, t->key_ref);
+		byok_cmk_register(t->slot, t->provider, t->key_ref,
+						  byok_kms_wrapped_version(r, t->wrapped, t->wrapped_len));
 	}
 	return st;
 }
@@ -874,6 +875,11 @@ byok_keystore_create_tenant(const char *tenant, const char *provider, const char
 
 		snprintf(detail, sizeof(detail), "provider %s, key %s, round trip %.3f ms",
 				 provider, key_ref, INSTR_TIME_GET_MILLISEC(elapsed));
+		values[0] = Int32GetDatum(t.tenant_id);
+		values[1] = Float8GetDatum(INSTR_TIME_GET_MILLISEC(elapsed));
+		types[1] = FLOAT8OID;
+		ks_exec_once("UPDATE byok.tenants SET validated_at = pg_catalog.now(), latency_baseline_ms = $2 "
+					 "WHERE tenant_id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL);
 		ks_event(t.tenant_id, tenant, "tenant_created", NULL, 0, NULL, NULL, detail);
 		ks_event(t.tenant_id, tenant, "tenant_key_created", "tk", 1, NULL, fp, NULL);
 
@@ -1139,5 +1145,152 @@ byok_keystore_drill(const char *tenant, ByokDrillResult *result)
 			 result->stale_handles);
 	if (!RecoveryInProgress() && !XactReadOnly)
 		ks_event(t.tenant_id, t.name, "revocation_drill", NULL, 0, NULL, NULL, detail);
+	ks_leave(&acc);
+}
+
+/* fill one check's outcome */
+static void
+ks_check(ByokCheck *c, const char *name, bool ok, instr_time start, const char *fmt,...)
+	pg_attribute_printf(5, 6);
+
+static void
+ks_check(ByokCheck *c, const char *name, bool ok, instr_time start, const char *fmt,...)
+{
+	va_list		ap;
+	instr_time	took;
+
+	INSTR_TIME_SET_CURRENT(took);
+	INSTR_TIME_SUBTRACT(took, start);
+	c->check = name;
+	c->ok = ok;
+	c->ms = INSTR_TIME_GET_MILLISEC(took);
+	va_start(ap, fmt);
+	vsnprintf(c->detail, sizeof(c->detail), fmt, ap);
+	va_end(ap);
+}
+
+static void
+ks_check_err(ByokCheck *c, const char *name, instr_time start, const ByokKmsError *err)
+{
+	ks_check(c, name, false, start, "%s: %s: %s", byok_kms_status_name(err->status),
+			 err->remote_code, err->message);
+}
+
+/*
+ * byok_validate_tenant(): the onboarding checks again, on demand, against
+ * the tenant's provider, whatever the tenant's state: the key reference,
+ * the CMK's state, a wrap and an unwrap of a throw-away key, and an unwrap
+ * of the tenant's own TK checked against its recorded fingerprint.  Records
+ * the round trip as the tenant's latency baseline.
+ */
+void
+byok_keystore_validate(const char *tenant, ByokCheck *checks)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	const ByokKmsRoutine *r;
+	ByokKmsError err;
+	ByokKmsContext ctx;
+	ByokKeyState state = BYOK_KEY_ENABLED;
+	instr_time	start;
+	uint8		probe[BYOK_KEY_LEN];
+	uint8		wrapped[BYOK_MAX_WRAPPED];
+	uint8		back[BYOK_MAX_WRAPPED];
+	int			wlen = 0;
+	int			blen = 0;
+	char		fp[BYOK_FINGERPRINT_LEN];
+	char		want_fp[BYOK_FINGERPRINT_LEN];
+	volatile double baseline = 0;
+	volatile int passed = 0;
+	Oid			types[2] = {INT4OID, FLOAT8OID};
+	Datum		values[2];
+	char		detail[128];
+
+	ks_enter(&acc);
+	ks_find_tenant(tenant, false, &t);
+	values[0] = Int32GetDatum(t.tenant_id);
+	values[1] = Int32GetDatum(t.tk_version);
+	types[1] = INT4OID;
+	ks_exec_once("SELECT fingerprint FROM byok.tenant_keys WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+				 "AND version OPERATOR(pg_catalog.=) $2", 2, types, values, NULL);
+	want_fp[0] = '\0';
+	if (SPI_processed == 1)
+		ks_get_text(0, 1, want_fp, sizeof(want_fp));
+	r = byok_kms_lookup(t.provider, false);
+	ctx.tenant = t.name;
+	ctx.tk_version = t.tk_version;
+	memset(checks, 0, sizeof(ByokCheck) * BYOK_VALIDATE_CHECKS);
+
+	INSTR_TIME_SET_CURRENT(start);
+	if (byok_kms_check_key_ref(r, t.key_ref, &err) == BYOK_KMS_OK)
+		ks_check(&checks[0], "key_reference", true, start, "provider %s, key %s", t.provider, t.key_ref);
+	else
+		ks_check_err(&checks[0], "key_reference", start, &err);
+
+	INSTR_TIME_SET_CURRENT(start);
+	if (byok_kms_key_state(r, t.key_ref, byok_kms_wrapped_version(r, t.wrapped, t.wrapped_len),
+						   &state, &err) != BYOK_KMS_OK)
+		ks_check_err(&checks[1], "key_state", start, &err);
+	else
+		ks_check(&checks[1], "key_state", state == BYOK_KEY_ENABLED, start, "the key is %s",
+				 state == BYOK_KEY_ENABLED ? "enabled" :
+				 state == BYOK_KEY_DISABLED ? "disabled" : "destroyed");
+
+	PG_TRY();
+	{
+		byok_random_bytes(probe, BYOK_KEY_LEN);
+		INSTR_TIME_SET_CURRENT(start);
+		if (byok_kms_wrap(r, t.key_ref, &ctx, probe, BYOK_KEY_LEN, wrapped, &wlen, &err) != BYOK_KMS_OK)
+			ks_check_err(&checks[2], "wrap", start, &err);
+		else
+			ks_check(&checks[2], "wrap", true, start, "a throw-away key wrapped into %d bytes", wlen);
+
+		INSTR_TIME_SET_CURRENT(start);
+		if (!checks[2].ok)
+			ks_check(&checks[3], "unwrap", false, start, "skipped: nothing was wrapped");
+		else if (byok_kms_unwrap(r, t.key_ref, &ctx, wrapped, wlen, back, &blen, &err) != BYOK_KMS_OK)
+			ks_check_err(&checks[3], "unwrap", start, &err);
+		else
+			ks_check(&checks[3], "unwrap", blen == BYOK_KEY_LEN && memcmp(back, probe, BYOK_KEY_LEN) == 0,
+					 start, blen == BYOK_KEY_LEN && memcmp(back, probe, BYOK_KEY_LEN) == 0 ?
+					 "the throw-away key came back intact" : "the key that came back differs");
+		if (checks[2].ok && checks[3].ok)
+			baseline = checks[2].ms + checks[3].ms;
+
+		INSTR_TIME_SET_CURRENT(start);
+		blen = 0;
+		if (byok_kms_unwrap(r, t.key_ref, &ctx, t.wrapped, t.wrapped_len, back, &blen, &err) != BYOK_KMS_OK)
+			ks_check_err(&checks[4], "tenant_key", start, &err);
+		else
+		{
+			byok_key_fingerprint(back, Min(blen, BYOK_KEY_LEN), fp);
+			ks_check(&checks[4], "tenant_key", blen == BYOK_KEY_LEN && strcmp(fp, want_fp) == 0, start,
+					 "tenant key version %d %s its recorded fingerprint %s", t.tk_version,
+					 strcmp(fp, want_fp) == 0 ? "unwraps to" : "does NOT match", want_fp);
+		}
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(probe, sizeof(probe));
+		explicit_bzero(back, sizeof(back));
+	}
+	PG_END_TRY();
+
+	for (int i = 0; i < BYOK_VALIDATE_CHECKS; i++)
+		passed += checks[i].ok ? 1 : 0;
+	snprintf(detail, sizeof(detail), "%d of %d checks passed; round trip %.3f ms",
+			 passed, BYOK_VALIDATE_CHECKS, baseline);
+	if (!RecoveryInProgress() && !XactReadOnly)
+	{
+		if (baseline > 0)
+		{
+			values[0] = Int32GetDatum(t.tenant_id);
+			values[1] = Float8GetDatum(baseline);
+			types[1] = FLOAT8OID;
+			ks_exec_once("UPDATE byok.tenants SET validated_at = pg_catalog.now(), latency_baseline_ms = $2 "
+						 "WHERE tenant_id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL);
+		}
+		ks_event(t.tenant_id, t.name, "tenant_validated", NULL, 0, NULL, NULL, detail);
+	}
 	ks_leave(&acc);
 }

@@ -31,6 +31,17 @@ extern void byok_keystore_set_revoked(const char *tenant, bool revoke);
 extern int	byok_keystore_cache_flush(const char *tenant);
 extern bool byok_keystore_dek_info(int64 dek_id, char **tenant, char **scope, int32 *version);
 
+/* one row of byok_validate_tenant() */
+typedef struct ByokCheck
+{
+	const char *check;			/* name of the check */
+	bool		ok;
+	char		detail[300];
+	double		ms;				/* how long it took */
+} ByokCheck;
+
+#define BYOK_VALIDATE_CHECKS 5
+extern void byok_keystore_validate(const char *tenant, ByokCheck *checks);
 extern void byok_keystore_drill(const char *tenant, ByokDrillResult *result);
 extern void byok_keystore_xact_end(bool commit);
 extern void byok_keystore_subxact_abort(SubTransactionId subid);

@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "portability/instr_time.h"
 
 #include "kms.h"
 
@@ -98,11 +99,46 @@ byok_kms_unwrap(const ByokKmsRoutine *r, const char *key_ref, const ByokKmsConte
 }
 
 ByokKmsStatus
-byok_kms_key_state(const ByokKmsRoutine *r, const char *key_ref, ByokKeyState *state,
-				   ByokKmsError *err)
+byok_kms_key_state(const ByokKmsRoutine *r, const char *key_ref, int32 version_hint,
+				   ByokKeyState *state, ByokKmsError *err)
 {
 	kms_reset(r, err);
-	return r->key_state(key_ref, state, err);
+	return r->key_state(key_ref, version_hint, state, err);
+}
+
+/*
+ * Many key states at once: concurrently when the provider can, else one
+ * after the other.  Each query gets its status, state, error and duration.
+ */
+void
+byok_kms_key_state_many(const ByokKmsRoutine *r, ByokKmsStateQuery *queries, int n)
+{
+	for (int i = 0; i < n; i++)
+		kms_reset(r, &queries[i].err);
+	if (r->key_state_many)
+	{
+		r->key_state_many(queries, n);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		instr_time	start;
+		instr_time	took;
+
+		INSTR_TIME_SET_CURRENT(start);
+		queries[i].state = BYOK_KEY_ENABLED;
+		queries[i].status = r->key_state(queries[i].key_ref, queries[i].version_hint,
+										 &queries[i].state, &queries[i].err);
+		INSTR_TIME_SET_CURRENT(took);
+		INSTR_TIME_SUBTRACT(took, start);
+		queries[i].us = INSTR_TIME_GET_MICROSEC(took);
+	}
+}
+
+int32
+byok_kms_wrapped_version(const ByokKmsRoutine *r, const uint8 *wrapped, int len)
+{
+	return r->wrapped_version ? r->wrapped_version(wrapped, len) : 0;
 }
 
 /*
@@ -121,7 +157,7 @@ byok_kms_validate(const ByokKmsRoutine *r, const char *key_ref, const ByokKmsCon
 
 	if ((st = byok_kms_check_key_ref(r, key_ref, err)) != BYOK_KMS_OK)
 		return st;
-	if ((st = byok_kms_key_state(r, key_ref, &state, err)) != BYOK_KMS_OK)
+	if ((st = byok_kms_key_state(r, key_ref, 0, &state, err)) != BYOK_KMS_OK)
 		return st;
 	if (state != BYOK_KEY_ENABLED)
 	{

@@ -61,6 +61,17 @@ typedef struct ByokKmsContext
 	int32		tk_version;		/* tenant key version */
 } ByokKmsContext;
 
+/* one question of a batch of key-state queries */
+typedef struct ByokKmsStateQuery
+{
+	const char *key_ref;		/* in */
+	int32		version_hint;	/* in */
+	ByokKeyState state;			/* out */
+	ByokKmsStatus status;		/* out */
+	ByokKmsError err;			/* out */
+	int64		us;				/* out: how long it took */
+} ByokKmsStateQuery;
+
 typedef struct ByokKmsRoutine
 {
 	const char *name;			/* provider name used in SQL */
@@ -78,9 +89,19 @@ typedef struct ByokKmsRoutine
 							 const uint8 *wrapped, int wrapped_len,
 							 uint8 *out, int *out_len, ByokKmsError *err);
 
-	/* the CMK's state as the provider sees it now */
-	ByokKmsStatus (*key_state) (const char *key_ref, ByokKeyState *state,
-								ByokKmsError *err);
+	/*
+	 * The CMK's state as the provider sees it now.  version_hint is the
+	 * oldest provider-side key version byok's wrapped keys under this CMK
+	 * need (see wrapped_version), or 0 when unknown.
+	 */
+	ByokKmsStatus (*key_state) (const char *key_ref, int32 version_hint,
+								ByokKeyState *state, ByokKmsError *err);
+
+	/* optional: many states at once (the poller); else key_state per query */
+	void		(*key_state_many) (ByokKmsStateQuery *queries, int n);
+
+	/* optional: the provider-side key version a wrapped key needs, 0 if none */
+	int32		(*wrapped_version) (const uint8 *wrapped, int wrapped_len);
 } ByokKmsRoutine;
 
 /* registry (kms.c) */
@@ -98,7 +119,10 @@ extern ByokKmsStatus byok_kms_unwrap(const ByokKmsRoutine *r, const char *key_re
 									 int wrapped_len, uint8 *out, int *out_len,
 									 ByokKmsError *err);
 extern ByokKmsStatus byok_kms_key_state(const ByokKmsRoutine *r, const char *key_ref,
-										ByokKeyState *state, ByokKmsError *err);
+										int32 version_hint, ByokKeyState *state,
+										ByokKmsError *err);
+extern void byok_kms_key_state_many(const ByokKmsRoutine *r, ByokKmsStateQuery *queries, int n);
+extern int32 byok_kms_wrapped_version(const ByokKmsRoutine *r, const uint8 *wrapped, int len);
 extern ByokKmsStatus byok_kms_validate(const ByokKmsRoutine *r, const char *key_ref,
 									   const ByokKmsContext *ctx, const uint8 *key,
 									   uint8 *wrapped, int *wrapped_len,
@@ -112,5 +136,7 @@ extern const char *byok_kms_status_name(ByokKmsStatus status);
 
 /* provider install functions */
 extern void byok_kms_local_install(void);
+extern void byok_kms_aws_install(void);
+extern void byok_kms_vault_install(void);
 
 #endif							/* BYOK_KMS_H */

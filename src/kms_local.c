@@ -105,7 +105,7 @@ kl_check_keyring(ByokKmsError *err)
  * a configuration error, never "destroyed".
  */
 static ByokKmsStatus
-kl_key_state(const char *key_ref, ByokKeyState *state, ByokKmsError *err)
+kl_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
 {
 	char		dir[MAXPGPATH];
 	char		path[MAXPGPATH];
@@ -163,7 +163,7 @@ kl_read_key(const char *key_ref, uint8 *key, ByokKmsError *err)
 							   "Could not open key file \"%s.key\": %m.", key_ref);
 			return err->status;
 		}
-		if (kl_key_state(key_ref, &state, err) != BYOK_KMS_OK)
+		if (kl_key_state(key_ref, 0, &state, err) != BYOK_KMS_OK)
 			return err->status;
 		if (state == BYOK_KEY_DISABLED)
 			byok_kms_set_error(err, BYOK_KMS_DISABLED, "DISABLED",

@@ -25,6 +25,7 @@
 PG_FUNCTION_INFO_V1(byok_stats);
 PG_FUNCTION_INFO_V1(byok_poller_status);
 PG_FUNCTION_INFO_V1(byok_revocation_drill);
+PG_FUNCTION_INFO_V1(byok_validate_tenant);
 
 #define STATS_COLS 31
 
@@ -194,4 +195,30 @@ byok_revocation_drill(PG_FUNCTION_ARGS)
 	values[3] = Int32GetDatum(r.stale_handles);
 	values[4] = BoolGetDatum(r.residual == 0 && r.stale_handles == 0);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * byok_validate_tenant(tenant): one row per onboarding check.
+ */
+Datum
+byok_validate_tenant(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ByokCheck	checks[BYOK_VALIDATE_CHECKS];
+
+	byok_check_loaded();
+	InitMaterializedSRF(fcinfo, 0);
+	byok_keystore_validate(text_to_cstring(PG_GETARG_TEXT_PP(0)), checks);
+	for (int i = 0; i < BYOK_VALIDATE_CHECKS; i++)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false};
+
+		values[0] = CStringGetTextDatum(checks[i].check);
+		values[1] = BoolGetDatum(checks[i].ok);
+		values[2] = CStringGetTextDatum(checks[i].detail);
+		values[3] = Float8GetDatum(checks[i].ms);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

@@ -12,9 +12,10 @@
  * (byok_cmk_record_poll): a disabled or destroyed CMK locks its tenants out
  * in every backend at once; an enabled one lets them back in; a provider
  * that does not answer is not a revocation (see byok.unreachable_policy).
- * CMKs are polled fastest-first, so one that timed out last round cannot
- * delay the others; every provider call is bounded by the provider's own
- * timeout (byok.kms_timeout).
+ * A network provider's CMKs are asked about concurrently (curl multi, at
+ * most byok.kms_max_connections per endpoint), the local provider's one
+ * after the other, fastest first; every call is bounded by
+ * byok.kms_timeout, so a slow or dead KMS delays a round by at most that.
  *
  * State changes go to the server log at once and into a shared-memory
  * event queue; on a primary the poller then starts a short-lived worker
@@ -80,15 +81,73 @@ byok_worker_register(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/* CMKs grouped by provider, failing ones last, fastest first within a group */
 static int
-wk_by_latency(const void *a, const void *b)
+wk_order(const void *a, const void *b)
 {
 	const ByokCmkInfo *x = a;
 	const ByokCmkInfo *y = b;
-	int64		lx = x->last_status == BYOK_KMS_OK ? x->last_poll_us : INT64_MAX / 2 + x->last_poll_us;
-	int64		ly = y->last_status == BYOK_KMS_OK ? y->last_poll_us : INT64_MAX / 2 + y->last_poll_us;
+	int			c = strcmp(x->provider, y->provider);
+	int64		lx;
+	int64		ly;
 
+	if (c != 0)
+		return c;
+	lx = x->last_status == BYOK_KMS_OK ? x->last_poll_us : INT64_MAX / 2 + x->last_poll_us;
+	ly = y->last_status == BYOK_KMS_OK ? y->last_poll_us : INT64_MAX / 2 + y->last_poll_us;
 	return (lx > ly) - (lx < ly);
+}
+
+/*
+ * Ask one provider about its CMKs cmks[0..n-1] (concurrently when it can)
+ * and apply the answers.
+ */
+static void
+wk_poll_provider(ByokCmkInfo *cmks, int n, MemoryContext round_cxt)
+{
+	const ByokKmsRoutine *r = byok_kms_lookup(cmks[0].provider, true);
+	ByokKmsStateQuery *q;
+
+	if (r == NULL)
+		return;
+	q = palloc0(sizeof(ByokKmsStateQuery) * n);
+	for (int i = 0; i < n; i++)
+	{
+		q[i].key_ref = cmks[i].key_ref;
+		q[i].version_hint = cmks[i].version_hint;
+		q[i].state = BYOK_KEY_ENABLED;
+	}
+	PG_TRY();
+	{
+		byok_kms_key_state_many(r, q, n);
+	}
+	PG_CATCH();
+	{
+		/* a provider bug must not stop the poller: record it and go on */
+		MemoryContextSwitchTo(round_cxt);
+		if (QueryCancelPending || ProcDiePending)
+			PG_RE_THROW();
+		EmitErrorReport();
+		FlushErrorState();
+		for (int i = 0; i < n; i++)
+		{
+			memset(&q[i].err, 0, sizeof(ByokKmsError));
+			strlcpy(q[i].err.provider, cmks[i].provider, sizeof(q[i].err.provider));
+			byok_kms_set_error(&q[i].err, BYOK_KMS_BAD_RESPONSE, "ERROR", "The provider raised an error.");
+			q[i].status = BYOK_KMS_BAD_RESPONSE;
+		}
+	}
+	PG_END_TRY();
+
+	for (int i = 0; i < n; i++)
+	{
+		List	   *changes = byok_cmk_record_poll(cmks[i].idx, q[i].status, q[i].state,
+												   q[i].us, &q[i].err);
+		ListCell   *lc;
+
+		foreach(lc, changes)
+			byok_state_change_report(lfirst(lc), "poller");
+	}
 }
 
 /*
@@ -112,48 +171,15 @@ wk_poll_round(MemoryContext round_cxt)
 		snprintf(activity, sizeof(activity), "byok: polling %d customer master keys", n);
 		pgstat_report_activity(STATE_RUNNING, activity);
 	}
-	qsort(cmks, n, sizeof(ByokCmkInfo), wk_by_latency);
-
-	for (int i = 0; i < n; i++)
+	qsort(cmks, n, sizeof(ByokCmkInfo), wk_order);
+	for (int i = 0; i < n && !ShutdownRequestPending;)
 	{
-		const ByokKmsRoutine *r = byok_kms_lookup(cmks[i].provider, true);
-		ByokKmsError err;
-		ByokKeyState state = BYOK_KEY_ENABLED;
-		ByokKmsStatus st;
-		instr_time	start;
-		instr_time	took;
-		List	   *changes;
-		ListCell   *lc;
+		int			j = i;
 
-		CHECK_FOR_INTERRUPTS();
-		if (ShutdownRequestPending)
-			break;
-		if (r == NULL)
-			continue;
-		INSTR_TIME_SET_CURRENT(start);
-		PG_TRY();
-		{
-			st = byok_kms_key_state(r, cmks[i].key_ref, &state, &err);
-		}
-		PG_CATCH();
-		{
-			/* a provider bug must not stop the poller: record it and go on */
-			MemoryContextSwitchTo(round_cxt);
-			EmitErrorReport();
-			FlushErrorState();
-			memset(&err, 0, sizeof(err));
-			strlcpy(err.provider, cmks[i].provider, sizeof(err.provider));
-			byok_kms_set_error(&err, BYOK_KMS_BAD_RESPONSE, "ERROR", "The provider raised an error.");
-			st = BYOK_KMS_BAD_RESPONSE;
-		}
-		PG_END_TRY();
-		INSTR_TIME_SET_CURRENT(took);
-		INSTR_TIME_SUBTRACT(took, start);
-
-		changes = byok_cmk_record_poll(cmks[i].idx, st, state,
-									   INSTR_TIME_GET_MICROSEC(took), &err);
-		foreach(lc, changes)
-			byok_state_change_report(lfirst(lc), "poller");
+		while (j < n && strcmp(cmks[j].provider, cmks[i].provider) == 0)
+			j++;
+		wk_poll_provider(cmks + i, j - i, round_cxt);
+		i = j;
 	}
 
 	INSTR_TIME_SET_CURRENT(round_time);

@@ -44,7 +44,8 @@ Deliberately not done
 ADMIN API (no auth, JSON)
   GET /__admin/health; GET|POST|DELETE /__admin/faults (read, merge, clear all)
       fields: latency_ms, throttle (next N), retry_after (s), error_5xx (next N),
-      status_5xx (500|503), hang, down, drop (next N), deny; optional scope
+      status_5xx (500|503), hang, down, drop (next N), deny, garbage (next N
+      answers are broken JSON), oversize (next N answers are 2 MiB); optional scope
       "key" (id/ARN/alias/Vault name) and "api" ("aws"|"vault"); {"clear": true}
   GET /__admin/stats, POST /__admin/stats/reset: calls per op and per key
       (aws.keys[<id>][<Op>]), status, errors, faults, namespaces, access_keys,
@@ -306,7 +307,7 @@ class Store:
 
 # --------------------------------------------------------------------------- faults and statistics
 FAULT_DEFAULTS = {"latency_ms": 0, "throttle": 0, "retry_after": None, "error_5xx": 0, "status_5xx": 500,
-                  "hang": False, "down": False, "drop": 0, "deny": False}
+                  "hang": False, "down": False, "drop": 0, "deny": False, "garbage": 0, "oversize": 0}
 
 
 class Faults:
@@ -359,7 +360,8 @@ class Faults:
         """Service-level faults, after auth: ("throttle", retry_after) | ("5xx", status) | ("deny", None)."""
         with self.cond:
             es = self._matching(api, keys)
-            for field, kind, arg in (("throttle", "throttle", "retry_after"), ("error_5xx", "5xx", "status_5xx")):
+            for field, kind, arg in (("throttle", "throttle", "retry_after"), ("error_5xx", "5xx", "status_5xx"),
+                                     ("garbage", "garbage", "garbage"), ("oversize", "oversize", "oversize")):
                 for e in es:
                     if e[field] > 0:
                         e[field] -= 1
@@ -902,6 +904,24 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
+    def _send_bad(self, kind, ctype):
+        """Injected malformed answers: 200 with broken JSON, or 200 with a 2 MiB body."""
+        self.server.app.stats.note("faults", kind)
+        if kind == "garbage":
+            data = b'{"CiphertextBlob": "!!not base64", "Plaintext": [1, {"data": '
+        else:
+            data = b'{"padding": "' + b"A" * (2 * 1024 * 1024) + b'"}'
+        self.status = 200
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
     def _drop(self):
         self.close_connection, self.status = True, "dropped"
         self.server.app.stats.note("faults", "down")
@@ -961,6 +981,8 @@ class Handler(BaseHTTPRequestHandler):
                 hdrs.setdefault(k.lower(), []).append(v)
             app.stats.note("access_keys", app.verify_sigv4(self.command, url.path, url.query, hdrs, body))
         fault = app.faults.service("aws", {hint, key})
+        if fault and fault[0] in ("garbage", "oversize"):
+            return self._send_bad(fault[0], AWS_JSON)
         if fault:
             app.stats.note("faults", fault[0])
             if fault[0] == "throttle":
@@ -998,6 +1020,8 @@ class Handler(BaseHTTPRequestHandler):
         if tokens is not None and token not in tokens:
             raise vault_err(403, "permission denied")
         fault = app.faults.service("vault", {name})
+        if fault and fault[0] in ("garbage", "oversize"):
+            return self._send_bad(fault[0], "application/json")
         if fault:
             app.stats.note("faults", fault[0])
             if fault[0] == "throttle":

@@ -1,0 +1,472 @@
+/*-------------------------------------------------------------------------
+ *
+ * kms_aws.c
+ *		The "aws-kms" key provider: AWS KMS's JSON API over HTTPS.
+ *
+ * Operations: TrentService.Encrypt (wrap), Decrypt (unwrap) and DescribeKey
+ * (state), each a POST of application/x-amz-json-1.1 to byok.aws_endpoint
+ * (default https://kms.<byok.aws_region>.amazonaws.com/), signed with
+ * Signature Version 4 by libcurl (CURLOPT_AWS_SIGV4).  key_ref is a key id,
+ * key ARN, alias/<name> or alias ARN.  Every Encrypt and Decrypt carries an
+ * encryption context binding the tenant and the TK version, so a wrapped
+ * key moved to another tenant does not decrypt.
+ *
+ * Credentials come from byok.aws_credentials_file, in the AWS
+ * shared-credentials format (profile byok.aws_profile; aws_access_key_id,
+ * aws_secret_access_key, optional aws_session_token), a file the server's
+ * OS user alone may read.  They are read for each call, held in palloc'd
+ * buffers wiped right after, and never appear in a message.
+ *
+ * States: Enabled -> ENABLED; Disabled, PendingDeletion, PendingImport,
+ * Unavailable and other non-usable states -> DISABLED; NotFoundException ->
+ * DESTROYED.  Errors: ThrottlingException / HTTP 429 -> throttled (retried);
+ * 5xx, timeouts -> unavailable (retried within byok.kms_timeout);
+ * AccessDenied, InvalidSignature, UnrecognizedClient, expired tokens ->
+ * permission; InvalidCiphertext -> bad response.
+ *
+ * Wrapped form: a format byte (1) followed by the CiphertextBlob.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "utils/timestamp.h"
+
+#include "kms_http.h"
+
+#define AWS_WRAP_FORMAT 1
+
+typedef struct AwsCreds
+{
+	StringInfoData file;		/* the whole file: wiped */
+	char	   *userpwd;		/* "AKID:SECRET": wiped */
+	char	   *session_token;	/* or NULL: wiped */
+	char		akid[64];		/* the access key id (not secret) */
+} AwsCreds;
+
+static void
+aws_creds_free(AwsCreds *c)
+{
+	if (c->file.data)
+	{
+		explicit_bzero(c->file.data, c->file.maxlen);
+		pfree(c->file.data);
+		c->file.data = NULL;
+	}
+	if (c->session_token)
+	{
+		explicit_bzero(c->session_token, strlen(c->session_token));
+		pfree(c->session_token);
+		c->session_token = NULL;
+	}
+	/* userpwd is handed to the call, which wipes it */
+}
+
+/* Trim spaces in place; returns the start. */
+static char *
+aws_trim(char *s)
+{
+	char	   *end;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	end = s + strlen(s);
+	while (end > s && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+		*--end = '\0';
+	return s;
+}
+
+/*
+ * Read the profile's credentials.  On failure 'err' says why (naming the
+ * file and the missing setting, never a value).
+ */
+static bool
+aws_load_creds(AwsCreds *c, ByokKmsError *err)
+{
+	char	   *line;
+	char	   *save = NULL;
+	bool		in_profile = false;
+	char	   *akid = NULL;
+	char	   *secret = NULL;
+	char		want[128];
+
+	memset(c, 0, sizeof(*c));
+	initStringInfo(&c->file);
+	if (!byok_read_secret_file(byok_aws_credentials_file, "byok.aws_credentials_file",
+							   &c->file, err))
+		return false;
+	snprintf(want, sizeof(want), "[%s]", byok_aws_profile ? byok_aws_profile : "default");
+	for (line = strtok_r(c->file.data, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+	{
+		char	   *l = aws_trim(line);
+		char	   *eq;
+
+		if (l[0] == '[')
+		{
+			in_profile = strcmp(l, want) == 0;
+			continue;
+		}
+		if (!in_profile || (eq = strchr(l, '=')) == NULL)
+			continue;
+		*eq = '\0';
+		l = aws_trim(l);
+		if (strcmp(l, "aws_access_key_id") == 0)
+			akid = aws_trim(eq + 1);
+		else if (strcmp(l, "aws_secret_access_key") == 0)
+			secret = aws_trim(eq + 1);
+		else if (strcmp(l, "aws_session_token") == 0)
+			c->session_token = pstrdup(aws_trim(eq + 1));
+	}
+	if (akid == NULL || secret == NULL || akid[0] == '\0' || secret[0] == '\0')
+	{
+		aws_creds_free(c);
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_CREDENTIALS",
+						   "Profile %s of byok.aws_credentials_file lacks aws_access_key_id or aws_secret_access_key.",
+						   want);
+		return false;
+	}
+	strlcpy(c->akid, akid, sizeof(c->akid));
+	c->userpwd = psprintf("%s:%s", akid, secret);
+	return true;
+}
+
+static const char *
+aws_endpoint(char *buf, size_t len)
+{
+	if (byok_aws_endpoint && byok_aws_endpoint[0])
+		strlcpy(buf, byok_aws_endpoint, len);
+	else
+		snprintf(buf, len, "https://kms.%s.amazonaws.com/", byok_aws_region);
+	return buf;
+}
+
+/* Sanitise a provider message for errdetail: printable ASCII, bounded. */
+static void
+aws_sanitise(const char *in, char *out, int outlen)
+{
+	int			n = 0;
+
+	for (; in && *in && n < outlen - 1; in++)
+		out[n++] = (*in >= 0x20 && *in < 0x7f) ? *in : '?';
+	out[n] = '\0';
+}
+
+static ByokKmsStatus
+aws_classify(ByokHttpCall *call, ByokKmsError *err)
+{
+	ByokJsonPick pick = {.npaths = 2, .paths = {"__type", "message"}};
+	const char *type = "";
+	char		msg[200];
+	ByokKmsStatus st;
+
+	if (call->status == 200)
+		return BYOK_KMS_OK;
+	msg[0] = '\0';
+	if (byok_json_pick(call->response.data, call->response.len, &pick))
+	{
+		if (pick.values[0])
+		{
+			type = strrchr(pick.values[0], '#');
+			type = type ? type + 1 : pick.values[0];
+		}
+		aws_sanitise(pick.values[1], msg, sizeof(msg));
+	}
+	if (call->status == 429 || strcmp(type, "ThrottlingException") == 0 ||
+		strcmp(type, "LimitExceededException") == 0)
+		st = BYOK_KMS_THROTTLED;
+	else if (call->status >= 500 || strcmp(type, "KeyUnavailableException") == 0 ||
+			 strcmp(type, "DependencyTimeoutException") == 0)
+		st = BYOK_KMS_UNAVAILABLE;
+	else if (strcmp(type, "DisabledException") == 0 ||
+			 strcmp(type, "KMSInvalidStateException") == 0)
+		st = BYOK_KMS_DISABLED;
+	else if (strcmp(type, "NotFoundException") == 0)
+		st = BYOK_KMS_DESTROYED;
+	else if (strcmp(type, "AccessDeniedException") == 0 ||
+			 strcmp(type, "InvalidSignatureException") == 0 ||
+			 strcmp(type, "UnrecognizedClientException") == 0 ||
+			 strcmp(type, "IncompleteSignature") == 0 ||
+			 strcmp(type, "IncompleteSignatureException") == 0 ||
+			 strcmp(type, "ExpiredTokenException") == 0 ||
+			 strcmp(type, "MissingAuthenticationTokenException") == 0 ||
+			 call->status == 401 || call->status == 403)
+		st = BYOK_KMS_PERMISSION;
+	else
+		st = BYOK_KMS_BAD_RESPONSE;
+	byok_kms_set_error(err, st, type[0] ? type : psprintf("HTTP_%ld", call->status),
+					   "%s", msg[0] ? msg : "The request was refused.");
+	byok_json_pick_wipe(&pick);
+	return st;
+}
+
+/*
+ * Prepare a call of operation 'op' with credentials; false (err set) when
+ * the set-up is wrong.
+ */
+static bool
+aws_prepare(ByokHttpCall *call, const char *op, ByokKmsError *err)
+{
+	AwsCreds	creds;
+	char		hdr[4096];
+
+	byok_http_call_init(call, "aws-kms");
+	aws_endpoint(call->url, sizeof(call->url));
+	if (!byok_http_url_allowed(call->url, err))
+		return false;
+	if (!aws_load_creds(&creds, err))
+		return false;
+	call->post = true;
+	call->classify = aws_classify;
+	snprintf(call->sigv4, sizeof(call->sigv4), "aws:amz:%s:kms", byok_aws_region);
+	call->userpwd = creds.userpwd;
+	call->headers = curl_slist_append(call->headers, "Content-Type: application/x-amz-json-1.1");
+	snprintf(hdr, sizeof(hdr), "X-Amz-Target: TrentService.%s", op);
+	call->headers = curl_slist_append(call->headers, hdr);
+	call->headers = curl_slist_append(call->headers, "Expect:");
+	if (creds.session_token)
+	{
+		snprintf(hdr, sizeof(hdr), "X-Amz-Security-Token: %s", creds.session_token);
+		call->headers = curl_slist_append(call->headers, hdr);
+		explicit_bzero(hdr, sizeof(hdr));
+	}
+	aws_creds_free(&creds);
+	return true;
+}
+
+static void
+aws_context_json(StringInfo body, const ByokKmsContext *ctx)
+{
+	char		ver[16];
+
+	snprintf(ver, sizeof(ver), "%d", ctx->tk_version);
+	appendStringInfoString(body, "\"EncryptionContext\":{\"byok:tenant\":");
+	byok_json_escape(body, ctx->tenant);
+	appendStringInfo(body, ",\"byok:tk_version\":\"%s\"}", ver);
+}
+
+static ByokKmsStatus
+aws_check_key_ref(const char *key_ref, ByokKmsError *err)
+{
+	for (const char *p = key_ref; *p; p++)
+		if (*p <= ' ' || *p >= 0x7f || *p == '"' || *p == '\\')
+		{
+			byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_KEY_REF",
+							   "An AWS KMS key reference is a key id, key ARN or alias without spaces or quotes.");
+			return err->status;
+		}
+	return BYOK_KMS_OK;
+}
+
+/* Run one prepared call, bounded by byok.kms_timeout; returns its result. */
+static ByokKmsStatus
+aws_run(ByokHttpCall *call, ByokKmsError *err)
+{
+	ByokHttpCall *calls[1] = {call};
+
+	byok_http_perform(calls, 1, byok_kms_timeout);
+	*err = call->err;
+	return call->result;
+}
+
+static ByokKmsStatus
+aws_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int plain_len,
+		 uint8 *out, int *out_len, ByokKmsError *err)
+{
+	ByokHttpCall call;
+	char	   *b64;
+	ByokKmsStatus st;
+	ByokJsonPick pick = {.npaths = 1, .paths = {"CiphertextBlob"}};
+
+	if (aws_check_key_ref(key_ref, err) != BYOK_KMS_OK)
+		return err->status;
+	if (!aws_prepare(&call, "Encrypt", err))
+	{
+		byok_http_call_free(&call);
+		return err->status;
+	}
+	b64 = byok_b64_encode(plain, plain_len);
+	appendStringInfoString(&call.body, "{\"KeyId\":");
+	byok_json_escape(&call.body, key_ref);
+	appendStringInfo(&call.body, ",\"Plaintext\":\"%s\",", b64);
+	explicit_bzero(b64, strlen(b64));
+	aws_context_json(&call.body, ctx);
+	appendStringInfoChar(&call.body, '}');
+
+	st = aws_run(&call, err);
+	if (st == BYOK_KMS_OK)
+	{
+		int			n = -1;
+
+		if (byok_json_pick(call.response.data, call.response.len, &pick) && pick.values[0])
+			n = byok_b64_decode(pick.values[0], out + 1, BYOK_MAX_WRAPPED - 1);
+		if (n <= 0)
+			st = (byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+									 "Encrypt returned no usable CiphertextBlob."), err->status);
+		else
+		{
+			out[0] = AWS_WRAP_FORMAT;
+			*out_len = n + 1;
+		}
+		byok_json_pick_wipe(&pick);
+	}
+	byok_http_call_free(&call);
+	return st;
+}
+
+static ByokKmsStatus
+aws_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, int wrapped_len,
+		   uint8 *out, int *out_len, ByokKmsError *err)
+{
+	ByokHttpCall call;
+	char	   *b64;
+	ByokKmsStatus st;
+	ByokJsonPick pick = {.npaths = 1, .paths = {"Plaintext"}};
+
+	if (wrapped_len < 2 || wrapped[0] != AWS_WRAP_FORMAT)
+	{
+		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_WRAPPED_KEY",
+						   "The wrapped key is not in the aws-kms provider's format.");
+		return err->status;
+	}
+	if (aws_check_key_ref(key_ref, err) != BYOK_KMS_OK)
+		return err->status;
+	if (!aws_prepare(&call, "Decrypt", err))
+	{
+		byok_http_call_free(&call);
+		return err->status;
+	}
+	b64 = byok_b64_encode(wrapped + 1, wrapped_len - 1);
+	appendStringInfo(&call.body, "{\"CiphertextBlob\":\"%s\",\"KeyId\":", b64);
+	byok_json_escape(&call.body, key_ref);
+	appendStringInfoChar(&call.body, ',');
+	aws_context_json(&call.body, ctx);
+	appendStringInfoChar(&call.body, '}');
+
+	st = aws_run(&call, err);
+	if (st == BYOK_KMS_OK)
+	{
+		int			n = -1;
+
+		if (byok_json_pick(call.response.data, call.response.len, &pick) && pick.values[0])
+			n = byok_b64_decode(pick.values[0], out, BYOK_MAX_WRAPPED);
+		if (n <= 0)
+			st = (byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+									 "Decrypt returned no usable Plaintext."), err->status);
+		else
+			*out_len = n;
+		byok_json_pick_wipe(&pick);
+	}
+	else if (st == BYOK_KMS_BAD_RESPONSE && strcmp(err->remote_code, "InvalidCiphertextException") == 0)
+		snprintf(err->message, sizeof(err->message),
+				 "The wrapped key does not decrypt under this key with this tenant's encryption context.");
+	byok_http_call_free(&call);
+	return st;
+}
+
+/* Read a DescribeKey answer (or its error) into a state. */
+static ByokKmsStatus
+aws_state_from(ByokHttpCall *call, ByokKeyState *state, ByokKmsError *err)
+{
+	ByokJsonPick pick = {.npaths = 1, .paths = {"KeyMetadata.KeyState"}};
+	ByokKmsStatus st = call->result;
+
+	*err = call->err;
+	if (st == BYOK_KMS_DESTROYED)
+	{
+		*state = BYOK_KEY_DESTROYED;
+		return BYOK_KMS_OK;
+	}
+	if (st != BYOK_KMS_OK)
+		return st;
+	if (!byok_json_pick(call->response.data, call->response.len, &pick) || pick.values[0] == NULL)
+	{
+		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+						   "DescribeKey returned no KeyMetadata.KeyState.");
+		return err->status;
+	}
+	*state = strcmp(pick.values[0], "Enabled") == 0 ? BYOK_KEY_ENABLED : BYOK_KEY_DISABLED;
+	byok_json_pick_wipe(&pick);
+	return BYOK_KMS_OK;
+}
+
+static bool
+aws_prepare_describe(ByokHttpCall *call, const char *key_ref, ByokKmsError *err)
+{
+	if (aws_check_key_ref(key_ref, err) != BYOK_KMS_OK || !aws_prepare(call, "DescribeKey", err))
+		return false;
+	appendStringInfoString(&call->body, "{\"KeyId\":");
+	byok_json_escape(&call->body, key_ref);
+	appendStringInfoChar(&call->body, '}');
+	return true;
+}
+
+static ByokKmsStatus
+aws_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
+{
+	ByokHttpCall call;
+	ByokKmsStatus st;
+
+	memset(&call, 0, sizeof(call));
+	if (!aws_prepare_describe(&call, key_ref, err))
+	{
+		byok_http_call_free(&call);
+		return err->status;
+	}
+	(void) aws_run(&call, err);
+	st = aws_state_from(&call, state, err);
+	byok_http_call_free(&call);
+	return st;
+}
+
+/* The poller's batch: every DescribeKey at once over the shared connections. */
+static void
+aws_key_state_many(ByokKmsStateQuery *queries, int n)
+{
+	ByokHttpCall *calls = palloc0(sizeof(ByokHttpCall) * n);
+	ByokHttpCall **run = palloc(sizeof(ByokHttpCall *) * n);
+	int			nrun = 0;
+	TimestampTz start = GetCurrentTimestamp();
+
+	for (int i = 0; i < n; i++)
+	{
+		if (aws_prepare_describe(&calls[i], queries[i].key_ref, &queries[i].err))
+			run[nrun++] = &calls[i];
+		else
+			queries[i].status = queries[i].err.status;
+	}
+	PG_TRY();
+	{
+		if (nrun > 0)
+			byok_http_perform(run, nrun, byok_kms_timeout);
+	}
+	PG_FINALLY();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			if (calls[i].classify != NULL && calls[i].state != 0)
+				queries[i].status = aws_state_from(&calls[i], &queries[i].state, &queries[i].err);
+			queries[i].us = GetCurrentTimestamp() - start;
+			byok_http_call_free(&calls[i]);
+		}
+	}
+	PG_END_TRY();
+	pfree(calls);
+	pfree(run);
+}
+
+static const ByokKmsRoutine aws_routine = {
+	.name = "aws-kms",
+	.check_key_ref = aws_check_key_ref,
+	.wrap = aws_wrap,
+	.unwrap = aws_unwrap,
+	.key_state = aws_key_state,
+	.key_state_many = aws_key_state_many,
+};
+
+void
+byok_kms_aws_install(void)
+{
+	byok_kms_register(&aws_routine);
+}

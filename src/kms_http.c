@@ -1,0 +1,610 @@
+/*-------------------------------------------------------------------------
+ *
+ * kms_http.c
+ *		The HTTP client of the network key providers (libcurl), and the
+ *		JSON, base64 and secret-file helpers they share.
+ *
+ * Every call runs through one curl multi handle per process, so:
+ *   - connections are reused across calls (keep-alive, one connection
+ *     cache per process), at most byok.kms_max_connections per endpoint;
+ *   - many calls can run at once (the poller asks about many CMKs in one
+ *     round);
+ *   - the wait loop wakes at least every 50 ms, so a cancel
+ *     (pg_cancel_backend, statement_timeout) or a shutdown request stops a
+ *     call in flight within that time, and byok.kms_timeout bounds every
+ *     call including its retries.
+ * Throttled and unavailable answers (as the provider's classify callback
+ * decides) are retried with exponential backoff and full jitter, honouring
+ * Retry-After, while time remains.  TLS peers are always verified
+ * (byok.kms_ca_file names the CA bundle); plain http:// is refused unless
+ * byok.kms_allow_insecure is on.  Answers larger than 1 MiB are refused.
+ *
+ * Secrets.  Request bodies, answers, "AKID:SECRET" strings and secret files
+ * may hold key material or credentials: they live in palloc'd buffers that
+ * byok_http_call_free() and the callers wipe with explicit_bzero.  Error
+ * texts carry only curl's error names, HTTP statuses and provider error
+ * codes, never a body.  curl's own verbose output is never enabled.
+ *
+ * Locking: none.  Callers hold no LWLock while calling in here.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/base64.h"
+#include "common/jsonapi.h"
+#include "common/pg_prng.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "postmaster/interrupt.h"
+#include "utils/timestamp.h"
+
+#include "kms_http.h"
+
+enum
+{
+	CALL_RUNNING = 1,
+	CALL_WAITING,
+	CALL_DONE
+};
+
+#define BACKOFF_BASE_US		50000	/* first retry within 50 ms */
+#define BACKOFF_CAP_US		2000000 /* never wait more than 2 s between tries */
+#define MAX_ATTEMPTS		10
+
+static CURLM *hc_multi = NULL;
+static int	hc_pid = 0;
+
+static void
+hc_setup(void)
+{
+	if (hc_multi != NULL && hc_pid == MyProcPid)
+		return;
+	if (hc_pid == 0 && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		elog(ERROR, "could not initialize libcurl");
+	/* after a fork the parent's handle is not ours to clean up: start afresh */
+	hc_multi = curl_multi_init();
+	if (hc_multi == NULL)
+		elog(ERROR, "could not create a libcurl multi handle");
+	hc_pid = MyProcPid;
+}
+
+void
+byok_http_call_init(ByokHttpCall *call, const char *provider)
+{
+	memset(call, 0, sizeof(*call));
+	initStringInfo(&call->body);
+	initStringInfo(&call->response);
+	strlcpy(call->err.provider, provider, sizeof(call->err.provider));
+}
+
+static void
+hc_wipe(StringInfo s)
+{
+	if (s->data)
+		explicit_bzero(s->data, s->maxlen);
+	s->len = 0;
+	if (s->data)
+		s->data[0] = '\0';
+}
+
+/* Wipe and release everything a call holds. */
+void
+byok_http_call_free(ByokHttpCall *call)
+{
+	hc_wipe(&call->body);
+	hc_wipe(&call->response);
+	if (call->userpwd)
+	{
+		explicit_bzero(call->userpwd, strlen(call->userpwd));
+		pfree(call->userpwd);
+		call->userpwd = NULL;
+	}
+	if (call->headers)
+	{
+		curl_slist_free_all(call->headers);
+		call->headers = NULL;
+	}
+}
+
+/*
+ * Is this URL one byok may call?  http(s) only, and plain http only when
+ * byok.kms_allow_insecure is on.
+ */
+bool
+byok_http_url_allowed(const char *url, ByokKmsError *err)
+{
+	if (pg_strncasecmp(url, "https://", 8) == 0)
+		return true;
+	if (pg_strncasecmp(url, "http://", 7) == 0)
+	{
+		if (byok_kms_allow_insecure)
+			return true;
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "INSECURE_URL",
+						   "Plain http:// endpoints are refused unless byok.kms_allow_insecure is on.");
+		return false;
+	}
+	byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_URL",
+					   "The endpoint must be an https:// URL.");
+	return false;
+}
+
+static size_t
+hc_write(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	ByokHttpCall *call = userdata;
+	size_t		n = size * nmemb;
+
+	if (call->response.len + n > BYOK_HTTP_MAX_RESPONSE)
+	{
+		call->too_big = true;
+		return 0;				/* makes curl fail the transfer */
+	}
+	appendBinaryStringInfo(&call->response, ptr, n);
+	return n;
+}
+
+static void
+hc_start(ByokHttpCall *call, int64 remaining_us)
+{
+	CURL	   *e = curl_easy_init();
+	long		ms = Max(1, remaining_us / 1000);
+
+	if (e == NULL)
+		elog(ERROR, "could not create a libcurl handle");
+	hc_wipe(&call->response);
+	call->too_big = false;
+	call->status = 0;
+	call->retry_after_us = 0;
+
+	curl_easy_setopt(e, CURLOPT_URL, call->url);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (byok_kms_ca_file && byok_kms_ca_file[0])
+		curl_easy_setopt(e, CURLOPT_CAINFO, byok_kms_ca_file);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "byok/1.0");
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
+	if (call->post)
+	{
+		curl_easy_setopt(e, CURLOPT_POST, 1L);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body.data);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long) call->body.len);
+	}
+	else
+		curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+	if (call->sigv4[0])
+	{
+		curl_easy_setopt(e, CURLOPT_AWS_SIGV4, call->sigv4);
+		curl_easy_setopt(e, CURLOPT_USERPWD, call->userpwd);
+	}
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, hc_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+	if (curl_multi_add_handle(hc_multi, e) != CURLM_OK)
+	{
+		curl_easy_cleanup(e);
+		elog(ERROR, "could not start a libcurl transfer");
+	}
+	call->easy = e;
+	call->state = CALL_RUNNING;
+	call->attempts++;
+}
+
+static void
+hc_release(ByokHttpCall *call)
+{
+	if (call->easy)
+	{
+		curl_multi_remove_handle(hc_multi, call->easy);
+		curl_easy_cleanup(call->easy);
+		call->easy = NULL;
+	}
+}
+
+/* Full jitter: a random wait in [0, min(cap, base * 2^attempt)). */
+static int64
+hc_backoff(int attempt)
+{
+	int64		ceiling = BACKOFF_BASE_US << Min(attempt, 10);
+
+	ceiling = Min(ceiling, BACKOFF_CAP_US);
+	return (int64) (pg_prng_double(&pg_global_prng_state) * ceiling);
+}
+
+/* A transfer ended: classify it, and schedule a retry if it deserves one. */
+static void
+hc_finish(ByokHttpCall *call, CURLcode rc, int64 now, int64 deadline)
+{
+	curl_off_t	retry_after = 0;
+	bool		retryable;
+
+	curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &call->status);
+	curl_easy_getinfo(call->easy, CURLINFO_RETRY_AFTER, &retry_after);
+	hc_release(call);
+	call->retry_after_us = (int64) retry_after * USECS_PER_SEC;
+	call->err.status = BYOK_KMS_OK;
+	call->err.remote_code[0] = call->err.message[0] = '\0';
+
+	if (rc != CURLE_OK)
+	{
+		ByokKmsStatus st = BYOK_KMS_UNAVAILABLE;
+		const char *code = "UNREACHABLE";
+
+		if (call->too_big)
+		{
+			st = BYOK_KMS_BAD_RESPONSE;
+			code = "TOO_LARGE";
+		}
+		else if (rc == CURLE_OPERATION_TIMEDOUT)
+			code = "TIMEOUT";
+		else if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CONNECT_ERROR ||
+				 rc == CURLE_SSL_CACERT_BADFILE || rc == CURLE_SSL_CERTPROBLEM)
+		{
+			st = BYOK_KMS_CONFIG;
+			code = "TLS";
+		}
+		byok_kms_set_error(&call->err, st, code, "%s.", call->too_big ?
+						   "The answer is larger than 1 MiB" : curl_easy_strerror(rc));
+		call->result = st;
+		retryable = st == BYOK_KMS_UNAVAILABLE && rc != CURLE_OPERATION_TIMEDOUT;
+	}
+	else
+	{
+		call->result = call->classify(call, &call->err);
+		call->err.status = call->result;
+		retryable = call->result == BYOK_KMS_THROTTLED || call->result == BYOK_KMS_UNAVAILABLE;
+	}
+
+	if (retryable && call->attempts < MAX_ATTEMPTS)
+	{
+		int64		wait = Max(hc_backoff(call->attempts), call->retry_after_us);
+
+		if (now + wait < deadline)
+		{
+			call->state = CALL_WAITING;
+			call->retry_at = now + wait;
+			return;
+		}
+	}
+	call->state = CALL_DONE;
+}
+
+static void
+hc_abort(ByokHttpCall **calls, int n, const char *code, const char *msg)
+{
+	for (int i = 0; i < n; i++)
+	{
+		if (calls[i]->state == CALL_DONE)
+			continue;
+		hc_release(calls[i]);
+		calls[i]->state = CALL_DONE;
+		calls[i]->result = BYOK_KMS_UNAVAILABLE;
+		byok_kms_set_error(&calls[i]->err, BYOK_KMS_UNAVAILABLE, code, "%s", msg);
+	}
+}
+
+/*
+ * Run 'n' calls at once, each bounded (with its retries) by timeout_ms.
+ * Returns when every call has a result (call->result, call->err).  A query
+ * cancel or termination stops all of them and is then raised; a shutdown
+ * request (the poller) stops them as unavailable.
+ */
+void
+byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms)
+{
+	int64		deadline = GetCurrentTimestamp() + (int64) timeout_ms * 1000;
+
+	hc_setup();
+	curl_multi_setopt(hc_multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) byok_kms_max_connections);
+	PG_TRY();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			calls[i]->attempts = 0;
+			calls[i]->easy = NULL;
+			hc_start(calls[i], deadline - GetCurrentTimestamp());
+		}
+		for (;;)
+		{
+			int			running;
+			int			left;
+			CURLMsg    *msg;
+			int64		now;
+			int64		wake;
+			int			ndone = 0;
+
+			curl_multi_perform(hc_multi, &running);
+			now = GetCurrentTimestamp();
+			while ((msg = curl_multi_info_read(hc_multi, &left)) != NULL)
+			{
+				ByokHttpCall *call = NULL;
+
+				if (msg->msg != CURLMSG_DONE)
+					continue;
+				curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &call);
+				hc_finish(call, msg->data.result, now, deadline);
+			}
+			wake = deadline;
+			for (int i = 0; i < n; i++)
+			{
+				if (calls[i]->state == CALL_WAITING && now >= calls[i]->retry_at)
+					hc_start(calls[i], deadline - now);
+				if (calls[i]->state == CALL_WAITING)
+					wake = Min(wake, calls[i]->retry_at);
+				if (calls[i]->state == CALL_DONE)
+					ndone++;
+			}
+			if (ndone == n)
+				break;
+			if (now >= deadline)
+			{
+				char		msgbuf[128];
+
+				snprintf(msgbuf, sizeof(msgbuf),
+						 "No usable answer within byok.kms_timeout (%d ms).", timeout_ms);
+				hc_abort(calls, n, "TIMEOUT", msgbuf);
+				break;
+			}
+			(void) curl_multi_poll(hc_multi, NULL, 0,
+								   (int) Max(1, Min(50, (wake - now) / 1000 + 1)), NULL);
+			if (QueryCancelPending || ProcDiePending || ShutdownRequestPending)
+			{
+				hc_abort(calls, n, "INTERRUPTED", "The call was interrupted.");
+				CHECK_FOR_INTERRUPTS();
+				break;
+			}
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		hc_abort(calls, n, "INTERRUPTED", "The call was interrupted.");
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/* ---- JSON ---- */
+
+typedef struct JpState
+{
+	ByokJsonPick *pick;
+	char		path[512];
+	int			plen;
+	int			depth;			/* nesting depth, also beyond the stack */
+	int			saved[64];		/* path length to restore per level */
+	int			index[64];		/* array index per level */
+} JpState;
+
+static void
+jp_push(JpState *s, const char *seg)
+{
+	if (s->depth < 64)
+	{
+		s->saved[s->depth] = s->plen;
+		s->plen += snprintf(s->path + s->plen, sizeof(s->path) - s->plen, "%s%s",
+							s->plen > 0 ? "." : "", seg);
+		if (s->plen >= (int) sizeof(s->path))
+			s->plen = sizeof(s->path) - 1;
+	}
+	s->depth++;
+}
+
+static void
+jp_pop(JpState *s)
+{
+	s->depth--;
+	if (s->depth < 64)
+	{
+		s->plen = s->saved[s->depth];
+		s->path[s->plen] = '\0';
+	}
+}
+
+static void
+jp_field_start(void *state, char *fname, bool isnull)
+{
+	jp_push(state, fname);
+}
+
+static void
+jp_field_end(void *state, char *fname, bool isnull)
+{
+	jp_pop(state);
+}
+
+static void
+jp_array_start(void *state)
+{
+	JpState    *s = state;
+
+	if (s->depth < 64)
+		s->index[s->depth] = -1;
+}
+
+static void
+jp_elem_start(void *state, bool isnull)
+{
+	JpState    *s = state;
+	char		seg[16];
+	int			i = 0;
+
+	if (s->depth < 64)
+		i = ++s->index[s->depth];
+	snprintf(seg, sizeof(seg), "%d", i);
+	jp_push(s, seg);
+}
+
+static void
+jp_elem_end(void *state, bool isnull)
+{
+	jp_pop(state);
+}
+
+static void
+jp_scalar(void *state, char *token, JsonTokenType tokentype)
+{
+	JpState    *s = state;
+
+	if (s->depth <= 64)
+		for (int i = 0; i < s->pick->npaths; i++)
+			if (s->pick->values[i] == NULL && strcmp(s->pick->paths[i], s->path) == 0)
+				s->pick->values[i] = pstrdup(token);
+	/* the token may be key material (a base64 plaintext): wipe it */
+	if (token)
+		explicit_bzero(token, strlen(token));
+}
+
+/*
+ * Parse 'json' and collect the scalar values at pick->paths (dotted, array
+ * elements by index: "KeyMetadata.KeyState", "errors.0").  False when the
+ * text is not valid JSON; never raises an error for bad input.
+ */
+bool
+byok_json_pick(const char *json, int len, ByokJsonPick *pick)
+{
+	JpState		state;
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	char	   *copy;
+	bool		ok;
+
+	memset(&state, 0, sizeof(state));
+	state.pick = pick;
+	for (int i = 0; i < pick->npaths; i++)
+		pick->values[i] = NULL;
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &state;
+	sem.object_field_start = jp_field_start;
+	sem.object_field_end = jp_field_end;
+	sem.array_start = jp_array_start;
+	sem.array_element_start = jp_elem_start;
+	sem.array_element_end = jp_elem_end;
+	sem.scalar = jp_scalar;
+
+	copy = palloc(len + 1);
+	memcpy(copy, json, len);
+	copy[len] = '\0';
+	lex = makeJsonLexContextCstringLen(copy, len, PG_UTF8, true);
+	ok = pg_parse_json(lex, &sem) == JSON_SUCCESS;
+	explicit_bzero(copy, len);
+	pfree(copy);
+	if (!ok)
+		byok_json_pick_wipe(pick);
+	return ok;
+}
+
+void
+byok_json_pick_wipe(ByokJsonPick *pick)
+{
+	for (int i = 0; i < pick->npaths; i++)
+		if (pick->values[i])
+		{
+			explicit_bzero(pick->values[i], strlen(pick->values[i]));
+			pfree(pick->values[i]);
+			pick->values[i] = NULL;
+		}
+}
+
+void
+byok_json_escape(StringInfo buf, const char *s)
+{
+	appendStringInfoChar(buf, '"');
+	for (; *s; s++)
+	{
+		unsigned char c = (unsigned char) *s;
+
+		if (c == '"' || c == '\\')
+			appendStringInfo(buf, "\\%c", c);
+		else if (c < 0x20)
+			appendStringInfo(buf, "\\u%04x", c);
+		else
+			appendStringInfoChar(buf, c);
+	}
+	appendStringInfoChar(buf, '"');
+}
+
+/* ---- base64 ---- */
+
+char *
+byok_b64_encode(const uint8 *data, int len)
+{
+	int			cap = pg_b64_enc_len(len) + 1;
+	char	   *out = palloc(cap);
+	int			n = pg_b64_encode((const char *) data, len, out, cap);
+
+	if (n < 0)
+		elog(ERROR, "base64 encoding failed");
+	out[n] = '\0';
+	return out;
+}
+
+/* Decode into out (outlen bytes); -1 when the text is not valid base64 or too long. */
+int
+byok_b64_decode(const char *text, uint8 *out, int outlen)
+{
+	int			len = strlen(text);
+
+	if (pg_b64_dec_len(len) > outlen + 3)
+		return -1;
+	return pg_b64_decode(text, len, (char *) out, outlen);
+}
+
+/* ---- secret files ---- */
+
+/*
+ * Read a credentials file: a regular file owned by the server's OS user,
+ * not accessible by group or others, at most 64 kB.  The caller wipes
+ * 'out'.  Errors name the file, never its contents.
+ */
+bool
+byok_read_secret_file(const char *path, const char *what, StringInfo out, ByokKmsError *err)
+{
+	struct stat st;
+	int			fd;
+	char		buf[4096];
+	ssize_t		n;
+
+	if (path == NULL || path[0] == '\0')
+	{
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_CREDENTIALS", "%s is not set.", what);
+		return false;
+	}
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+	{
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_CREDENTIALS",
+						   "Could not open %s \"%s\": %m.", what, path);
+		return false;
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > 65536)
+	{
+		close(fd);
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_CREDENTIALS_FILE",
+						   "%s \"%s\" is not a regular file of at most 64 kB.", what, path);
+		return false;
+	}
+	if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0 || st.st_uid != geteuid())
+	{
+		close(fd);
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "LOOSE_PERMISSIONS",
+						   "%s \"%s\" must be owned by the server's operating system user and readable by it alone (mode 0600 or 0400).",
+						   what, path);
+		return false;
+	}
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		appendBinaryStringInfo(out, buf, n);
+	explicit_bzero(buf, sizeof(buf));
+	close(fd);
+	return true;
+}

@@ -1,0 +1,77 @@
+/*-------------------------------------------------------------------------
+ *
+ * kms_http.h
+ *		The HTTP client shared by the network key providers, and a small
+ *		JSON reader.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BYOK_KMS_HTTP_H
+#define BYOK_KMS_HTTP_H
+
+#include "lib/stringinfo.h"
+
+#include "kms.h"
+
+#define BYOK_HTTP_MAX_RESPONSE	(1024 * 1024)	/* larger answers are refused */
+
+typedef struct ByokHttpCall ByokHttpCall;
+
+/*
+ * Decide what an HTTP answer means: BYOK_KMS_OK, or a failure class with
+ * 'err' filled.  THROTTLED and UNAVAILABLE answers are retried (backoff with
+ * full jitter, honouring Retry-After) while time remains.
+ */
+typedef ByokKmsStatus (*ByokHttpClassify) (ByokHttpCall *call, ByokKmsError *err);
+
+struct ByokHttpCall
+{
+	/* request, set by the provider */
+	char		url[1024];
+	bool		post;			/* POST with body, else GET */
+	StringInfoData body;		/* request body (may hold secrets: wiped) */
+	struct curl_slist *headers;
+	char		sigv4[128];		/* CURLOPT_AWS_SIGV4 value, or empty */
+	char	   *userpwd;		/* "AKID:SECRET" for SigV4 (wiped), or NULL */
+	ByokHttpClassify classify;
+	void	   *arg;			/* provider's own */
+
+	/* answer */
+	long		status;			/* HTTP status, 0 if none */
+	StringInfoData response;	/* body (may hold secrets: wiped) */
+	ByokKmsStatus result;
+	ByokKmsError err;
+	int			attempts;
+
+	/* private to kms_http.c */
+	void	   *easy;
+	int			state;
+	bool		too_big;
+	int64		retry_at;
+	int64		retry_after_us;
+};
+
+extern void byok_http_call_init(ByokHttpCall *call, const char *provider);
+extern void byok_http_call_free(ByokHttpCall *call);
+extern void byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms);
+extern bool byok_http_url_allowed(const char *url, ByokKmsError *err);
+
+/* JSON: the scalar values at a few dotted paths ("a.b", "errors.0") */
+#define BYOK_JSON_MAX_PATHS 6
+typedef struct ByokJsonPick
+{
+	int			npaths;
+	const char *paths[BYOK_JSON_MAX_PATHS];
+	char	   *values[BYOK_JSON_MAX_PATHS];	/* palloc'd, NULL if absent */
+} ByokJsonPick;
+
+extern bool byok_json_pick(const char *json, int len, ByokJsonPick *pick);
+extern void byok_json_pick_wipe(ByokJsonPick *pick);
+
+extern char *byok_b64_encode(const uint8 *data, int len);
+extern int	byok_b64_decode(const char *text, uint8 *out, int outlen);
+extern void byok_json_escape(StringInfo buf, const char *s);
+extern bool byok_read_secret_file(const char *path, const char *what, StringInfo out,
+								  ByokKmsError *err);
+
+#endif							/* BYOK_KMS_HTTP_H */

@@ -1,0 +1,358 @@
+/*-------------------------------------------------------------------------
+ *
+ * kms_vault.c
+ *		The "vault-transit" key provider: HashiCorp Vault's Transit engine.
+ *
+ * Operations: POST <byok.vault_address>/v1/<byok.vault_mount>/encrypt/<key>
+ * (wrap), .../decrypt/<key> (unwrap), GET .../keys/<key> (state).  The
+ * token comes from byok.vault_token_file (first line; a file the server's
+ * OS user alone may read) and travels in X-Vault-Token; byok.vault_namespace,
+ * when set, in X-Vault-Namespace.  key_ref is the Transit key name.  Every
+ * encrypt and decrypt carries associated_data binding the tenant and the TK
+ * version (AEAD additional data), so a wrapped key moved to another tenant
+ * does not decrypt.
+ *
+ * Transit keys cannot be disabled as such; a customer cuts byok off by
+ * raising min_decryption_version above the version that wrapped byok's
+ * tenant key (-> DISABLED: the poller compares it with the version recorded
+ * from the wrapped key, see wrapped_version), by revoking the token's policy
+ * (HTTP 403 -> permission), or by deleting the key (404 -> DESTROYED).
+ * 429 -> throttled, 5xx (sealed, standby) -> unavailable, both retried.
+ *
+ * Wrapped form: a format byte (1) followed by Vault's "vault:vN:..." text.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "utils/timestamp.h"
+
+#include "kms_http.h"
+
+#define VAULT_WRAP_FORMAT 1
+
+static ByokKmsStatus
+vt_check_key_ref(const char *key_ref, ByokKmsError *err)
+{
+	for (const char *p = key_ref; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' || *p == '.'))
+		{
+			byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_KEY_REF",
+							   "A Vault Transit key name may contain only letters, digits, \"_\", \"-\" and \".\".");
+			return err->status;
+		}
+	return BYOK_KMS_OK;
+}
+
+static ByokKmsStatus
+vt_classify(ByokHttpCall *call, ByokKmsError *err)
+{
+	ByokJsonPick pick = {.npaths = 1, .paths = {"errors.0"}};
+	char		msg[200];
+	int			n = 0;
+	ByokKmsStatus st;
+
+	if (call->status == 200 || call->status == 204)
+		return BYOK_KMS_OK;
+	msg[0] = '\0';
+	if (byok_json_pick(call->response.data, call->response.len, &pick) && pick.values[0])
+	{
+		for (const char *p = pick.values[0]; *p && n < (int) sizeof(msg) - 1; p++)
+			msg[n++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
+		msg[n] = '\0';
+	}
+	byok_json_pick_wipe(&pick);
+
+	if (call->status == 429)
+		st = BYOK_KMS_THROTTLED;
+	else if (call->status >= 500)
+		st = BYOK_KMS_UNAVAILABLE;
+	else if (call->status == 401 || call->status == 403)
+		st = BYOK_KMS_PERMISSION;
+	else if (call->status == 404 || strstr(msg, "key not found") != NULL)
+		st = BYOK_KMS_DESTROYED;
+	else if (strstr(msg, "disallowed by policy") != NULL)
+		st = BYOK_KMS_DISABLED;
+	else
+		st = BYOK_KMS_BAD_RESPONSE;
+	byok_kms_set_error(err, st, psprintf("HTTP_%ld", call->status), "%s",
+					   msg[0] ? msg : "The request was refused.");
+	return st;
+}
+
+/* Prepare a call to 'path' under the Transit mount; false (err set) on bad set-up. */
+static bool
+vt_prepare(ByokHttpCall *call, const char *path, const char *key_ref, bool post,
+		   ByokKmsError *err)
+{
+	StringInfoData tok;
+	char	   *nl;
+	char		hdr[512];
+
+	byok_http_call_init(call, "vault-transit");
+	if (byok_vault_address == NULL || byok_vault_address[0] == '\0')
+	{
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_ADDRESS", "byok.vault_address is not set.");
+		return false;
+	}
+	{
+		int			alen = strlen(byok_vault_address);
+
+		while (alen > 0 && byok_vault_address[alen - 1] == '/')
+			alen--;
+		snprintf(call->url, sizeof(call->url), "%.*s/v1/%s/%s/%s", alen, byok_vault_address,
+				 byok_vault_mount, path, key_ref);
+	}
+	if (!byok_http_url_allowed(call->url, err))
+		return false;
+	initStringInfo(&tok);
+	if (!byok_read_secret_file(byok_vault_token_file, "byok.vault_token_file", &tok, err))
+	{
+		pfree(tok.data);
+		return false;
+	}
+	if ((nl = strpbrk(tok.data, "\r\n")) != NULL)
+		*nl = '\0';
+	if (tok.data[0] == '\0' || strlen(tok.data) > 400)
+	{
+		explicit_bzero(tok.data, tok.maxlen);
+		pfree(tok.data);
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_TOKEN",
+						   "byok.vault_token_file holds no usable token on its first line.");
+		return false;
+	}
+	snprintf(hdr, sizeof(hdr), "X-Vault-Token: %s", tok.data);
+	call->headers = curl_slist_append(call->headers, hdr);
+	explicit_bzero(hdr, sizeof(hdr));
+	explicit_bzero(tok.data, tok.maxlen);
+	pfree(tok.data);
+	if (byok_vault_namespace && byok_vault_namespace[0])
+	{
+		snprintf(hdr, sizeof(hdr), "X-Vault-Namespace: %s", byok_vault_namespace);
+		call->headers = curl_slist_append(call->headers, hdr);
+	}
+	call->headers = curl_slist_append(call->headers, "Content-Type: application/json");
+	call->headers = curl_slist_append(call->headers, "Expect:");
+	call->post = post;
+	call->classify = vt_classify;
+	return true;
+}
+
+static char *
+vt_aad(const ByokKmsContext *ctx)
+{
+	char	   *aad = psprintf("byok:%s:%d", ctx->tenant, ctx->tk_version);
+	char	   *b64 = byok_b64_encode((const uint8 *) aad, strlen(aad));
+
+	pfree(aad);
+	return b64;
+}
+
+static ByokKmsStatus
+vt_run(ByokHttpCall *call, ByokKmsError *err)
+{
+	ByokHttpCall *calls[1] = {call};
+
+	byok_http_perform(calls, 1, byok_kms_timeout);
+	*err = call->err;
+	return call->result;
+}
+
+static ByokKmsStatus
+vt_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int plain_len,
+		uint8 *out, int *out_len, ByokKmsError *err)
+{
+	ByokHttpCall call;
+	char	   *b64;
+	ByokKmsStatus st;
+	ByokJsonPick pick = {.npaths = 1, .paths = {"data.ciphertext"}};
+
+	if (vt_check_key_ref(key_ref, err) != BYOK_KMS_OK)
+		return err->status;
+	if (!vt_prepare(&call, "encrypt", key_ref, true, err))
+	{
+		byok_http_call_free(&call);
+		return err->status;
+	}
+	b64 = byok_b64_encode(plain, plain_len);
+	appendStringInfo(&call.body, "{\"plaintext\":\"%s\",\"associated_data\":\"%s\"}", b64, vt_aad(ctx));
+	explicit_bzero(b64, strlen(b64));
+
+	st = vt_run(&call, err);
+	if (st == BYOK_KMS_OK)
+	{
+		const char *ct = NULL;
+
+		if (byok_json_pick(call.response.data, call.response.len, &pick))
+			ct = pick.values[0];
+		if (ct == NULL || strncmp(ct, "vault:v", 7) != 0 || strlen(ct) + 1 > BYOK_MAX_WRAPPED)
+			st = (byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+									 "encrypt returned no usable ciphertext."), err->status);
+		else
+		{
+			out[0] = VAULT_WRAP_FORMAT;
+			memcpy(out + 1, ct, strlen(ct));
+			*out_len = strlen(ct) + 1;
+		}
+		byok_json_pick_wipe(&pick);
+	}
+	byok_http_call_free(&call);
+	return st;
+}
+
+static ByokKmsStatus
+vt_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, int wrapped_len,
+		  uint8 *out, int *out_len, ByokKmsError *err)
+{
+	ByokHttpCall call;
+	ByokKmsStatus st;
+	ByokJsonPick pick = {.npaths = 1, .paths = {"data.plaintext"}};
+	char	   *ct;
+
+	if (wrapped_len < 9 || wrapped[0] != VAULT_WRAP_FORMAT)
+	{
+		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_WRAPPED_KEY",
+						   "The wrapped key is not in the vault-transit provider's format.");
+		return err->status;
+	}
+	if (vt_check_key_ref(key_ref, err) != BYOK_KMS_OK)
+		return err->status;
+	if (!vt_prepare(&call, "decrypt", key_ref, true, err))
+	{
+		byok_http_call_free(&call);
+		return err->status;
+	}
+	ct = pnstrdup((const char *) wrapped + 1, wrapped_len - 1);
+	appendStringInfoString(&call.body, "{\"ciphertext\":");
+	byok_json_escape(&call.body, ct);
+	appendStringInfo(&call.body, ",\"associated_data\":\"%s\"}", vt_aad(ctx));
+
+	st = vt_run(&call, err);
+	if (st == BYOK_KMS_OK)
+	{
+		int			n = -1;
+
+		if (byok_json_pick(call.response.data, call.response.len, &pick) && pick.values[0])
+			n = byok_b64_decode(pick.values[0], out, BYOK_MAX_WRAPPED);
+		if (n <= 0)
+			st = (byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+									 "decrypt returned no usable plaintext."), err->status);
+		else
+			*out_len = n;
+		byok_json_pick_wipe(&pick);
+	}
+	byok_http_call_free(&call);
+	return st;
+}
+
+/* Read a GET keys/<name> answer into a state, given the version byok needs. */
+static ByokKmsStatus
+vt_state_from(ByokHttpCall *call, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
+{
+	ByokJsonPick pick = {.npaths = 2, .paths = {"data.min_decryption_version", "data.latest_version"}};
+	ByokKmsStatus st = call->result;
+
+	*err = call->err;
+	if (st == BYOK_KMS_DESTROYED)
+	{
+		*state = BYOK_KEY_DESTROYED;
+		return BYOK_KMS_OK;
+	}
+	if (st != BYOK_KMS_OK)
+		return st;
+	if (!byok_json_pick(call->response.data, call->response.len, &pick) || pick.values[0] == NULL)
+	{
+		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+						   "keys/<name> returned no min_decryption_version.");
+		return err->status;
+	}
+	*state = (version_hint > 0 && atoi(pick.values[0]) > version_hint) ?
+		BYOK_KEY_DISABLED : BYOK_KEY_ENABLED;
+	byok_json_pick_wipe(&pick);
+	return BYOK_KMS_OK;
+}
+
+static ByokKmsStatus
+vt_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
+{
+	ByokHttpCall call;
+	ByokKmsStatus st;
+
+	memset(&call, 0, sizeof(call));
+	if (vt_check_key_ref(key_ref, err) != BYOK_KMS_OK ||
+		!vt_prepare(&call, "keys", key_ref, false, err))
+	{
+		byok_http_call_free(&call);
+		return err->status;
+	}
+	(void) vt_run(&call, err);
+	st = vt_state_from(&call, version_hint, state, err);
+	byok_http_call_free(&call);
+	return st;
+}
+
+static void
+vt_key_state_many(ByokKmsStateQuery *queries, int n)
+{
+	ByokHttpCall *calls = palloc0(sizeof(ByokHttpCall) * n);
+	ByokHttpCall **run = palloc(sizeof(ByokHttpCall *) * n);
+	int			nrun = 0;
+	TimestampTz start = GetCurrentTimestamp();
+
+	for (int i = 0; i < n; i++)
+	{
+		if (vt_check_key_ref(queries[i].key_ref, &queries[i].err) == BYOK_KMS_OK &&
+			vt_prepare(&calls[i], "keys", queries[i].key_ref, false, &queries[i].err))
+			run[nrun++] = &calls[i];
+		else
+			queries[i].status = queries[i].err.status;
+	}
+	PG_TRY();
+	{
+		if (nrun > 0)
+			byok_http_perform(run, nrun, byok_kms_timeout);
+	}
+	PG_FINALLY();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			if (calls[i].classify != NULL && calls[i].state != 0)
+				queries[i].status = vt_state_from(&calls[i], queries[i].version_hint,
+												  &queries[i].state, &queries[i].err);
+			queries[i].us = GetCurrentTimestamp() - start;
+			byok_http_call_free(&calls[i]);
+		}
+	}
+	PG_END_TRY();
+	pfree(calls);
+	pfree(run);
+}
+
+/* The Transit key version a wrapped key needs: N of "vault:vN:". */
+static int32
+vt_wrapped_version(const uint8 *wrapped, int len)
+{
+	if (len > 8 && wrapped[0] == VAULT_WRAP_FORMAT &&
+		memcmp(wrapped + 1, "vault:v", 7) == 0)
+		return (int32) strtol((const char *) wrapped + 8, NULL, 10);
+	return 0;
+}
+
+static const ByokKmsRoutine vault_routine = {
+	.name = "vault-transit",
+	.check_key_ref = vt_check_key_ref,
+	.wrap = vt_wrap,
+	.unwrap = vt_unwrap,
+	.key_state = vt_key_state,
+	.key_state_many = vt_key_state_many,
+	.wrapped_version = vt_wrapped_version,
+};
+
+void
+byok_kms_vault_install(void)
+{
+	byok_kms_register(&vault_routine);
+}
