@@ -9,6 +9,7 @@ OBJS = \
 	src/localkeys.o \
 	src/kms.o \
 	src/kms_local.o \
+	src/kms_pkcs11.o \
 	src/kms_http.o \
 	src/kms_aws.o \
 	src/kms_vault.o \
@@ -20,10 +21,10 @@ EXTENSION = byok
 DATA = byok--1.0.sql
 PGFILEDESC = "byok - bring-your-own-key envelope encryption"
 
-PG_CPPFLAGS = -I$(srcdir)/src
+PG_CPPFLAGS = -I$(srcdir)/src -I/usr/include/p11-kit-1
 # -Wno-unused-parameter: PostgreSQL headers and fixed callback signatures
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
-SHLIB_LINK += -lcrypto -lcurl
+SHLIB_LINK += -lcrypto -lcurl -ldl
 
 REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)

@@ -45,7 +45,7 @@ int			byok_unreachable_policy = BYOK_SERVE_CACHED;
 int			byok_unreachable_grace = 60;
 bool		byok_kms_allow_insecure = false;
 char	   *byok_kms_ca_file = NULL;
-int			byok_kms_max_connections = 16;
+int			byok_kms_max_connections = 64;
 char	   *byok_aws_region = NULL;
 char	   *byok_aws_endpoint = NULL;
 char	   *byok_aws_credentials_file = NULL;
@@ -54,6 +54,9 @@ char	   *byok_vault_address = NULL;
 char	   *byok_vault_token_file = NULL;
 char	   *byok_vault_namespace = NULL;
 char	   *byok_vault_mount = NULL;
+char	   *byok_pkcs11_module = NULL;
+char	   *byok_pkcs11_token_label = NULL;
+char	   *byok_pkcs11_pin_file = NULL;
 
 static const struct config_enum_entry unreachable_policy_options[] = {
 	{"serve_cached", BYOK_SERVE_CACHED, false},
@@ -204,7 +207,7 @@ _PG_init(void)
 	DefineCustomIntVariable("byok.kms_max_connections",
 							"Most connections one process opens to one key provider endpoint at once.",
 							"Caps how many of the poller's questions run concurrently against one endpoint.",
-							&byok_kms_max_connections, 16, 1, 256,
+							&byok_kms_max_connections, 64, 1, 1024,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("byok.aws_region",
 							   "AWS region of the aws-kms provider.", NULL,
@@ -243,6 +246,22 @@ _PG_init(void)
 							   &byok_vault_mount, "transit",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 
+	DefineCustomStringVariable("byok.pkcs11_module",
+							   "PKCS#11 library of the pkcs11 provider.",
+							   "An absolute path; each server process loads it when it first needs a key from the token.",
+							   &byok_pkcs11_module, "/usr/lib/softhsm/libsofthsm2.so",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.pkcs11_token_label",
+							   "Label of the PKCS#11 token holding the customer master keys of the pkcs11 provider.",
+							   "The token is found by this label, since slot numbers can change.",
+							   &byok_pkcs11_token_label, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.pkcs11_pin_file",
+							   "File holding the user PIN of the pkcs11 provider's token.",
+							   "The PIN is its first line; the file must be readable by the server's operating system user alone.",
+							   &byok_pkcs11_pin_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
@@ -261,6 +280,7 @@ _PG_init(void)
 	byok_kms_local_install();
 	byok_kms_aws_install();
 	byok_kms_vault_install();
+	byok_kms_pkcs11_install();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = byok_shmem_request;

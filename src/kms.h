@@ -138,5 +138,6 @@ extern const char *byok_kms_status_name(ByokKmsStatus status);
 extern void byok_kms_local_install(void);
 extern void byok_kms_aws_install(void);
 extern void byok_kms_vault_install(void);
+extern void byok_kms_pkcs11_install(void);
 
 #endif							/* BYOK_KMS_H */

@@ -21,13 +21,14 @@
  * Wrapping is CKM_AES_GCM inside the token (C_Encrypt/C_Decrypt; the CMK
  * never leaves it) with a 12-byte IV from C_GenerateRandom, a 128-bit tag
  * and AAD binding the tenant name and TK version.  The wrapped form is a
- * format byte followed by IV, ciphertext and tag.  CK_GCM_PARAMS gained
- * ulIvBits in the PKCS#11 2.40 errata; modules built against the original
- * 2.40 header expect the struct without it and refuse ours with
- * CKR_ARGUMENTS_BAD or CKR_MECHANISM_PARAM_INVALID, so the other layout is
- * tried once and remembered.  SoftHSM 2.6.1 wants the errata layout (the
- * p11-kit header's).  SoftHSM reports a bad GCM tag as CKR_GENERAL_ERROR;
- * any failure of C_Decrypt is reported as UNWRAP_FAILED.
+ * format byte followed by IV, ciphertext and tag.  Headers disagree on
+ * CK_GCM_PARAMS: the p11-kit (2.40) and 3.x ones have ulIvBits, some older
+ * ones do not, and a module checks ulParameterLen against its own.  The
+ * other layout is tried once when the first is refused with
+ * CKR_ARGUMENTS_BAD or CKR_MECHANISM_PARAM_INVALID, and remembered.
+ * SoftHSM 2.6.1 wants the layout with ulIvBits (48 bytes on LP64).  A bad
+ * GCM tag is CKR_GENERAL_ERROR on SoftHSM (CKR_ENCRYPTED_DATA_INVALID per
+ * the standard); both become UNWRAP_FAILED.
  *
  * Processes.  The module is never initialised in the postmaster: the first
  * call in a process calls C_Initialize and records MyProcPid.  A process
@@ -36,26 +37,36 @@
  * C_CloseSession are undefined after fork) and C_Initialize is called
  * again.  CKR_CRYPTOKI_ALREADY_INITIALIZED is accepted (SoftHSM without
  * library.reset_on_fork keeps the parent's instance in the child); the
- * module is then not ours to finalise.  Each process keeps one logged-in
- * read-only session and reuses it.  A call failing because the session or
- * the token went away (CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED,
- * CKR_USER_NOT_LOGGED_IN, CKR_OPERATION_ACTIVE; CKR_TOKEN_NOT_PRESENT,
- * CKR_DEVICE_REMOVED, CKR_CRYPTOKI_NOT_INITIALIZED, which also
- * re-initialise the module) is retried once on a fresh session.  Object
- * handles are never kept across calls: every call looks the key up by
- * label again, so a key disabled or destroyed by another process is seen
- * at once.  A change of the module, token or PIN file GUC is noticed at the
- * next call.  The process's module is finalised at process exit; a loaded
- * module is never unloaded (dlclose of a library that registered exit
- * handlers can crash the process when it exits).
+ * module is then not ours to finalise.  The module is finalised at process
+ * exit; a loaded module is never unloaded (dlclose of a library that
+ * registered exit handlers can crash the process when it exits).  A change
+ * of the module, token or PIN file GUC is noticed at the next call.
+ *
+ * Sessions and handles.  Each process keeps one logged-in read-only session
+ * and reuses it.  A call failing because the session went away
+ * (CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED, CKR_USER_NOT_LOGGED_IN,
+ * CKR_OPERATION_ACTIVE) is retried once on a new session; one failing
+ * because the token or the module went away (CKR_TOKEN_NOT_PRESENT,
+ * CKR_DEVICE_REMOVED, CKR_CRYPTOKI_NOT_INITIALIZED) is retried once after
+ * re-initialising the module.  Object handles are never kept across calls:
+ * every call looks the key up by label again, so a key disabled or
+ * destroyed by another process is seen at once.  Because DESTROYED is
+ * final, a lookup that finds nothing on a module instance initialised
+ * earlier is repeated after re-initialising it (SoftHSM's file store
+ * answers "no such object" while its token folder is missing, and keeps
+ * doing so after the folder is back): the answer is then the key,
+ * DESTROYED, or an unavailable token.  The poller's key_state_many answers
+ * all its questions from one scan of the token's secret keys: a SoftHSM
+ * lookup costs about 12 us per object on the token, so asking key by key
+ * would cost O(N^2) per round.
  *
  * Locking: none here.  Callers hold no LWLock while calling in (a token
  * call can block); PKCS#11 calls are synchronous, so byok.kms_timeout does
  * not bound them.
  *
  * Key lifetime: the CMK never leaves the token.  The PIN is read into a
- * stack buffer for C_Login and wiped on every path.  Nothing here can
- * ereport, so no PG_TRY is needed for the wiping.  A plaintext TK passes
+ * stack buffer for C_Login and wiped on every path; nothing that runs
+ * while it is there can ereport, so no PG_TRY is needed for the wiping.  A plaintext TK passes
  * through only the caller's buffers; a failed unwrap wipes the output
  * buffer.  Messages name the module, token and key labels and PKCS#11
  * return codes, never a PIN or key byte.
@@ -73,14 +84,10 @@
 
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
+#include "portability/instr_time.h"
 #include "storage/ipc.h"
 
 #include "kms.h"
-
-/* GUC variables; byok.c defines them */
-extern char *byok_pkcs11_module;
-extern char *byok_pkcs11_token_label;
-extern char *byok_pkcs11_pin_file;
 
 #define P11_WRAP_FORMAT		1
 #define P11_IV_LEN			12	/* = BYOK_GCM_NONCE_LEN */
@@ -88,7 +95,7 @@ extern char *byok_pkcs11_pin_file;
 #define P11_TOKEN_LABEL_LEN	32	/* CK_TOKEN_INFO.label, blank padded */
 #define P11_MAX_PIN			256
 
-/* CK_GCM_PARAMS as the original PKCS#11 2.40 header declared it */
+/* CK_GCM_PARAMS as headers without ulIvBits declare it */
 typedef struct P11GcmParamsNoBits
 {
 	CK_BYTE_PTR pIv;
@@ -108,6 +115,7 @@ typedef struct P11State
 	bool		own_init;		/* ...and it returned CKR_OK (ours to finalise) */
 	bool		gcm_no_bits;	/* module wants CK_GCM_PARAMS without ulIvBits */
 	bool		exit_hook;		/* on_proc_exit registered in this process */
+	uint64		generation;		/* counts C_Initialize calls */
 	CK_SESSION_HANDLE session;	/* logged-in session or CK_INVALID_HANDLE */
 	char		token[P11_TOKEN_LABEL_LEN + 1]; /* token label of session */
 	char		pin_file[MAXPGPATH];	/* PIN file session logged in with */
@@ -130,7 +138,20 @@ typedef struct P11Call
 	int			in_len;
 	uint8	   *out;			/* wrap: IV||ct||tag; unwrap: plaintext */
 	CK_ULONG	out_len;		/* in: room in out; out: bytes written */
+	struct P11Match *matches;	/* key_state_many: one per query */
+	const ByokKmsStateQuery *queries;	/* key_state_many: the questions */
+	int			nqueries;
 } P11Call;
+
+/* key_state_many: what the scan found for one query */
+typedef struct P11Match
+{
+	bool		skip;			/* query already answered (bad key_ref) */
+	int			nfound;			/* secret keys with its label: 0, 1, 2 (= more) */
+	CK_KEY_TYPE key_type;		/* of the first one found */
+	CK_BBOOL	can_encrypt;
+	CK_BBOOL	can_decrypt;
+} P11Match;
 
 typedef CK_RV (*P11Op) (P11Call *call);
 
@@ -232,6 +253,7 @@ p11_fail(ByokKmsError *err, const char *what, CK_RV rv, const char *key_ref)
 		case CKR_PIN_EXPIRED:
 		case CKR_PIN_LOCKED:
 		case CKR_USER_PIN_NOT_INITIALIZED:
+		case CKR_USER_NOT_LOGGED_IN:
 			byok_kms_set_error(err, BYOK_KMS_PERMISSION, name,
 							   "Token \"%s\" refused the user PIN from \"%s\".",
 							   p11.token, p11.pin_file);
@@ -440,11 +462,13 @@ p11_load(ByokKmsError *err)
 		if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
 		{
 			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, p11_rv_name(rv, buf, sizeof(buf)),
-							   "C_Initialize of PKCS#11 module \"%s\" failed.", p11.module);
+							   "C_Initialize of PKCS#11 module \"%s\" failed; check the module's own configuration (for SoftHSM, SOFTHSM2_CONF in the server's environment).",
+							   p11.module);
 			return err->status;
 		}
 		p11.initialized = true;
 		p11.own_init = (rv == CKR_OK);
+		p11.generation++;
 	}
 	if (!p11.exit_hook)
 	{
@@ -596,25 +620,49 @@ p11_connect(ByokKmsError *err)
 
 /*
  * Run 'op' on this process's session, retrying once on a fresh session (or
- * a re-initialised module) when the session or token went away.  'op'
- * returns the PKCS#11 code of its first failure and sets call->failed.
+ * a re-initialised module) when the session or token went away, and once on
+ * a re-initialised module before reporting a key as missing.  'op' returns
+ * the PKCS#11 code of its first failure and sets call->failed.
  */
 static ByokKmsStatus
 p11_run(P11Op op, P11Call *call, ByokKmsError *err)
 {
-	for (int attempt = 0;; attempt++)
+	bool		retried = false;	/* retried after a lost session or token */
+	bool		confirmed = false;	/* re-asked a "not found" on a fresh module */
+
+	for (;;)
 	{
-		CK_RV		rv;
+		uint64		generation = p11.generation;
+		bool		fresh;
 		bool		reinit = false;
+		CK_RV		rv;
 
 		if (p11_connect(err) != BYOK_KMS_OK)
 			return err->status;
+		fresh = p11.generation != generation;
 		call->failed = NULL;
 		rv = op(call);
 		if (rv == CKR_OK)
-			return BYOK_KMS_OK;
-		if (attempt == 0 && p11_retryable(rv, &reinit))
 		{
+			/*
+			 * "Not found" makes a tenant's key destroyed for good, so it is
+			 * never trusted from a long-lived module instance: SoftHSM, for
+			 * one, answers an empty lookup while its token folder is gone
+			 * and keeps doing so after it is back.  Ask again after
+			 * re-initialising, which finds the token again or reports it
+			 * missing (unavailable).
+			 */
+			if (call->nfound == 0 && !fresh && !confirmed)
+			{
+				confirmed = true;
+				p11_drop(true);
+				continue;
+			}
+			return BYOK_KMS_OK;
+		}
+		if (!retried && p11_retryable(rv, &reinit))
+		{
+			retried = true;
 			p11_drop(reinit);
 			continue;
 		}
@@ -892,6 +940,160 @@ p11_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, Byok
 	return BYOK_KMS_OK;
 }
 
+/*
+ * key_state_many's scan: every secret key on the token, once.  SoftHSM's
+ * file store checks each object on disk at every lookup, so one lookup
+ * costs about 12 us per object on the token; asking for N keys one by one
+ * would cost O(N^2) per poll.  Handles are collected first (the find
+ * operation is closed before any attribute is read) and not kept.
+ */
+static CK_RV
+p11_op_scan(P11Call *call)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+	CK_OBJECT_HANDLE *handles;
+	CK_ULONG	nhandles = 0;
+	CK_ULONG	room = 64;
+	CK_RV		rv;
+
+	for (int i = 0; i < call->nqueries; i++)
+		call->matches[i].nfound = 0;
+	call->nfound = 1;
+	if ((rv = p11.fn->C_FindObjectsInit(p11.session, tmpl, lengthof(tmpl))) != CKR_OK)
+	{
+		call->failed = "C_FindObjectsInit";
+		return rv;
+	}
+	handles = palloc(room * sizeof(CK_OBJECT_HANDLE));
+	for (;;)
+	{
+		CK_ULONG	n = 0;
+
+		if (nhandles == room)
+		{
+			room *= 2;
+			handles = repalloc(handles, room * sizeof(CK_OBJECT_HANDLE));
+		}
+		rv = p11.fn->C_FindObjects(p11.session, handles + nhandles, room - nhandles, &n);
+		if (rv != CKR_OK || n == 0)
+			break;
+		nhandles += n;
+	}
+	(void) p11.fn->C_FindObjectsFinal(p11.session);
+	if (rv != CKR_OK)
+	{
+		pfree(handles);
+		call->failed = "C_FindObjects";
+		return rv;
+	}
+
+	for (CK_ULONG h = 0; h < nhandles; h++)
+	{
+		char		label[BYOK_MAX_KEY_REF + 1];
+		CK_KEY_TYPE key_type = 0;
+		CK_BBOOL	enc = CK_FALSE,
+					dec = CK_FALSE;
+		CK_ATTRIBUTE attrs[] = {
+			{CKA_LABEL, label, BYOK_MAX_KEY_REF},
+			{CKA_KEY_TYPE, &key_type, sizeof(key_type)},
+			{CKA_ENCRYPT, &enc, sizeof(enc)},
+			{CKA_DECRYPT, &dec, sizeof(dec)},
+		};
+
+		rv = p11.fn->C_GetAttributeValue(p11.session, handles[h], attrs, lengthof(attrs));
+		if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_BUFFER_TOO_SMALL)
+			continue;			/* destroyed meanwhile, or a label too long to match */
+		if (rv != CKR_OK)
+		{
+			pfree(handles);
+			call->failed = "C_GetAttributeValue";
+			return rv;
+		}
+		label[attrs[0].ulValueLen] = '\0';
+		for (int i = 0; i < call->nqueries; i++)
+		{
+			P11Match   *m = &call->matches[i];
+
+			if (m->skip || strcmp(call->queries[i].key_ref, label) != 0)
+				continue;
+			if (m->nfound++ == 0)
+			{
+				m->key_type = key_type;
+				m->can_encrypt = enc;
+				m->can_decrypt = dec;
+			}
+		}
+	}
+	pfree(handles);
+	for (int i = 0; i < call->nqueries; i++)
+		if (!call->matches[i].skip && call->matches[i].nfound == 0)
+			call->nfound = 0;	/* p11_run confirms a missing key */
+	return CKR_OK;
+}
+
+/*
+ * The poller's batch: all states from one scan of the token.  Each query
+ * gets the batch's duration.
+ */
+static void
+p11_key_state_many(ByokKmsStateQuery *queries, int n)
+{
+	P11Call		call = {.key_ref = "*"};
+	ByokKmsError err;
+	ByokKmsStatus st;
+	instr_time	start;
+	instr_time	took;
+	bool		any = false;
+
+	INSTR_TIME_SET_CURRENT(start);
+	call.queries = queries;
+	call.nqueries = n;
+	call.matches = palloc0(sizeof(P11Match) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		queries[i].status = p11_check_key_ref(queries[i].key_ref, &queries[i].err);
+		call.matches[i].skip = queries[i].status != BYOK_KMS_OK;
+		any |= !call.matches[i].skip;
+	}
+	memset(&err, 0, sizeof(err));
+	if (any)
+	{
+		strlcpy(err.provider, queries[0].err.provider, sizeof(err.provider));
+		st = p11_run(p11_op_scan, &call, &err);
+		for (int i = 0; i < n; i++)
+		{
+			P11Match   *m = &call.matches[i];
+			ByokKmsStateQuery *q = &queries[i];
+			P11Call		one = {.key_ref = q->key_ref, .nfound = m->nfound};
+
+			if (m->skip)
+				continue;
+			q->status = st;
+			if (st != BYOK_KMS_OK)
+				q->err = err;
+			else if (m->nfound == 0)
+				q->state = BYOK_KEY_DESTROYED;
+			else if (m->nfound > 1)
+				q->status = p11_not_one(&one, &q->err);
+			else if (m->key_type != CKK_AES)
+			{
+				byok_kms_set_error(&q->err, BYOK_KMS_CONFIG, "NOT_AES_KEY",
+								   "Key \"%s\" on token \"%s\" is not an AES key.",
+								   q->key_ref, p11.token);
+				q->status = BYOK_KMS_CONFIG;
+			}
+			else
+				q->state = (m->can_encrypt && m->can_decrypt) ? BYOK_KEY_ENABLED : BYOK_KEY_DISABLED;
+		}
+	}
+	pfree(call.matches);
+	INSTR_TIME_SET_CURRENT(took);
+	INSTR_TIME_SUBTRACT(took, start);
+	for (int i = 0; i < n; i++)
+		queries[i].us = INSTR_TIME_GET_MICROSEC(took);
+}
+
 static ByokKmsStatus
 p11_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int plain_len,
 		 uint8 *out, int *out_len, ByokKmsError *err)
@@ -969,6 +1171,7 @@ static const ByokKmsRoutine pkcs11_routine = {
 	.wrap = p11_wrap,
 	.unwrap = p11_unwrap,
 	.key_state = p11_key_state,
+	.key_state_many = p11_key_state_many,
 };
 
 void

@@ -7,7 +7,9 @@
 #   - pg_regress suites (sql/, expected/) on a temporary instance
 #   - isolation specs (specs/) on a temporary instance
 #   - TAP tests (test/t/, PostgreSQL::Test::Cluster): poller, lockout drills,
-#     concurrency, standby
+#     concurrency, standby, the HTTP providers against test/kms's server,
+#     the pkcs11 provider against SoftHSM2
+#   - the HTTP KMS test server's self-test
 # and ends with "N passed, N failed".  Exit status is non-zero on any failure.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -23,7 +25,17 @@ count_results() {   # count "... ok" / "... FAILED" lines of a pg_regress run
     passed=$((passed + ok)); failed=$((failed + bad))
 }
 
-say "regression and isolation suites (make installcheck)"
+say "the HTTP KMS test server's own self-test (it must speak the real protocols)"
+if /usr/bin/python3 -B "$REPO/test/kms/http_kms_selftest.py" >"$BUILD_DIR/kms_selftest.log" 2>&1; then :; fi
+tail -n 1 "$BUILD_DIR/kms_selftest.log"
+line=$(tail -n 1 "$BUILD_DIR/kms_selftest.log")
+if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+    passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
+else
+    cat "$BUILD_DIR/kms_selftest.log"; failed=$((failed + 1))
+fi
+
+say "regression, isolation and TAP suites (make installcheck)"
 runuser -u postgres -- make -C "$BUILD_DIR" PG_CONFIG=$PG_CONFIG installcheck >"$BUILD_DIR/installcheck.log" 2>&1
 rc=$?
 grep -E '^(test |ok|not ok|# )|\.\.\. |^t/|^test/t/|^Result' "$BUILD_DIR/installcheck.log" || true

@@ -17,7 +17,7 @@
  * pkcs11-tool cannot change a key's usage attributes, which is how the
  * tests "disable" a customer master key; hence this helper.  The key must
  * have CKA_MODIFIABLE true (keygen sets it; it is also the PKCS#11
- * default), or C_SetAttributeValue fails with CKR_ATTRIBUTE_READ_ONLY.
+ * default), or C_SetAttributeValue fails (SoftHSM 2.6.1: CKR_ACTION_PROHIBITED).
  *
  * The user PIN is read from the PIN file (first line); it never appears
  * on the command line.  Exit status: 0 success, 1 PKCS#11 failure or key
