@@ -9,7 +9,8 @@
 #   - TAP tests (test/t/, PostgreSQL::Test::Cluster): poller, lockout drills,
 #     concurrency, standby, the HTTP providers against test/kms's server,
 #     the pkcs11 provider against SoftHSM2
-#   - the HTTP KMS test server's self-test
+#   - the HTTP KMS test server's self-test, and the official AWS KMS and
+#     Vault clients from npm driving it
 # and ends with "N passed, N failed".  Exit status is non-zero on any failure.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -33,6 +34,24 @@ if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
     passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
 else
     cat "$BUILD_DIR/kms_selftest.log"; failed=$((failed + 1))
+fi
+
+say "the official AWS KMS and Vault clients (npm) against the same server"
+if ! command -v npm >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if (cd "$BUILD_DIR/test/kms/clients" && npm ci --no-audit --no-fund --loglevel=error >"$BUILD_DIR/npm.log" 2>&1); then
+    node "$BUILD_DIR/test/kms/clients/official_clients.mjs" >"$BUILD_DIR/clients.log" 2>&1
+    grep -E '^(ok|not ok)' "$BUILD_DIR/clients.log" | grep -v '^ok' || true
+    line=$(tail -n 1 "$BUILD_DIR/clients.log")
+    if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+        echo "$line"
+        passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
+    else
+        cat "$BUILD_DIR/clients.log"; failed=$((failed + 1))
+    fi
+else
+    echo "npm ci failed:"; cat "$BUILD_DIR/npm.log"; failed=$((failed + 1))
 fi
 
 say "regression, isolation and TAP suites (make installcheck)"

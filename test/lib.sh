@@ -34,7 +34,7 @@ byok_install_packages() {
 # Sets BUILD_DIR.
 byok_build_install() {
     BUILD_DIR=$(mktemp -d /tmp/byok-build.XXXXXX)
-    tar -C "$REPO" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
+    tar -C "$REPO" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' --exclude=node_modules \
         --exclude=results --exclude=tmp_check -cf - . | tar -C "$BUILD_DIR" -xf -
     chown -R postgres:postgres "$BUILD_DIR"
     say "building byok in $BUILD_DIR"
