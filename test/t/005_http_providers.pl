@@ -89,6 +89,15 @@ for my $prov ('aws-kms', 'vault-transit')
 	my ($ret, $out, $err) = try_sql("SELECT byok_create_tenant('${t}x', '$prov', 'no-such-key-$t')");
 	like($err, qr/YK004|destroyed or missing/, "$prov: onboarding refuses a key that does not exist");
 
+	# credentials files must be private
+	my $cf = $prov eq 'aws-kms' ? $kms->{aws_creds} : $kms->{vault_token};
+	chmod 0644, $cf;
+	sq("SELECT byok_cache_flush('$t')");
+	($ret, $out, $err) = try_sql("SELECT count(byok_decrypt(c)) FROM $t");
+	like($err, qr/YK009|configuration is invalid/, "$prov: a credentials file readable by others is refused");
+	chmod 0600, $cf;
+	is(sq("SELECT count(byok_decrypt(c)) FROM $t"), '20', "$prov: private again, it works");
+
 	# the customer disables its key: lockout within the poll bound, then recovery
 	my $t0 = time();
 	$P->{disable}->($key);
@@ -100,6 +109,17 @@ for my $prov ('aws-kms', 'vault-transit')
 	$P->{enable}->($key);
 	ok(wait_state($node, $t, 'active'), "$prov: enabling the key lets the tenant back in");
 	is(sq("SELECT count(byok_decrypt(c)) FROM $t"), '20', "$prov: every row decrypts again");
+	if ($prov eq 'vault-transit')
+	{
+		sq(q{ALTER SYSTEM SET byok.vault_namespace = 'tenants/acme'});
+		$node->reload;
+		$node->poll_query_until('postgres', q{SELECT current_setting('byok.vault_namespace') = 'tenants/acme'});
+		sq("SELECT byok_cache_flush('$t')");
+		is(sq("SELECT count(byok_decrypt(c)) FROM $t"), '20', "$prov: works with a namespace");
+		ok(($kms->stats->{namespaces}{'tenants/acme'} // 0) > 0, "$prov: X-Vault-Namespace was sent");
+		sq(q{ALTER SYSTEM RESET byok.vault_namespace});
+		$node->reload;
+	}
 	if ($P->{schedule_deletion})
 	{
 		$P->{schedule_deletion}->($key);

@@ -68,6 +68,18 @@ print $fh $pin;
 close $fh;
 is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'}), '20', 'the right PIN again');
 
+# the token goes away (its folder is moved): unavailable, never destroyed;
+# it comes back: the next unwrap works again
+my $tokens = "$dir/tokens";
+rename($tokens, "$tokens.away") or die;
+sq(q{SELECT byok_cache_flush('other')});
+($ret, $out, $err) = $node->psql('postgres', q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'});
+like($err, qr/YK005|unavailable|YK004|destroyed/, 'the token went away: the unwrap fails');
+isnt(sq(q{SELECT state FROM byok_stats() WHERE tenant = 'other'}), 'cmk_destroyed', 'and the tenant is not marked destroyed');
+rename("$tokens.away", $tokens) or die;
+ok($node->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM t WHERE tenant = 'other'}),
+	'the token is back: the tenant reads again');
+
 # destroyed: final
 p11('destroy', 'hsm-cmk');
 ok(wait_state($node, 'hsm', 'cmk_destroyed'), 'a destroyed key locks the tenant out for good');
