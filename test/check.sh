@@ -11,6 +11,7 @@
 #     the pkcs11 provider against SoftHSM2
 #   - the HTTP KMS test server's self-test, and the official AWS KMS and
 #     Vault clients from npm driving it
+#   - the benchmark harness in --quick mode (it must run; figures not judged)
 # and ends with "N passed, N failed".  Exit status is non-zero on any failure.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -64,6 +65,13 @@ if [ $rc -ne 0 ]; then
         [ -f "$f" ] && { echo "---- $f"; head -n 300 "$f"; }
     done
     [ $failed -eq 0 ] && failed=1
+fi
+
+say "the benchmark harness, quick mode (proves it works; the figures are not judged here)"
+if BYOK_ALREADY_INSTALLED=1 BYOK_SRC="$BUILD_DIR" bash "$REPO/test/bench/run.sh" --quick >"$BUILD_DIR/bench.log" 2>&1; then
+    echo "ok - test/bench/run.sh --quick"; passed=$((passed + 1))
+else
+    echo "not ok - test/bench/run.sh --quick"; tail -n 40 "$BUILD_DIR/bench.log"; failed=$((failed + 1))
 fi
 
 echo
