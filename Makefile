@@ -6,6 +6,7 @@ OBJS = \
 	src/envelope.o \
 	src/keycache.o \
 	src/keystore.o \
+	src/ledger.o \
 	src/localkeys.o \
 	src/kms.o \
 	src/kms_local.o \
@@ -26,7 +27,7 @@ PG_CPPFLAGS = -I$(srcdir)/src -I/usr/include/p11-kit-1
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
 SHLIB_LINK += -lcrypto -lcurl -ldl
 
-REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info
+REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info destroy
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)
 ISOLATION = revoke_running first_dek_race
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check_iso
@@ -39,3 +40,6 @@ include $(PGXS)
 
 # after PGXS, which sets PROVE_FLAGS itself
 PROVE_FLAGS = -I test/perl -v
+
+# every object depends on every header (PGXS does not track them)
+$(OBJS): $(wildcard $(srcdir)/src/*.h)

@@ -30,7 +30,7 @@ CREATE TABLE byok.tenant_keys (
     version     integer NOT NULL,
     provider    text NOT NULL,
     key_ref     text NOT NULL,
-    wrapped_key bytea NOT NULL,
+    wrapped_key bytea,          -- NULL once destroyed (byok_destroy_tenant)
     fingerprint text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (tenant_id, version)
@@ -43,7 +43,7 @@ CREATE TABLE byok.data_keys (
     scope       text NOT NULL,
     version     integer NOT NULL,
     tk_version  integer NOT NULL,
-    wrapped_key bytea NOT NULL,
+    wrapped_key bytea,          -- NULL once destroyed (byok_destroy_tenant)
     fingerprint text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     UNIQUE (tenant_id, scope, version)
@@ -152,6 +152,12 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'byok_reinstate_tenant'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION byok_reinstate_tenant(text) FROM PUBLIC;
+
+CREATE FUNCTION byok_destroy_tenant(tenant text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'byok_destroy_tenant'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_destroy_tenant(text) FROM PUBLIC;
 
 CREATE FUNCTION byok_cache_flush(tenant text DEFAULT NULL)
 RETURNS integer

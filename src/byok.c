@@ -54,6 +54,7 @@ char	   *byok_vault_address = NULL;
 char	   *byok_vault_token_file = NULL;
 char	   *byok_vault_namespace = NULL;
 char	   *byok_vault_mount = NULL;
+char	   *byok_destruction_ledger = NULL;
 char	   *byok_pkcs11_module = NULL;
 char	   *byok_pkcs11_token_label = NULL;
 char	   *byok_pkcs11_pin_file = NULL;
@@ -110,6 +111,9 @@ byok_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			byok_keystore_pre_commit();
+			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (byok_keystore_has_pending())
 				ereport(ERROR,
@@ -246,6 +250,11 @@ _PG_init(void)
 							   &byok_vault_mount, "transit",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 
+	DefineCustomStringVariable("byok.destruction_ledger",
+							   "File listing the tenant keys byok_destroy_tenant() destroyed, shared by the clusters of a platform.",
+							   "A cluster restored from an older backup refuses every key listed there. Empty turns the ledger off.",
+							   &byok_destruction_ledger, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("byok.pkcs11_module",
 							   "PKCS#11 library of the pkcs11 provider.",
 							   "An absolute path; each server process loads it when it first needs a key from the token.",

@@ -75,6 +75,7 @@ extern char *byok_vault_address;
 extern char *byok_vault_token_file;
 extern char *byok_vault_namespace;
 extern char *byok_vault_mount;
+extern char *byok_destruction_ledger;
 extern char *byok_pkcs11_module;
 extern char *byok_pkcs11_token_label;
 extern char *byok_pkcs11_pin_file;

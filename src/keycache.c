@@ -538,6 +538,7 @@ byok_tenant_attach(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
 		strlcpy(ts->name, name, NAMEDATALEN);
 		ts->nentries = 0;
 		ts->cmk = -1;
+		ts->tk_fp[0] = '\0';
 		memset(&ts->stats.provider_calls, 0,
 			   sizeof(ByokTenantStats) - offsetof(ByokTenantStats, provider_calls));
 		pg_atomic_write_u64(&ts->stats.encrypts, 0);
@@ -1432,4 +1433,43 @@ byok_tenant_snapshot(Oid dboid, Oid catalog, ByokTenantSlot **out)
 			memcpy(&(*out)[n++], &kc_slots[i], sizeof(ByokTenantSlot));
 	LWLockRelease(kc_lock);
 	return n;
+}
+
+/* Remember the fingerprint of the wrapped TK a tenant's cached keys came from. */
+void
+byok_tenant_set_fp(int slot, int32 tenant_id, const char *fp)
+{
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (kc_slots[slot].in_use && kc_slots[slot].tenant_id == tenant_id)
+		strlcpy(kc_slots[slot].tk_fp, fp, sizeof(kc_slots[slot].tk_fp));
+	LWLockRelease(kc_lock);
+}
+
+/*
+ * The destruction ledger changed: lock out for good every tenant whose
+ * tenant key it lists.  'listed' must not do I/O (the lock is held).
+ * Returns a List of ByokStateChange.  Takes the lock exclusive.
+ */
+List *
+byok_tenant_apply_ledger(bool (*listed) (const char *fp))
+{
+	List	   *changes = NIL;
+	TimestampTz now = GetCurrentTimestamp();
+
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	for (int i = 0; i < byok_max_tenants; i++)
+	{
+		ByokTenantSlot *ts = &kc_slots[i];
+
+		if (ts->in_use && ts->tk_fp[0] &&
+			pg_atomic_read_u32(&ts->state) != BYOK_TENANT_CMK_DESTROYED && listed(ts->tk_fp))
+		{
+			ByokStateChange *ch = palloc(sizeof(ByokStateChange));
+
+			kc_change_state(i, BYOK_TENANT_CMK_DESTROYED, "destruction ledger", now, ch);
+			changes = lappend(changes, ch);
+		}
+	}
+	LWLockRelease(kc_lock);
+	return changes;
 }

@@ -74,6 +74,7 @@ typedef struct ByokTenantSlot
 	TimestampTz state_changed_at;	/* last state change */
 	TimestampTz last_used;		/* for choosing a slot to reuse */
 	ByokTenantStats stats;		/* counters for byok.stats */
+	char		tk_fp[65];		/* SHA-256 of the wrapped TK in use (ledger checks) */
 } ByokTenantSlot;
 
 /* a CMK as the registry holds it (a copy, for the poller and the stats) */
@@ -161,6 +162,8 @@ extern int	byok_tenant_provider_state(int slot, int32 tenant_id, ByokTenantState
 extern void byok_tenant_record_call(int slot, ByokKmsStatus status, int64 us);
 extern bool byok_tenant_fail_fast(int slot);
 extern void byok_tenant_handle(int slot, int delta, uint64 encrypts, uint64 decrypts);
+extern void byok_tenant_set_fp(int slot, int32 tenant_id, const char *fp);
+extern List *byok_tenant_apply_ledger(bool (*listed) (const char *fp));
 extern int	byok_tenant_snapshot(Oid dboid, Oid catalog, ByokTenantSlot **out);
 extern void byok_tenant_drill(int slot, int32 tenant_id, ByokDrillResult *result);
 

@@ -54,6 +54,7 @@
 #include "keycache.h"
 #include "keystore.h"
 #include "kms.h"
+#include "ledger.h"
 #include "localkeys.h"
 
 /* a tenant and its current TK, as the catalog records them */
@@ -93,6 +94,7 @@ static int	ks_ncreated = 0;
 static int	ks_created_cap = 0;
 static bool ks_bump_epoch = false;
 static bool ks_flush_at_commit = false;	/* keys deleted: wipe this database's cache */
+static StringInfo ks_ledger_lines = NULL;	/* to append to the ledger at commit */
 static Oid	ks_catalog = InvalidOid;
 static LocalTransactionId ks_catalog_lxid = InvalidLocalTransactionId;
 
@@ -327,6 +329,17 @@ byok_raise_tenant_state(ByokTenantState state, const char *tenant)
 	pg_unreachable();
 }
 
+/* A tenant destroyed by byok_destroy_tenant(): its keys are gone. */
+static void
+ks_raise_destroyed(const char *tenant)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_BYOK_CMK_DESTROYED),
+			 errmsg("tenant \"%s\" was destroyed", tenant),
+			 errdetail("byok_destroy_tenant() deleted its keys; its data can no longer be decrypted."),
+			 errhint("The destruction certificate is in byok.key_events.")));
+}
+
 /* ---- keys ---- */
 
 /* AAD binding a wrapped DEK to its tenant, scope and version */
@@ -380,6 +393,22 @@ ks_fetch_tk(KsTenant *t, const ByokCacheKey *ck, uint8 *tk, ByokKmsError *err)
 	instr_time	start;
 	instr_time	elapsed;
 
+	char		fp[BYOK_LEDGER_FP_LEN + 1];
+
+	/* a key the destruction ledger lists is never unwrapped again */
+	byok_ledger_fingerprint(t->wrapped, t->wrapped_len, fp);
+	if (byok_ledger_contains(fp))
+	{
+		ByokStateChange ch;
+
+		if (byok_tenant_provider_state(t->slot, t->tenant_id, BYOK_TENANT_CMK_DESTROYED,
+									   "destruction ledger", &ch) >= 0)
+			byok_state_change_report(&ch, "backend");
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CMK_DESTROYED),
+				 errmsg("tenant \"%s\" was destroyed", t->name),
+				 errdetail("Its tenant key is listed in byok.destruction_ledger: this cluster holds a copy made before the destruction.")));
+	}
 	ctx.tenant = t->name;
 	ctx.tk_version = t->tk_version;
 	INSTR_TIME_SET_CURRENT(start);
@@ -418,6 +447,7 @@ ks_fetch_tk(KsTenant *t, const ByokCacheKey *ck, uint8 *tk, ByokKmsError *err)
 		}
 		byok_cmk_register(t->slot, t->provider, t->key_ref,
 						  byok_kms_wrapped_version(r, t->wrapped, t->wrapped_len));
+		byok_tenant_set_fp(t->slot, t->tenant_id, fp);
 	}
 	return st;
 }
@@ -591,7 +621,7 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 	ks_exec(&plan_load_dek,
 			"SELECT " TENANT_COLUMNS ", d.scope, d.version, d.wrapped_key "
 			"FROM byok.data_keys d JOIN byok.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
-			"JOIN byok.tenant_keys tk ON tk.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
+			"LEFT JOIN byok.tenant_keys tk ON tk.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
 			"AND tk.version OPERATOR(pg_catalog.=) d.tk_version "
 			"WHERE d.dek_id OPERATOR(pg_catalog.=) $1",
 			1, types, values, NULL, false);
@@ -605,6 +635,8 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 	version = DatumGetInt32(ks_get(0, 9, &isnull));
 	wrapped_len = ks_get_bytea(0, 10, wrapped, sizeof(wrapped));
 	ks_leave(&acc);
+	if (t.state == BYOK_TENANT_CMK_DESTROYED || wrapped_len == 0 || t.wrapped_len == 0)
+		ks_raise_destroyed(t.name);
 
 	ks_attach(&t);
 	aad_len = ks_dek_aad(t.tenant_id, scope, version, aad);
@@ -757,9 +789,13 @@ byok_keystore_current_dek(const char *tenant, const char *scope)
 				 errmsg("tenant \"%s\" does not exist", tenant)));
 	{
 		Datum		d = ks_get(0, 3, &isnull);
+		char		state[16];
 
 		if (!isnull)
 			dek_id = DatumGetInt64(d);
+		ks_get_text(0, 2, state, sizeof(state));
+		if (strcmp(state, "destroyed") == 0)
+			ks_raise_destroyed(tenant);
 	}
 	if (dek_id != 0)
 	{
@@ -1080,6 +1116,7 @@ byok_keystore_xact_end(bool commit)
 			byok_catalog_epoch_bump();
 	}
 	ks_pending = NIL;
+	ks_ledger_lines = NULL;
 	ks_created = NULL;
 	ks_ncreated = ks_created_cap = 0;
 	ks_bump_epoch = false;
@@ -1293,4 +1330,113 @@ byok_keystore_validate(const char *tenant, ByokCheck *checks)
 		ks_event(t.tenant_id, t.name, "tenant_validated", NULL, 0, NULL, NULL, detail);
 	}
 	ks_leave(&acc);
+}
+
+/*
+ * byok_destroy_tenant(): crypto-shredding.  The wrapped TKs and DEKs of the
+ * tenant are deleted (their catalog rows stay as tombstones, so
+ * byok_ciphertext_info() and the audit trail keep their meaning), the
+ * tenant is marked destroyed, and every backend locks it out for good when
+ * the transaction commits.  Returns the destruction certificate (JSON
+ * text), also stored in byok.key_events; the fingerprints of the destroyed
+ * tenant keys go to byok.destruction_ledger at commit.
+ */
+char *
+byok_keystore_destroy(const char *tenant)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	Oid			types[6] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[6];
+	char	   *cert;
+	char	   *lines;
+	bool		isnull;
+	KsPending  *p;
+	MemoryContext old;
+	static const char remains[] =
+		"Backups, dumps and replicas taken before this destruction still hold the wrapped tenant key "
+		"and stay readable for as long as the customer's CMK exists, unless the cluster that restores "
+		"them has byok.destruction_ledger listing this key. To make them unreadable everywhere, the "
+		"customer must also disable or delete its CMK.";
+
+	ks_enter(&acc);
+	ks_find_tenant(tenant, true, &t);
+	if (t.state == BYOK_TENANT_CMK_DESTROYED)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CMK_DESTROYED),
+				 errmsg("tenant \"%s\" is already destroyed", tenant)));
+	values[0] = Int32GetDatum(t.tenant_id);
+	values[1] = CStringGetTextDatum(t.name);
+	values[2] = CStringGetTextDatum(GetUserNameFromId(acc.userid, false));
+	values[3] = CStringGetTextDatum(byok_destruction_ledger ? byok_destruction_ledger : "");
+	values[4] = CStringGetTextDatum(remains);
+	values[5] = CStringGetTextDatum(t.provider);
+	ks_exec_once(
+		"SELECT pg_catalog.jsonb_build_object("
+		" 'certificate', 'byok destruction certificate v1',"
+		" 'tenant', $2, 'tenant_id', $1, 'database', pg_catalog.current_database(),"
+		" 'provider', t.provider, 'key_ref', t.key_ref,"
+		" 'destroyed_at', pg_catalog.now(), 'destroyed_by', $3, 'session_user', SESSION_USER,"
+		" 'tenant_keys', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
+		"     'version', k.version, 'provider', k.provider, 'key_ref', k.key_ref,"
+		"     'fingerprint', k.fingerprint,"
+		"     'wrapped_key_sha256', pg_catalog.encode(pg_catalog.sha256(k.wrapped_key), 'hex')) ORDER BY k.version), '[]')"
+		"   FROM byok.tenant_keys k WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.wrapped_key IS NOT NULL),"
+		" 'data_keys', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
+		"     'dek_id', d.dek_id, 'scope', d.scope, 'version', d.version, 'fingerprint', d.fingerprint,"
+		"     'wrapped_key_sha256', pg_catalog.encode(pg_catalog.sha256(d.wrapped_key), 'hex')) ORDER BY d.dek_id), '[]')"
+		"   FROM byok.data_keys d WHERE d.tenant_id OPERATOR(pg_catalog.=) $1 AND d.wrapped_key IS NOT NULL),"
+		" 'destruction_ledger', NULLIF($4, ''),"
+		" 'what_remains', $5)::text,"
+		" (SELECT pg_catalog.string_agg(pg_catalog.encode(pg_catalog.sha256(k.wrapped_key), 'hex') OPERATOR(pg_catalog.||) ' '"
+		"     OPERATOR(pg_catalog.||) pg_catalog.date_part('epoch', pg_catalog.now())::bigint::text OPERATOR(pg_catalog.||) ' '"
+		"     OPERATOR(pg_catalog.||) (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())::text"
+		"     OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) $2 OPERATOR(pg_catalog.||) E'\\n', '')"
+		"   FROM byok.tenant_keys k WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.wrapped_key IS NOT NULL)"
+		" FROM byok.tenants t WHERE t.tenant_id OPERATOR(pg_catalog.=) $1 AND $6 IS NOT NULL",
+		6, types, values, NULL);
+	cert = TextDatumGetCString(ks_get(0, 1, &isnull));
+	{
+		Datum		d = ks_get(0, 2, &isnull);
+
+		lines = isnull ? pstrdup("") : TextDatumGetCString(d);
+	}
+	cert = MemoryContextStrdup(CurTransactionContext, cert);
+	ks_exec_once("UPDATE byok.data_keys SET wrapped_key = NULL WHERE tenant_id OPERATOR(pg_catalog.=) $1",
+				 1, types, values, NULL);
+	ks_exec_once("UPDATE byok.tenant_keys SET wrapped_key = NULL WHERE tenant_id OPERATOR(pg_catalog.=) $1",
+				 1, types, values, NULL);
+	ks_exec_once("UPDATE byok.tenants SET state = 'destroyed', state_changed_at = pg_catalog.now() "
+				 "WHERE tenant_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL);
+	ks_event(t.tenant_id, t.name, "tenant_destroyed", NULL, 0, NULL, NULL, cert);
+	ks_leave(&acc);
+
+	/* at commit: every backend locks the tenant out for good, the ledger learns the keys */
+	t.slot = byok_tenant_attach(MyDatabaseId, byok_keystore_catalog(), t.tenant_id, t.name,
+								BYOK_TENANT_ACTIVE, &t.generation);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	p = palloc(sizeof(KsPending));
+	p->slot = t.slot;
+	p->tenant_id = t.tenant_id;
+	p->state = BYOK_TENANT_CMK_DESTROYED;
+	p->subid = GetCurrentSubTransactionId();
+	ks_pending = lappend(ks_pending, p);
+	if (ks_ledger_lines == NULL)
+		ks_ledger_lines = makeStringInfo();
+	appendStringInfoString(ks_ledger_lines, lines);
+	MemoryContextSwitchTo(old);
+	ks_bump_epoch = true;
+	byok_local_forget_current();
+	return cert;
+}
+
+/*
+ * Just before commit: write what must be durable outside the database
+ * first (the destruction ledger).  An error here aborts the transaction.
+ */
+void
+byok_keystore_pre_commit(void)
+{
+	if (ks_ledger_lines != NULL && ks_ledger_lines->len > 0)
+		byok_ledger_append(ks_ledger_lines->data);
 }

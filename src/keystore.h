@@ -43,6 +43,8 @@ typedef struct ByokCheck
 #define BYOK_VALIDATE_CHECKS 5
 extern void byok_keystore_validate(const char *tenant, ByokCheck *checks);
 extern void byok_keystore_drill(const char *tenant, ByokDrillResult *result);
+extern char *byok_keystore_destroy(const char *tenant);
+extern void byok_keystore_pre_commit(void);
 extern void byok_keystore_xact_end(bool commit);
 extern void byok_keystore_subxact_abort(SubTransactionId subid);
 extern bool byok_keystore_has_pending(void);

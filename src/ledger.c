@@ -139,6 +139,13 @@ byok_ledger_contains(const char *fp)
 	return ld_set != NULL && hash_search(ld_set, fp, HASH_FIND, NULL) != NULL;
 }
 
+/* Is this fingerprint in the ledger as last read?  No I/O. */
+bool
+byok_ledger_listed(const char *fp)
+{
+	return ld_set != NULL && hash_search(ld_set, fp, HASH_FIND, NULL) != NULL;
+}
+
 /*
  * Append lines to the ledger and fsync it.  Raises an error on failure (the
  * caller is about to commit the destruction: better to abort it).

@@ -15,6 +15,7 @@
 extern void byok_ledger_fingerprint(const uint8 *wrapped, int len, char *out);
 extern bool byok_ledger_refresh(void);
 extern bool byok_ledger_contains(const char *fp);
+extern bool byok_ledger_listed(const char *fp);
 extern void byok_ledger_append(const char *lines);
 
 #endif							/* BYOK_LEDGER_H */

@@ -23,6 +23,7 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 
 #include "envelope.h"
 #include "keystore.h"
@@ -37,6 +38,7 @@ PG_FUNCTION_INFO_V1(byok_rotate_data_key);
 PG_FUNCTION_INFO_V1(byok_revoke_tenant);
 PG_FUNCTION_INFO_V1(byok_reinstate_tenant);
 PG_FUNCTION_INFO_V1(byok_cache_flush);
+PG_FUNCTION_INFO_V1(byok_destroy_tenant);
 PG_FUNCTION_INFO_V1(byok_catalog_changed);
 
 static inline void
@@ -207,6 +209,16 @@ byok_reinstate_tenant(PG_FUNCTION_ARGS)
 	byok_check_loaded();
 	byok_keystore_set_revoked(text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
 	PG_RETURN_VOID();
+}
+
+Datum
+byok_destroy_tenant(PG_FUNCTION_ARGS)
+{
+	char	   *cert;
+
+	byok_check_loaded();
+	cert = byok_keystore_destroy(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(cert)));
 }
 
 Datum

@@ -52,6 +52,7 @@
 
 #include "keycache.h"
 #include "kms.h"
+#include "ledger.h"
 #include "worker.h"
 
 PGDLLEXPORT void byok_poller_main(Datum arg);
@@ -170,6 +171,15 @@ wk_poll_round(MemoryContext round_cxt)
 
 		snprintf(activity, sizeof(activity), "byok: polling %d customer master keys", n);
 		pgstat_report_activity(STATE_RUNNING, activity);
+	}
+	/* keys the destruction ledger lists are locked out for good */
+	if (byok_ledger_refresh())
+	{
+		List	   *changes = byok_tenant_apply_ledger(byok_ledger_listed);
+		ListCell   *lc;
+
+		foreach(lc, changes)
+			byok_state_change_report(lfirst(lc), "poller");
 	}
 	qsort(cmks, n, sizeof(ByokCmkInfo), wk_order);
 	for (int i = 0; i < n && !ShutdownRequestPending;)
