@@ -259,17 +259,6 @@ aws_check_key_ref(const char *key_ref, ByokKmsError *err)
 	return BYOK_KMS_OK;
 }
 
-/* Run one prepared call, bounded by byok.kms_timeout; returns its result. */
-static ByokKmsStatus
-aws_run(ByokHttpCall *call, ByokKmsError *err)
-{
-	ByokHttpCall *calls[1] = {call};
-
-	byok_http_perform(calls, 1, byok_kms_timeout);
-	*err = call->err;
-	return call->result;
-}
-
 static ByokKmsStatus
 aws_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int plain_len,
 		 uint8 *out, int *out_len, ByokKmsError *err)
@@ -294,7 +283,7 @@ aws_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int
 	aws_context_json(&call.body, ctx);
 	appendStringInfoChar(&call.body, '}');
 
-	st = aws_run(&call, err);
+	st = byok_http_run_one(&call, err);
 	if (st == BYOK_KMS_OK)
 	{
 		int			n = -1;
@@ -344,7 +333,7 @@ aws_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped,
 	aws_context_json(&call.body, ctx);
 	appendStringInfoChar(&call.body, '}');
 
-	st = aws_run(&call, err);
+	st = byok_http_run_one(&call, err);
 	if (st == BYOK_KMS_OK)
 	{
 		int			n = -1;
@@ -365,95 +354,64 @@ aws_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped,
 	return st;
 }
 
-/* Read a DescribeKey answer (or its error) into a state. */
+/* Read a DescribeKey answer (or its error) into the query's state. */
 static ByokKmsStatus
-aws_state_from(ByokHttpCall *call, ByokKeyState *state, ByokKmsError *err)
+aws_state_read(ByokHttpCall *call, ByokKmsStateQuery *q)
 {
 	ByokJsonPick pick = {.npaths = 1, .paths = {"KeyMetadata.KeyState"}};
 	ByokKmsStatus st = call->result;
 
-	*err = call->err;
+	q->err = call->err;
 	if (st == BYOK_KMS_DESTROYED)
 	{
-		*state = BYOK_KEY_DESTROYED;
+		q->state = BYOK_KEY_DESTROYED;
 		return BYOK_KMS_OK;
 	}
 	if (st != BYOK_KMS_OK)
 		return st;
 	if (!byok_json_pick(call->response.data, call->response.len, &pick) || pick.values[0] == NULL)
 	{
-		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+		byok_kms_set_error(&q->err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
 						   "DescribeKey returned no KeyMetadata.KeyState.");
-		return err->status;
+		return q->err.status;
 	}
-	*state = strcmp(pick.values[0], "Enabled") == 0 ? BYOK_KEY_ENABLED : BYOK_KEY_DISABLED;
+	q->state = strcmp(pick.values[0], "Enabled") == 0 ? BYOK_KEY_ENABLED : BYOK_KEY_DISABLED;
 	byok_json_pick_wipe(&pick);
 	return BYOK_KMS_OK;
 }
 
 static bool
-aws_prepare_describe(ByokHttpCall *call, const char *key_ref, ByokKmsError *err)
+aws_state_prepare(ByokHttpCall *call, ByokKmsStateQuery *q)
 {
-	if (aws_check_key_ref(key_ref, err) != BYOK_KMS_OK || !aws_prepare(call, "DescribeKey", err))
+	if (aws_check_key_ref(q->key_ref, &q->err) != BYOK_KMS_OK ||
+		!aws_prepare(call, "DescribeKey", &q->err))
 		return false;
 	appendStringInfoString(&call->body, "{\"KeyId\":");
-	byok_json_escape(&call->body, key_ref);
+	byok_json_escape(&call->body, q->key_ref);
 	appendStringInfoChar(&call->body, '}');
 	return true;
-}
-
-static ByokKmsStatus
-aws_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
-{
-	ByokHttpCall call;
-	ByokKmsStatus st;
-
-	memset(&call, 0, sizeof(call));
-	if (!aws_prepare_describe(&call, key_ref, err))
-	{
-		byok_http_call_free(&call);
-		return err->status;
-	}
-	(void) aws_run(&call, err);
-	st = aws_state_from(&call, state, err);
-	byok_http_call_free(&call);
-	return st;
 }
 
 /* The poller's batch: every DescribeKey at once over the shared connections. */
 static void
 aws_key_state_many(ByokKmsStateQuery *queries, int n)
 {
-	ByokHttpCall *calls = palloc0(sizeof(ByokHttpCall) * n);
-	ByokHttpCall **run = palloc(sizeof(ByokHttpCall *) * n);
-	int			nrun = 0;
-	TimestampTz start = GetCurrentTimestamp();
+	byok_http_key_state_many(queries, n, aws_state_prepare, aws_state_read);
+}
 
-	for (int i = 0; i < n; i++)
-	{
-		if (aws_prepare_describe(&calls[i], queries[i].key_ref, &queries[i].err))
-			run[nrun++] = &calls[i];
-		else
-			queries[i].status = queries[i].err.status;
-	}
-	PG_TRY();
-	{
-		if (nrun > 0)
-			byok_http_perform(run, nrun, byok_kms_timeout);
-	}
-	PG_FINALLY();
-	{
-		for (int i = 0; i < n; i++)
-		{
-			if (calls[i].classify != NULL && calls[i].state != 0)
-				queries[i].status = aws_state_from(&calls[i], &queries[i].state, &queries[i].err);
-			queries[i].us = GetCurrentTimestamp() - start;
-			byok_http_call_free(&calls[i]);
-		}
-	}
-	PG_END_TRY();
-	pfree(calls);
-	pfree(run);
+static ByokKmsStatus
+aws_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
+{
+	ByokKmsStateQuery q;
+
+	memset(&q, 0, sizeof(q));
+	q.key_ref = key_ref;
+	q.version_hint = version_hint;
+	q.err = *err;
+	aws_key_state_many(&q, 1);
+	*state = q.state;
+	*err = q.err;
+	return q.status;
 }
 
 static const ByokKmsRoutine aws_routine = {

@@ -374,6 +374,59 @@ byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms)
 	PG_END_TRY();
 }
 
+/* Run one prepared call, bounded by byok.kms_timeout; returns its result. */
+ByokKmsStatus
+byok_http_run_one(ByokHttpCall *call, ByokKmsError *err)
+{
+	ByokHttpCall *calls[1] = {call};
+
+	byok_http_perform(calls, 1, byok_kms_timeout);
+	*err = call->err;
+	return call->result;
+}
+
+/*
+ * Many key-state questions at once over the shared connections (the
+ * poller's round, or one question): 'prepare' turns a query into a call
+ * (false with query->err set when it cannot), 'read' turns the answer into
+ * query->state and the returned status.  Every call is freed (and wiped).
+ */
+void
+byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
+						 ByokHttpStatePrepare prepare, ByokHttpStateRead read)
+{
+	ByokHttpCall *calls = palloc0(sizeof(ByokHttpCall) * n);
+	ByokHttpCall **run = palloc(sizeof(ByokHttpCall *) * n);
+	int			nrun = 0;
+	TimestampTz start = GetCurrentTimestamp();
+
+	for (int i = 0; i < n; i++)
+	{
+		if (prepare(&calls[i], &queries[i]))
+			run[nrun++] = &calls[i];
+		else
+			queries[i].status = queries[i].err.status;
+	}
+	PG_TRY();
+	{
+		if (nrun > 0)
+			byok_http_perform(run, nrun, byok_kms_timeout);
+	}
+	PG_FINALLY();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			if (calls[i].classify != NULL && calls[i].state != 0)
+				queries[i].status = read(&calls[i], &queries[i]);
+			queries[i].us = GetCurrentTimestamp() - start;
+			byok_http_call_free(&calls[i]);
+		}
+	}
+	PG_END_TRY();
+	pfree(calls);
+	pfree(run);
+}
+
 /* ---- JSON ---- */
 
 typedef struct JpState

@@ -55,6 +55,13 @@ extern void byok_http_call_init(ByokHttpCall *call, const char *provider);
 extern void byok_http_call_free(ByokHttpCall *call);
 extern void byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms);
 extern bool byok_http_url_allowed(const char *url, ByokKmsError *err);
+extern ByokKmsStatus byok_http_run_one(ByokHttpCall *call, ByokKmsError *err);
+
+/* a provider's key-state question as an HTTP call, and how to read the answer */
+typedef bool (*ByokHttpStatePrepare) (ByokHttpCall *call, ByokKmsStateQuery *query);
+typedef ByokKmsStatus (*ByokHttpStateRead) (ByokHttpCall *call, ByokKmsStateQuery *query);
+extern void byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
+									 ByokHttpStatePrepare prepare, ByokHttpStateRead read);
 
 /* JSON: the scalar values at a few dotted paths ("a.b", "errors.0") */
 #define BYOK_JSON_MAX_PATHS 6

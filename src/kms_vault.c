@@ -152,16 +152,6 @@ vt_aad(const ByokKmsContext *ctx)
 }
 
 static ByokKmsStatus
-vt_run(ByokHttpCall *call, ByokKmsError *err)
-{
-	ByokHttpCall *calls[1] = {call};
-
-	byok_http_perform(calls, 1, byok_kms_timeout);
-	*err = call->err;
-	return call->result;
-}
-
-static ByokKmsStatus
 vt_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int plain_len,
 		uint8 *out, int *out_len, ByokKmsError *err)
 {
@@ -181,7 +171,7 @@ vt_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int 
 	appendStringInfo(&call.body, "{\"plaintext\":\"%s\",\"associated_data\":\"%s\"}", b64, vt_aad(ctx));
 	explicit_bzero(b64, strlen(b64));
 
-	st = vt_run(&call, err);
+	st = byok_http_run_one(&call, err);
 	if (st == BYOK_KMS_OK)
 	{
 		const char *ct = NULL;
@@ -230,7 +220,7 @@ vt_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, 
 	byok_json_escape(&call.body, ct);
 	appendStringInfo(&call.body, ",\"associated_data\":\"%s\"}", vt_aad(ctx));
 
-	st = vt_run(&call, err);
+	st = byok_http_run_one(&call, err);
 	if (st == BYOK_KMS_OK)
 	{
 		int			n = -1;
@@ -248,87 +238,59 @@ vt_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, 
 	return st;
 }
 
-/* Read a GET keys/<name> answer into a state, given the version byok needs. */
+/* Read a GET keys/<name> answer into the query's state, given the version byok needs. */
 static ByokKmsStatus
-vt_state_from(ByokHttpCall *call, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
+vt_state_read(ByokHttpCall *call, ByokKmsStateQuery *q)
 {
-	ByokJsonPick pick = {.npaths = 2, .paths = {"data.min_decryption_version", "data.latest_version"}};
+	ByokJsonPick pick = {.npaths = 1, .paths = {"data.min_decryption_version"}};
 	ByokKmsStatus st = call->result;
 
-	*err = call->err;
+	q->err = call->err;
 	if (st == BYOK_KMS_DESTROYED)
 	{
-		*state = BYOK_KEY_DESTROYED;
+		q->state = BYOK_KEY_DESTROYED;
 		return BYOK_KMS_OK;
 	}
 	if (st != BYOK_KMS_OK)
 		return st;
 	if (!byok_json_pick(call->response.data, call->response.len, &pick) || pick.values[0] == NULL)
 	{
-		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+		byok_kms_set_error(&q->err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
 						   "keys/<name> returned no min_decryption_version.");
-		return err->status;
+		return q->err.status;
 	}
-	*state = (version_hint > 0 && atoi(pick.values[0]) > version_hint) ?
+	q->state = (q->version_hint > 0 && atoi(pick.values[0]) > q->version_hint) ?
 		BYOK_KEY_DISABLED : BYOK_KEY_ENABLED;
 	byok_json_pick_wipe(&pick);
 	return BYOK_KMS_OK;
 }
 
-static ByokKmsStatus
-vt_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
+static bool
+vt_state_prepare(ByokHttpCall *call, ByokKmsStateQuery *q)
 {
-	ByokHttpCall call;
-	ByokKmsStatus st;
-
-	memset(&call, 0, sizeof(call));
-	if (vt_check_key_ref(key_ref, err) != BYOK_KMS_OK ||
-		!vt_prepare(&call, "keys", key_ref, false, err))
-	{
-		byok_http_call_free(&call);
-		return err->status;
-	}
-	(void) vt_run(&call, err);
-	st = vt_state_from(&call, version_hint, state, err);
-	byok_http_call_free(&call);
-	return st;
+	return vt_check_key_ref(q->key_ref, &q->err) == BYOK_KMS_OK &&
+		vt_prepare(call, "keys", q->key_ref, false, &q->err);
 }
 
 static void
 vt_key_state_many(ByokKmsStateQuery *queries, int n)
 {
-	ByokHttpCall *calls = palloc0(sizeof(ByokHttpCall) * n);
-	ByokHttpCall **run = palloc(sizeof(ByokHttpCall *) * n);
-	int			nrun = 0;
-	TimestampTz start = GetCurrentTimestamp();
+	byok_http_key_state_many(queries, n, vt_state_prepare, vt_state_read);
+}
 
-	for (int i = 0; i < n; i++)
-	{
-		if (vt_check_key_ref(queries[i].key_ref, &queries[i].err) == BYOK_KMS_OK &&
-			vt_prepare(&calls[i], "keys", queries[i].key_ref, false, &queries[i].err))
-			run[nrun++] = &calls[i];
-		else
-			queries[i].status = queries[i].err.status;
-	}
-	PG_TRY();
-	{
-		if (nrun > 0)
-			byok_http_perform(run, nrun, byok_kms_timeout);
-	}
-	PG_FINALLY();
-	{
-		for (int i = 0; i < n; i++)
-		{
-			if (calls[i].classify != NULL && calls[i].state != 0)
-				queries[i].status = vt_state_from(&calls[i], queries[i].version_hint,
-												  &queries[i].state, &queries[i].err);
-			queries[i].us = GetCurrentTimestamp() - start;
-			byok_http_call_free(&calls[i]);
-		}
-	}
-	PG_END_TRY();
-	pfree(calls);
-	pfree(run);
+static ByokKmsStatus
+vt_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
+{
+	ByokKmsStateQuery q;
+
+	memset(&q, 0, sizeof(q));
+	q.key_ref = key_ref;
+	q.version_hint = version_hint;
+	q.err = *err;
+	vt_key_state_many(&q, 1);
+	*state = q.state;
+	*err = q.err;
+	return q.status;
 }
 
 /* The Transit key version a wrapped key needs: N of "vault:vN:". */
