@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "port/pg_bswap.h"
 #include "portability/instr_time.h"
 
 #include "kms.h"
@@ -262,4 +263,23 @@ byok_kms_throw(const ByokKmsError *err, const char *tenant)
 					   err->remote_code[0] ? err->remote_code : "an error",
 					   err->message)));
 	pg_unreachable();
+}
+
+/*
+ * The AAD a provider binds a wrapped TK to, for providers that take raw
+ * AAD: label || NUL || tenant || NUL || TK version (big-endian).  'out'
+ * needs 64 + NAMEDATALEN bytes.  Returns its length.
+ */
+int
+byok_kms_context_aad(const char *label, const ByokKmsContext *ctx, uint8 *out)
+{
+	int			llen = strlen(label) + 1;
+	int			tlen = strlen(ctx->tenant) + 1;
+	uint32		ver = pg_hton32((uint32) ctx->tk_version);
+
+	Assert(llen + tlen + 4 <= 64 + NAMEDATALEN);
+	memcpy(out, label, llen);
+	memcpy(out + llen, ctx->tenant, tlen);
+	memcpy(out + llen + tlen, &ver, sizeof(ver));
+	return llen + tlen + sizeof(ver);
 }

@@ -133,6 +133,7 @@ extern void byok_kms_set_error(ByokKmsError *err, ByokKmsStatus status,
 			pg_attribute_printf(4, 5);
 extern void byok_kms_throw(const ByokKmsError *err, const char *tenant) pg_attribute_noreturn();
 extern const char *byok_kms_status_name(ByokKmsStatus status);
+extern int	byok_kms_context_aad(const char *label, const ByokKmsContext *ctx, uint8 *out);
 
 /* provider install functions */
 extern void byok_kms_local_install(void);

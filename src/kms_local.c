@@ -215,18 +215,7 @@ kl_read_key(const char *key_ref, uint8 *key, ByokKmsError *err)
 static int
 kl_aad(const ByokKmsContext *ctx, uint8 *aad)
 {
-	static const char label[] = "byok-local-v1";
-	int			len = 0;
-	int			tlen = strlen(ctx->tenant);
-	uint32		ver = pg_hton32((uint32) ctx->tk_version);
-
-	memcpy(aad, label, sizeof(label));	/* with its terminator */
-	len += sizeof(label);
-	memcpy(aad + len, ctx->tenant, tlen + 1);
-	len += tlen + 1;
-	memcpy(aad + len, &ver, sizeof(ver));
-	len += sizeof(ver);
-	return len;
+	return byok_kms_context_aad("byok-local-v1", ctx, aad);
 }
 
 static ByokKmsStatus

@@ -866,18 +866,7 @@ p11_not_one(P11Call *call, ByokKmsError *err)
 static int
 p11_aad(const ByokKmsContext *ctx, uint8 *aad)
 {
-	static const char label[] = "byok-pkcs11-v1";
-	int			len = 0;
-	int			tlen = strlen(ctx->tenant);
-	uint32		ver = pg_hton32((uint32) ctx->tk_version);
-
-	memcpy(aad, label, sizeof(label));	/* with its terminator */
-	len += sizeof(label);
-	memcpy(aad + len, ctx->tenant, tlen + 1);
-	len += tlen + 1;
-	memcpy(aad + len, &ver, sizeof(ver));
-	len += sizeof(ver);
-	return len;
+	return byok_kms_context_aad("byok-pkcs11-v1", ctx, aad);
 }
 
 static ByokKmsStatus
