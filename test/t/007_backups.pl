@@ -34,6 +34,16 @@ $src->safe_psql('postgres', q{
 	FROM generate_series(1, 50) i, unnest(ARRAY['acme', 'globex', 'initech', 'umbrella']) t
 	WHERE i % 4 = array_position(ARRAY['acme', 'globex', 'initech', 'umbrella'], t) - 1;
 });
+# a protected column: plaintext converted in place, then written through the view
+$src->safe_psql('postgres', q{
+	CREATE TABLE orders (id int PRIMARY KEY, tenant text NOT NULL, secret text, amount numeric);
+	INSERT INTO orders SELECT i, (ARRAY['acme', 'globex', 'initech'])[1 + i % 3], 'MARKER-order-' || i, i * 1.5
+	FROM generate_series(1, 30) i;
+	SELECT byok_protect_column('orders', 'secret', 'tenant');
+	INSERT INTO orders_decrypted (id, tenant, secret, amount)
+	SELECT i, (ARRAY['acme', 'globex', 'initech'])[1 + i % 3], 'MARKER-order-' || i, i * 1.5 FROM generate_series(31, 40) i;
+});
+my $orders = $src->safe_psql('postgres', q{SELECT md5(string_agg(id || tenant || secret, ',' ORDER BY id)) FROM orders_decrypted});
 my $expect = $src->safe_psql('postgres',
 	q{SELECT tenant, count(*), md5(string_agg(byok_decrypt_text(email) || byok_decrypt_text(note), ',' ORDER BY id))
 	  FROM customers GROUP BY tenant ORDER BY tenant});
@@ -45,7 +55,7 @@ $src->backup('before');
 my $dump = "$tmp/dump.sql";
 $src->command_ok([ 'pg_dump', '-d', $src->connstr('postgres'), '-f', $dump ], 'pg_dump of the database');
 my $text = slurp_file($dump);
-unlike($text, qr/MARKER/, 'the dump holds no plaintext marker of any tenant');
+unlike($text, qr/MARKER/, 'the dump holds no plaintext marker of any tenant (plain and protected columns)');
 like($text, qr/COPY byok\.tenant_keys/, 'the dump carries the wrapped keys (extension config tables)');
 is($src->safe_psql('postgres',
 		q{SELECT count(*) FROM customers WHERE (byok_ciphertext_info(email)).tenant <> tenant
@@ -66,8 +76,26 @@ is($dst->safe_psql('r',
 	join("\n", grep { !/^umbrella/ } split /\n/, $expect),
 	'each reachable tenant decrypts exactly what it had (no double encryption)');
 my ($ret, $out, $err) = $dst->psql('r', q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'umbrella'});
+
 like($err, qr/YK004|destroyed or missing/, 'a tenant whose CMK was destroyed stays unreadable after the restore');
 is($dst->safe_psql('r', q{SELECT count(*) FROM byok.tenants}), '4', 'the tenants came back with the dump');
+is($dst->safe_psql('r', q{SELECT md5(string_agg(id || tenant || secret, ',' ORDER BY id)) FROM orders_decrypted}),
+	$orders, 'the protected column reads back through its restored view');
+is($dst->safe_psql('r', q{SELECT count(*) FROM orders WHERE byok_decrypt_text(secret) LIKE 'MARKER-order-%'}), '40',
+	'one layer of encryption: each value decrypts straight to its plaintext');
+is($dst->safe_psql('r', q{SELECT count(*) FROM byok.protected_columns}), '1', 'the registry came back');
+is($dst->safe_psql('r', q{INSERT INTO orders_decrypted VALUES (41, 'acme', 'after restore', 1) RETURNING secret}),
+	'after restore', 'the restored view and triggers still encrypt new rows');
+($ret, $out, $err) = $dst->psql('r', q{INSERT INTO orders VALUES (42, 'acme', 'plaintext by mistake', 1)});
+like($err, qr/holds only byok ciphertexts/, 'and the restored guard still refuses plaintext in the table');
+
+# the custom format and pg_restore
+my $cdump = "$tmp/dump.custom";
+$src->command_ok([ 'pg_dump', '-Fc', '-d', $src->connstr('postgres'), '-f', $cdump ], 'pg_dump -Fc');
+$dst->safe_psql('postgres', 'CREATE DATABASE rc');
+$dst->command_ok([ 'pg_restore', '--exit-on-error', '-d', $dst->connstr('rc'), $cdump ], 'pg_restore into a fresh database');
+is($dst->safe_psql('rc', q{SELECT md5(string_agg(id || tenant || secret, ',' ORDER BY id)) FROM orders_decrypted
+	WHERE tenant <> 'umbrella'}), $orders, 'pg_restore: the protected column reads back');
 
 # a pg_basebackup copy
 my $copy = PostgreSQL::Test::Cluster->new('copy');
