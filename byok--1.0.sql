@@ -153,6 +153,18 @@ AS 'MODULE_PATHNAME', 'byok_reinstate_tenant'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION byok_reinstate_tenant(text) FROM PUBLIC;
 
+CREATE FUNCTION byok_rotate_tenant_key(tenant text)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'byok_rotate_tenant_key'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_rotate_tenant_key(text) FROM PUBLIC;
+
+CREATE FUNCTION byok_rewrap_tenant(tenant text, provider text, key_ref text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'byok_rewrap_tenant'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_rewrap_tenant(text, text, text) FROM PUBLIC;
+
 CREATE FUNCTION byok_destroy_tenant(tenant text)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'byok_destroy_tenant'

@@ -42,7 +42,7 @@ SET ROLE byok_ops;
 SELECT byok_revoke_tenant('globex');
 SELECT try($$SELECT byok_encrypt('globex', 'x')$$);
 SELECT byok_reinstate_tenant('globex');
-SELECT event, actor, session_actor FROM byok.key_events WHERE tenant = 'globex' AND event LIKE 'tenant_re%' ORDER BY event_id;
+SELECT event, actor, session_actor FROM byok.key_events WHERE tenant = 'globex' AND event IN ('tenant_revoked', 'tenant_reinstated') ORDER BY event_id;
 RESET ROLE;
 REVOKE ALL ON SCHEMA public FROM byok_app;
 DROP TABLE priv;

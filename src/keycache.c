@@ -1473,3 +1473,24 @@ byok_tenant_apply_ledger(bool (*listed) (const char *fp))
 	LWLockRelease(kc_lock);
 	return changes;
 }
+
+/*
+ * The tenant's keys changed (TK rotated, moved to another CMK): wipe its
+ * cached keys, bump its generation and forget its CMK, so the next unwrap
+ * registers the CMK now in use with the poller.  Takes the lock exclusive.
+ */
+void
+byok_tenant_rekeyed(int slot, int32 tenant_id)
+{
+	ByokTenantSlot *ts = &kc_slots[slot];
+
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (ts->in_use && ts->tenant_id == tenant_id)
+	{
+		pg_atomic_fetch_add_u64(&ts->generation, 1);
+		kc_sweep(0, slot, InvalidOid);
+		ts->cmk = -1;
+		ts->tk_fp[0] = '\0';
+	}
+	LWLockRelease(kc_lock);
+}

@@ -156,6 +156,7 @@ extern int	byok_tenant_find(Oid dboid, Oid catalog, int32 tenant_id);
 extern void byok_tenant_reset(Oid dboid, Oid catalog, int32 tenant_id, const char *name);
 extern int	byok_tenant_set_state(int slot, int32 tenant_id, ByokTenantState state);
 extern int	byok_tenant_purge(int slot);
+extern void byok_tenant_rekeyed(int slot, int32 tenant_id);
 
 extern int	byok_tenant_provider_state(int slot, int32 tenant_id, ByokTenantState state,
 									   const char *reason, ByokStateChange *change);

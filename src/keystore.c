@@ -78,6 +78,7 @@ typedef struct KsPending
 	int			slot;
 	int32		tenant_id;
 	ByokTenantState state;
+	bool		rekeyed;		/* no state change: wipe its keys, forget its CMK */
 	SubTransactionId subid;
 } KsPending;
 
@@ -1016,6 +1017,7 @@ byok_keystore_set_revoked(const char *tenant, bool revoke)
 	p->slot = t.slot;
 	p->tenant_id = t.tenant_id;
 	p->state = revoke ? BYOK_TENANT_REVOKED : BYOK_TENANT_ACTIVE;
+	p->rekeyed = false;
 	p->subid = GetCurrentSubTransactionId();
 	ks_pending = lappend(ks_pending, p);
 	MemoryContextSwitchTo(old);
@@ -1108,7 +1110,10 @@ byok_keystore_xact_end(bool commit)
 		{
 			KsPending  *p = lfirst(lc);
 
-			byok_tenant_set_state(p->slot, p->tenant_id, p->state);
+			if (p->rekeyed)
+				byok_tenant_rekeyed(p->slot, p->tenant_id);
+			else
+				byok_tenant_set_state(p->slot, p->tenant_id, p->state);
 		}
 		if (ks_flush_at_commit)
 			byok_cache_flush_database(MyDatabaseId);
@@ -1419,6 +1424,7 @@ byok_keystore_destroy(const char *tenant)
 	p->slot = t.slot;
 	p->tenant_id = t.tenant_id;
 	p->state = BYOK_TENANT_CMK_DESTROYED;
+	p->rekeyed = false;
 	p->subid = GetCurrentSubTransactionId();
 	ks_pending = lappend(ks_pending, p);
 	if (ks_ledger_lines == NULL)
@@ -1439,4 +1445,208 @@ byok_keystore_pre_commit(void)
 {
 	if (ks_ledger_lines != NULL && ks_ledger_lines->len > 0)
 		byok_ledger_append(ks_ledger_lines->data);
+}
+
+/* At commit, wipe the tenant's cached keys and forget its CMK (see callers). */
+static void
+ks_pending_rekeyed(KsTenant *t)
+{
+	KsPending  *p;
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+	p = palloc(sizeof(KsPending));
+	p->slot = t->slot;
+	p->tenant_id = t->tenant_id;
+	p->state = BYOK_TENANT_ACTIVE;
+	p->rekeyed = true;
+	p->subid = GetCurrentSubTransactionId();
+	ks_pending = lappend(ks_pending, p);
+	MemoryContextSwitchTo(old);
+}
+
+static bytea *
+ks_bytea(const uint8 *data, int len)
+{
+	bytea	   *b = (bytea *) palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), data, len);
+	return b;
+}
+
+/*
+ * byok_rotate_tenant_key(): a new TK version, wrapped by the CMK (one
+ * provider wrap); every DEK of the tenant unwrapped with the old TK (from
+ * the cache, or one provider unwrap) and wrapped again under the new one,
+ * in this transaction, with no data rewritten; the old TK's wrapped copy is
+ * then deleted.  Returns the new version.
+ */
+int32
+byok_keystore_rotate_tenant_key(const char *tenant)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	const ByokKmsRoutine *r;
+	ByokKmsContext ctx;
+	ByokKmsError err;
+	uint8		old_tk[BYOK_KEY_LEN];
+	uint8		new_tk[BYOK_KEY_LEN];
+	uint8		wrapped[BYOK_MAX_WRAPPED];
+	int			wlen = 0;
+	char		fp[BYOK_FINGERPRINT_LEN];
+	char		detail[128];
+	volatile int ndeks = 0;
+	int32		version;
+	Oid			types[6] = {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, TEXTOID};
+	Datum		values[6];
+
+	ks_enter(&acc);
+	ks_find_tenant(tenant, true, &t);
+	if (t.state == BYOK_TENANT_CMK_DESTROYED || t.wrapped_len == 0)
+		ks_raise_destroyed(t.name);
+	ks_attach(&t);
+	r = byok_kms_lookup(t.provider, false);
+	version = t.tk_version + 1;
+	ctx.tenant = t.name;
+	ctx.tk_version = version;
+	PG_TRY();
+	{
+		ks_tenant_key(&t, old_tk);
+		byok_random_bytes(new_tk, BYOK_KEY_LEN);
+		if (byok_kms_wrap(r, t.key_ref, &ctx, new_tk, BYOK_KEY_LEN, wrapped, &wlen, &err) != BYOK_KMS_OK)
+			byok_kms_throw(&err, t.name);
+		byok_key_fingerprint(new_tk, BYOK_KEY_LEN, fp);
+		values[0] = Int32GetDatum(t.tenant_id);
+		values[1] = Int32GetDatum(version);
+		values[2] = CStringGetTextDatum(t.provider);
+		values[3] = CStringGetTextDatum(t.key_ref);
+		values[4] = PointerGetDatum(ks_bytea(wrapped, wlen));
+		values[5] = CStringGetTextDatum(fp);
+		ks_exec_once("INSERT INTO byok.tenant_keys (tenant_id, version, provider, key_ref, wrapped_key, fingerprint) "
+					 "VALUES ($1, $2, $3, $4, $5, $6)", 6, types, values, NULL);
+
+		/* every DEK: unwrap with the old TK, wrap with the new one */
+		ks_exec_once("SELECT dek_id, scope, version, wrapped_key FROM byok.data_keys "
+					 "WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND wrapped_key IS NOT NULL ORDER BY dek_id",
+					 1, types, values, NULL);
+		{
+			SPITupleTable *deks = SPI_tuptable;
+			uint64		n = SPI_processed;
+
+			for (uint64 i = 0; i < n; i++)
+			{
+				bool		isnull;
+				int64		dek_id = DatumGetInt64(SPI_getbinval(deks->vals[i], deks->tupdesc, 1, &isnull));
+				char	   *scope = TextDatumGetCString(SPI_getbinval(deks->vals[i], deks->tupdesc, 2, &isnull));
+				int32		dver = DatumGetInt32(SPI_getbinval(deks->vals[i], deks->tupdesc, 3, &isnull));
+				bytea	   *w = DatumGetByteaPP(SPI_getbinval(deks->vals[i], deks->tupdesc, 4, &isnull));
+				uint8		aad[16 + BYOK_MAX_SCOPE + 8];
+				int			aad_len = ks_dek_aad(t.tenant_id, scope, dver, aad);
+				uint8		dek[BYOK_MAX_WRAPPED];
+				uint8		rew[BYOK_WRAPPED_LEN(BYOK_KEY_LEN)];
+				int			dlen = 0;
+				Oid			utypes[3] = {INT8OID, BYTEAOID, INT4OID};
+				Datum		uvalues[3];
+
+				if (!byok_gcm_unwrap(old_tk, aad, aad_len, (uint8 *) VARDATA_ANY(w), VARSIZE_ANY_EXHDR(w),
+									 dek, &dlen) || dlen != BYOK_KEY_LEN)
+					ereport(ERROR,
+							(errcode(ERRCODE_DATA_CORRUPTED),
+							 errmsg("data key " INT64_FORMAT " of tenant \"%s\" failed to unwrap", dek_id, t.name)));
+				byok_gcm_wrap(new_tk, aad, aad_len, dek, BYOK_KEY_LEN, rew);
+				explicit_bzero(dek, sizeof(dek));
+				uvalues[0] = Int64GetDatum(dek_id);
+				uvalues[1] = PointerGetDatum(ks_bytea(rew, sizeof(rew)));
+				uvalues[2] = Int32GetDatum(version);
+				ks_exec_once("UPDATE byok.data_keys SET wrapped_key = $2, tk_version = $3 "
+							 "WHERE dek_id OPERATOR(pg_catalog.=) $1", 3, utypes, uvalues, NULL);
+				ndeks++;
+			}
+		}
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(old_tk, sizeof(old_tk));
+		explicit_bzero(new_tk, sizeof(new_tk));
+	}
+	PG_END_TRY();
+
+	ks_exec_once("UPDATE byok.tenant_keys SET wrapped_key = NULL "
+				 "WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.<) $2",
+				 2, types, values, NULL);
+	ks_exec_once("UPDATE byok.tenants SET tk_version = $2 WHERE tenant_id OPERATOR(pg_catalog.=) $1",
+				 2, types, values, NULL);
+	snprintf(detail, sizeof(detail), "%d data keys rewrapped; tenant key version %d deleted",
+			 ndeks, version - 1);
+	ks_event(t.tenant_id, t.name, "tenant_key_rotated", "tk", version, NULL, fp, detail);
+	ks_leave(&acc);
+	ks_pending_rekeyed(&t);
+	ks_bump_epoch = true;
+	byok_local_forget_current();
+	return version;
+}
+
+/*
+ * byok_rewrap_tenant(): move a tenant to another CMK (same or another
+ * provider).  The new CMK is validated as onboarding does; the TK is
+ * unwrapped under the old CMK (from the cache, or one provider unwrap) and
+ * wrapped under the new one (one provider wrap).  No DEK and no data
+ * changes.  At commit the tenant's cached keys are wiped and its old CMK
+ * forgotten, so the poller watches the new one from the next unwrap on and
+ * the old CMK can be disabled without loss.
+ */
+void
+byok_keystore_rewrap(const char *tenant, const char *provider, const char *key_ref)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	const ByokKmsRoutine *r;
+	ByokKmsContext ctx;
+	ByokKmsError err;
+	uint8		tk[BYOK_KEY_LEN];
+	uint8		probe[BYOK_KEY_LEN];
+	uint8		wrapped[BYOK_MAX_WRAPPED];
+	int			wlen = 0;
+	char		detail[BYOK_MAX_KEY_REF * 2 + 64];
+	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
+	Datum		values[4];
+
+	r = byok_kms_lookup(provider, false);
+	ks_enter(&acc);
+	ks_find_tenant(tenant, true, &t);
+	if (t.state == BYOK_TENANT_CMK_DESTROYED || t.wrapped_len == 0)
+		ks_raise_destroyed(t.name);
+	ks_attach(&t);
+	ctx.tenant = t.name;
+	ctx.tk_version = t.tk_version;
+	PG_TRY();
+	{
+		/* the new CMK must pass the onboarding checks first */
+		byok_random_bytes(probe, BYOK_KEY_LEN);
+		if (byok_kms_validate(r, key_ref, &ctx, probe, wrapped, &wlen, &err) != BYOK_KMS_OK)
+			byok_kms_throw(&err, t.name);
+		ks_tenant_key(&t, tk);
+		if (byok_kms_wrap(r, key_ref, &ctx, tk, BYOK_KEY_LEN, wrapped, &wlen, &err) != BYOK_KMS_OK)
+			byok_kms_throw(&err, t.name);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(tk, sizeof(tk));
+		explicit_bzero(probe, sizeof(probe));
+	}
+	PG_END_TRY();
+	values[0] = Int32GetDatum(t.tenant_id);
+	values[1] = CStringGetTextDatum(provider);
+	values[2] = CStringGetTextDatum(key_ref);
+	values[3] = PointerGetDatum(ks_bytea(wrapped, wlen));
+	ks_exec_once("UPDATE byok.tenant_keys SET provider = $2, key_ref = $3, wrapped_key = $4 "
+				 "WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND version = "
+				 "(SELECT tk_version FROM byok.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1)",
+				 4, types, values, NULL);
+	ks_exec_once("UPDATE byok.tenants SET provider = $2, key_ref = $3 WHERE tenant_id OPERATOR(pg_catalog.=) $1",
+				 3, types, values, NULL);
+	snprintf(detail, sizeof(detail), "from %s key %s to %s key %s", t.provider, t.key_ref, provider, key_ref);
+	ks_event(t.tenant_id, t.name, "tenant_rewrapped", "tk", t.tk_version, NULL, NULL, detail);
+	ks_leave(&acc);
+	ks_pending_rekeyed(&t);
 }

@@ -44,6 +44,8 @@ typedef struct ByokCheck
 extern void byok_keystore_validate(const char *tenant, ByokCheck *checks);
 extern void byok_keystore_drill(const char *tenant, ByokDrillResult *result);
 extern char *byok_keystore_destroy(const char *tenant);
+extern int32 byok_keystore_rotate_tenant_key(const char *tenant);
+extern void byok_keystore_rewrap(const char *tenant, const char *provider, const char *key_ref);
 extern void byok_keystore_pre_commit(void);
 extern void byok_keystore_xact_end(bool commit);
 extern void byok_keystore_subxact_abort(SubTransactionId subid);

@@ -39,6 +39,8 @@ PG_FUNCTION_INFO_V1(byok_revoke_tenant);
 PG_FUNCTION_INFO_V1(byok_reinstate_tenant);
 PG_FUNCTION_INFO_V1(byok_cache_flush);
 PG_FUNCTION_INFO_V1(byok_destroy_tenant);
+PG_FUNCTION_INFO_V1(byok_rotate_tenant_key);
+PG_FUNCTION_INFO_V1(byok_rewrap_tenant);
 PG_FUNCTION_INFO_V1(byok_catalog_changed);
 
 static inline void
@@ -208,6 +210,22 @@ byok_reinstate_tenant(PG_FUNCTION_ARGS)
 {
 	byok_check_loaded();
 	byok_keystore_set_revoked(text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
+	PG_RETURN_VOID();
+}
+
+Datum
+byok_rotate_tenant_key(PG_FUNCTION_ARGS)
+{
+	byok_check_loaded();
+	PG_RETURN_INT32(byok_keystore_rotate_tenant_key(text_to_cstring(PG_GETARG_TEXT_PP(0))));
+}
+
+Datum
+byok_rewrap_tenant(PG_FUNCTION_ARGS)
+{
+	byok_check_loaded();
+	byok_keystore_rewrap(text_to_cstring(PG_GETARG_TEXT_PP(0)), text_to_cstring(PG_GETARG_TEXT_PP(1)),
+						 text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	PG_RETURN_VOID();
 }
 

@@ -58,8 +58,9 @@ my $text = slurp_file($dump);
 unlike($text, qr/MARKER/, 'the dump holds no plaintext marker of any tenant (plain and protected columns)');
 like($text, qr/COPY byok\.tenant_keys/, 'the dump carries the wrapped keys (extension config tables)');
 is($src->safe_psql('postgres',
-		q{SELECT count(*) FROM customers WHERE (byok_ciphertext_info(email)).tenant <> tenant
-		  OR (byok_ciphertext_info(note)).tenant <> tenant}), '0',
+		q{SELECT (SELECT count(*) FROM customers WHERE (byok_ciphertext_info(email)).tenant <> tenant
+		          OR (byok_ciphertext_info(note)).tenant <> tenant)
+		       + (SELECT count(*) FROM orders WHERE (byok_ciphertext_info(secret)).tenant <> tenant)}), '0',
 	"every ciphertext's header names its row's tenant");
 
 # the customer of umbrella destroys its CMK before the restore
