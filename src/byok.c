@@ -24,6 +24,7 @@
 #include "utils/guc.h"
 
 #include "byok.h"
+#include "envelope.h"
 #include "keycache.h"
 #include "keystore.h"
 #include "kms.h"
@@ -43,6 +44,7 @@ int			byok_poll_interval = 1000;
 int			byok_kms_timeout = 5000;
 int			byok_unreachable_policy = BYOK_SERVE_CACHED;
 int			byok_unreachable_grace = 60;
+int			byok_algorithm = BYOK_ALG_AES256GCM;
 bool		byok_kms_allow_insecure = false;
 char	   *byok_kms_ca_file = NULL;
 int			byok_kms_max_connections = 64;
@@ -58,6 +60,12 @@ char	   *byok_destruction_ledger = NULL;
 char	   *byok_pkcs11_module = NULL;
 char	   *byok_pkcs11_token_label = NULL;
 char	   *byok_pkcs11_pin_file = NULL;
+
+static const struct config_enum_entry algorithm_options[] = {
+	{"aes-256-gcm", BYOK_ALG_AES256GCM, false},
+	{"chacha20-poly1305", BYOK_ALG_CHACHA20POLY1305, false},
+	{NULL, 0, false}
+};
 
 static const struct config_enum_entry unreachable_policy_options[] = {
 	{"serve_cached", BYOK_SERVE_CACHED, false},
@@ -161,6 +169,12 @@ _PG_init(void)
 							   &byok_tenant, "",
 							   PGC_USERSET, 0,
 							   byok_tenant_check, byok_tenant_assign, NULL);
+
+	DefineCustomEnumVariable("byok.algorithm",
+							 "AEAD algorithm of new encryptions.",
+							 "Values sealed under any algorithm stay readable; byok_reencrypt migrates them.",
+							 &byok_algorithm, BYOK_ALG_AES256GCM, algorithm_options,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("byok.cache_ttl",
 							"How long an unwrapped key stays in the shared key cache.",

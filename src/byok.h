@@ -64,6 +64,7 @@ extern int	byok_poll_interval;
 extern int	byok_kms_timeout;
 extern int	byok_unreachable_policy;
 extern int	byok_unreachable_grace;
+extern int	byok_algorithm;
 extern bool byok_kms_allow_insecure;
 extern char *byok_kms_ca_file;
 extern int	byok_kms_max_connections;

@@ -4,7 +4,8 @@
  *		The byok ciphertext format and every AES-256-GCM operation.
  *
  * Everything that turns bytes into ciphertext or back lives here: sealing
- * and opening values in format v1, wrapping keys under keys (a DEK under its
+ * and opening values in format v1 (algorithm byte 1 = AES-256-GCM, 2 =
+ * ChaCha20-Poly1305, both with 96-bit nonces and 128-bit tags), wrapping keys under keys (a DEK under its
  * TK, a TK under a local CMK), key fingerprints, and the process's source
  * of random nonces.
  *
@@ -18,7 +19,7 @@
  * Key lifetime.  Functions here never keep key bytes: callers pass them in,
  * and any local copy or expanded schedule made here is wiped (explicit_bzero,
  * EVP_CIPHER_CTX_free) before return.  Contexts returned by
- * byok_gcm_context() carry an expanded key and belong to localkeys.c, which
+ * byok_aead_context() carry an expanded key and belong to localkeys.c, which
  * frees them at transaction end.
  *
  * Errors.  Malformed input raises ERRCODE_BYOK_MALFORMED_CIPHERTEXT, a
@@ -43,7 +44,7 @@
 static uint8 nonce_pool[NONCE_POOL_SIZE];
 static int	nonce_pool_pos = NONCE_POOL_SIZE;
 static int	nonce_pool_pid = 0;
-static EVP_CIPHER *gcm_cipher = NULL;
+static EVP_CIPHER *ciphers[BYOK_ALG_COUNT + 1];
 
 /*
  * Fill 'out' with 'len' bytes from OpenSSL's CSPRNG; raise an error if it
@@ -74,27 +75,31 @@ env_next_nonce(uint8 *out)
 	nonce_pool_pos += BYOK_GCM_NONCE_LEN;
 }
 
+/* The OpenSSL cipher of a format algorithm byte, fetched once per process. */
 static const EVP_CIPHER *
-env_cipher(void)
+env_cipher(int algorithm)
 {
-	if (gcm_cipher == NULL)
+	static const char *const names[BYOK_ALG_COUNT + 1] = {NULL, "AES-256-GCM", "ChaCha20-Poly1305"};
+
+	Assert(algorithm >= 1 && algorithm <= BYOK_ALG_COUNT);
+	if (ciphers[algorithm] == NULL)
 	{
-		gcm_cipher = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
-		if (gcm_cipher == NULL)
+		ciphers[algorithm] = EVP_CIPHER_fetch(NULL, names[algorithm], NULL);
+		if (ciphers[algorithm] == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("OpenSSL does not provide AES-256-GCM")));
+					 errmsg("OpenSSL does not provide %s", names[algorithm])));
 	}
-	return gcm_cipher;
+	return ciphers[algorithm];
 }
 
 /*
- * A cipher context with 'key' expanded for encryption or decryption.  The
- * caller owns it and must EVP_CIPHER_CTX_free() it (which wipes the key
- * schedule).
+ * A cipher context of 'algorithm' with 'key' expanded for encryption or
+ * decryption.  The caller owns it and must EVP_CIPHER_CTX_free() it (which
+ * wipes the key schedule).
  */
 EVP_CIPHER_CTX *
-byok_gcm_context(const uint8 *key, bool encrypt)
+byok_aead_context(int algorithm, const uint8 *key, bool encrypt)
 {
 	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
 
@@ -102,12 +107,12 @@ byok_gcm_context(const uint8 *key, bool encrypt)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory")));
-	if (EVP_CipherInit_ex(ctx, env_cipher(), NULL, key, NULL, encrypt ? 1 : 0) != 1)
+	if (EVP_CipherInit_ex(ctx, env_cipher(algorithm), NULL, key, NULL, encrypt ? 1 : 0) != 1)
 	{
 		EVP_CIPHER_CTX_free(ctx);
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not initialize AES-256-GCM")));
+				 errmsg("could not initialize %s", byok_algorithm_name(algorithm))));
 	}
 	return ctx;
 }
@@ -119,6 +124,8 @@ byok_algorithm_name(int algorithm)
 	{
 		case BYOK_ALG_AES256GCM:
 			return "aes-256-gcm";
+		case BYOK_ALG_CHACHA20POLY1305:
+			return "chacha20-poly1305";
 		default:
 			return NULL;
 	}
@@ -137,7 +144,7 @@ byok_envelope_try_parse(const uint8 *data, int len, ByokHeader *hdr)
 		return false;
 	hdr->version = data[0];
 	hdr->algorithm = data[1];
-	if (hdr->version != BYOK_FORMAT_V1 || hdr->algorithm != BYOK_ALG_AES256GCM)
+	if (hdr->version != BYOK_FORMAT_V1 || hdr->algorithm < 1 || hdr->algorithm > BYOK_ALG_COUNT)
 		return false;
 	memcpy(&id, data + 2, sizeof(id));
 	hdr->dek_id = (int64) pg_ntoh64(id);
@@ -165,7 +172,7 @@ byok_envelope_parse(const uint8 *data, int len, ByokHeader *hdr)
 				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
 				 errmsg("malformed byok ciphertext"),
 				 errdetail("The format version is not one this server reads.")));
-	if (data[1] != BYOK_ALG_AES256GCM)
+	if (data[1] < 1 || data[1] > BYOK_ALG_COUNT)
 		ereport(ERROR,
 				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
 				 errmsg("malformed byok ciphertext"),
@@ -198,7 +205,7 @@ env_feed_aad(EVP_CIPHER_CTX *ctx, const uint8 *header, int32 tenant_id,
  * return a palloc'd bytea in format v1.
  */
 bytea *
-byok_envelope_seal(EVP_CIPHER_CTX *ctx, int64 dek_id, int32 tenant_id,
+byok_envelope_seal(EVP_CIPHER_CTX *ctx, int algorithm, int64 dek_id, int32 tenant_id,
 				   const char *plain, int plain_len,
 				   const char *aad, int aad_len)
 {
@@ -216,7 +223,7 @@ byok_envelope_seal(EVP_CIPHER_CTX *ctx, int64 dek_id, int32 tenant_id,
 	SET_VARSIZE(result, VARHDRSZ + total);
 	out = (uint8 *) VARDATA(result);
 	out[0] = BYOK_FORMAT_V1;
-	out[1] = BYOK_ALG_AES256GCM;
+	out[1] = (uint8) algorithm;
 	memcpy(out + 2, &id, sizeof(id));
 	env_next_nonce(out + 10);
 
@@ -226,13 +233,13 @@ byok_envelope_seal(EVP_CIPHER_CTX *ctx, int64 dek_id, int32 tenant_id,
 		 EVP_EncryptUpdate(ctx, out + BYOK_HEADER_LEN, &n,
 						   (const uint8 *) plain, plain_len) != 1) ||
 		EVP_EncryptFinal_ex(ctx, out + BYOK_HEADER_LEN + plain_len, &n) != 1 ||
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, BYOK_GCM_TAG_LEN,
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, BYOK_GCM_TAG_LEN,
 							out + BYOK_HEADER_LEN + plain_len) != 1)
 	{
 		explicit_bzero(out, total);
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("AES-256-GCM encryption failed")));
+				 errmsg("%s encryption failed", byok_algorithm_name(algorithm))));
 	}
 	return result;
 }
@@ -262,7 +269,7 @@ byok_envelope_open(EVP_CIPHER_CTX *ctx, const uint8 *data, int len,
 		!env_feed_aad(ctx, data, tenant_id, aad, aad_len) ||
 		(body_len > 0 &&
 		 EVP_DecryptUpdate(ctx, out, &n, data + BYOK_HEADER_LEN, body_len) != 1) ||
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, BYOK_GCM_TAG_LEN, tag) != 1 ||
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, BYOK_GCM_TAG_LEN, tag) != 1 ||
 		EVP_DecryptFinal_ex(ctx, out + body_len, &n) != 1)
 	{
 		explicit_bzero(out, body_len);
@@ -290,7 +297,7 @@ byok_gcm_wrap(const uint8 *key, const uint8 *aad, int aad_len,
 	bool		ok;
 
 	byok_random_bytes(out, BYOK_GCM_NONCE_LEN);
-	ctx = byok_gcm_context(key, true);
+	ctx = byok_aead_context(BYOK_ALG_AES256GCM, key, true);
 	ok = EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, out) == 1 &&
 		EVP_EncryptUpdate(ctx, NULL, &n, aad, aad_len) == 1 &&
 		EVP_EncryptUpdate(ctx, out + BYOK_GCM_NONCE_LEN, &n, plain, plain_len) == 1 &&
@@ -322,7 +329,7 @@ byok_gcm_unwrap(const uint8 *key, const uint8 *aad, int aad_len,
 	if (body <= 0 || body > BYOK_MAX_WRAPPED)
 		return false;
 	memcpy(tag, in + in_len - BYOK_GCM_TAG_LEN, BYOK_GCM_TAG_LEN);
-	ctx = byok_gcm_context(key, false);
+	ctx = byok_aead_context(BYOK_ALG_AES256GCM, key, false);
 	ok = EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, in) == 1 &&
 		EVP_DecryptUpdate(ctx, NULL, &n, aad, aad_len) == 1 &&
 		EVP_DecryptUpdate(ctx, out, &n, in + BYOK_GCM_NONCE_LEN, body) == 1 &&

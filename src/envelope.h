@@ -20,6 +20,8 @@
  */
 #define BYOK_FORMAT_V1			1
 #define BYOK_ALG_AES256GCM		1
+#define BYOK_ALG_CHACHA20POLY1305	2
+#define BYOK_ALG_COUNT			2	/* algorithms are 1 .. BYOK_ALG_COUNT */
 #define BYOK_HEADER_LEN			22
 #define BYOK_OVERHEAD			(BYOK_HEADER_LEN + BYOK_GCM_TAG_LEN)
 
@@ -36,14 +38,14 @@ typedef struct ByokHeader
 
 extern void byok_envelope_parse(const uint8 *data, int len, ByokHeader *hdr);
 extern bool byok_envelope_try_parse(const uint8 *data, int len, ByokHeader *hdr);
-extern bytea *byok_envelope_seal(EVP_CIPHER_CTX *ctx, int64 dek_id, int32 tenant_id,
+extern bytea *byok_envelope_seal(EVP_CIPHER_CTX *ctx, int algorithm, int64 dek_id, int32 tenant_id,
 								 const char *plain, int plain_len,
 								 const char *aad, int aad_len);
 extern bytea *byok_envelope_open(EVP_CIPHER_CTX *ctx, const uint8 *data, int len,
 								 int32 tenant_id, const char *aad, int aad_len);
 
 extern const char *byok_algorithm_name(int algorithm);
-extern EVP_CIPHER_CTX *byok_gcm_context(const uint8 *key, bool encrypt);
+extern EVP_CIPHER_CTX *byok_aead_context(int algorithm, const uint8 *key, bool encrypt);
 extern void byok_random_bytes(uint8 *out, int len);
 extern int	byok_gcm_wrap(const uint8 *key, const uint8 *aad, int aad_len,
 						  const uint8 *plain, int plain_len, uint8 *out);

@@ -3,8 +3,9 @@
  * localkeys.c
  *		Per-backend handles on the DEKs a transaction is using.
  *
- * The hot path of byok_encrypt/byok_decrypt ends here.  A handle holds two
- * OpenSSL contexts with one DEK's AES key schedule expanded, the DEK's
+ * The hot path of byok_encrypt/byok_decrypt ends here.  A handle holds one
+ * DEK and, made on first use, an OpenSSL context per algorithm and
+ * direction with the key schedule expanded, the DEK's
  * tenant slot and the slot generation seen when the key was fetched.  Each
  * use compares that generation with the slot's (one atomic read): any
  * revocation, provider lockout, flush or purge bumps it, so a transaction
@@ -14,9 +15,8 @@
  *
  * Key lifetime.  Handles live only until the end of the transaction:
  * byok_local_release() frees every context (EVP_CIPHER_CTX_free wipes the
- * key schedule) from the transaction callback, on commit and abort alike.
- * The raw DEK bytes exist here only on the stack while the contexts are
- * made, and are wiped right after, also on error.
+ * key schedule) and wipes the handle's copy of the DEK, from the
+ * transaction callback, on commit and abort alike.
  *
  * A second, longer-lived map takes (tenant, scope) to the DEK id new
  * encryptions use.  It holds no key material; it is trusted only while the
@@ -81,11 +81,14 @@ lk_drop(ByokLocalKey *lk)
 {
 	int64		id = lk->dek_id;
 
-	if (lk->enc)
-		EVP_CIPHER_CTX_free(lk->enc);
-	if (lk->dec)
-		EVP_CIPHER_CTX_free(lk->dec);
-	lk->enc = lk->dec = NULL;
+	for (int a = 0; a <= BYOK_ALG_COUNT; a++)
+		for (int e = 0; e < 2; e++)
+			if (lk->ctx[a][e])
+			{
+				EVP_CIPHER_CTX_free(lk->ctx[a][e]);
+				lk->ctx[a][e] = NULL;
+			}
+	explicit_bzero(lk->key, sizeof(lk->key));
 	byok_tenant_handle(lk->slot, -1, lk->encrypts, lk->decrypts);
 	if (byok_local_last == lk)
 		byok_local_last = NULL;
@@ -128,8 +131,6 @@ byok_local_dek_slow(int64 dek_id)
 		uint8		key[BYOK_KEY_LEN];
 		ByokCacheKey ck;
 		ByokDekRef	ref;
-		EVP_CIPHER_CTX *enc = NULL;
-		EVP_CIPHER_CTX *dec = NULL;
 
 		byok_cache_key_init(&ck, MyDatabaseId, byok_keystore_catalog(), BYOK_CACHE_DEK, dek_id, 0);
 		ref.dek_id = dek_id;
@@ -142,8 +143,8 @@ byok_local_dek_slow(int64 dek_id)
 			}
 			else
 				byok_keystore_load_dek(dek_id, key, &ref);
-			enc = byok_gcm_context(key, true);
-			dec = byok_gcm_context(key, false);
+			lk = hash_search(lk_keys, &dek_id, HASH_ENTER, &found);
+			memcpy(lk->key, key, BYOK_KEY_LEN);
 		}
 		PG_FINALLY();
 		{
@@ -151,13 +152,11 @@ byok_local_dek_slow(int64 dek_id)
 		}
 		PG_END_TRY();
 
-		lk = hash_search(lk_keys, &dek_id, HASH_ENTER, &found);
+		memset(lk->ctx, 0, sizeof(lk->ctx));
 		lk->tenant_id = ref.tenant_id;
 		lk->slot = ref.slot;
 		lk->generation = ref.generation;
 		lk->bind_epoch = 0;
-		lk->enc = enc;
-		lk->dec = dec;
 		lk->encrypts = lk->decrypts = 0;
 		lk_nkeys++;
 		byok_tenant_handle(lk->slot, +1, 0, 0);
@@ -176,6 +175,17 @@ byok_local_dek_slow(int64 dek_id)
 	}
 	byok_local_last = lk;
 	return lk;
+}
+
+/*
+ * Make the handle's context for 'algorithm' and direction (the first value
+ * of a transaction that uses it).
+ */
+EVP_CIPHER_CTX *
+byok_local_ctx_slow(ByokLocalKey *lk, int algorithm, bool encrypt)
+{
+	lk->ctx[algorithm][encrypt ? 1 : 0] = byok_aead_context(algorithm, lk->key, encrypt);
+	return lk->ctx[algorithm][encrypt ? 1 : 0];
 }
 
 /*

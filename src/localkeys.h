@@ -10,6 +10,7 @@
 
 #include <openssl/evp.h>
 
+#include "envelope.h"
 #include "keycache.h"
 
 typedef struct ByokLocalKey
@@ -19,8 +20,8 @@ typedef struct ByokLocalKey
 	int			slot;			/* shared tenant slot */
 	uint64		generation;		/* slot generation when fetched */
 	uint32		bind_epoch;		/* byok.tenant epoch last checked against */
-	EVP_CIPHER_CTX *enc;		/* AES-256-GCM with the DEK expanded, encrypting */
-	EVP_CIPHER_CTX *dec;		/* same, decrypting */
+	uint8		key[BYOK_KEY_LEN];	/* the DEK, to make contexts from; wiped at drop */
+	EVP_CIPHER_CTX *ctx[BYOK_ALG_COUNT + 1][2];	/* [algorithm][encrypting], made on first use */
 	uint64		encrypts;		/* values sealed, added to the tenant's stats at drop */
 	uint64		decrypts;		/* values opened, likewise */
 } ByokLocalKey;
@@ -28,6 +29,7 @@ typedef struct ByokLocalKey
 extern ByokLocalKey *byok_local_last;
 
 extern ByokLocalKey *byok_local_dek_slow(int64 dek_id);
+extern EVP_CIPHER_CTX *byok_local_ctx_slow(ByokLocalKey *lk, int algorithm, bool encrypt);
 extern ByokLocalKey *byok_local_current(const char *tenant, int tenant_len,
 										const char *scope, int scope_len);
 extern void byok_local_release(void);
@@ -49,6 +51,17 @@ byok_local_dek(int64 dek_id)
 			   pg_atomic_read_u64(&byok_tenant_slot(lk->slot)->generation) == lk->generation))
 		return lk;
 	return byok_local_dek_slow(dek_id);
+}
+
+/* The handle's context for 'algorithm' and direction, made on first use. */
+static inline EVP_CIPHER_CTX *
+byok_local_ctx(ByokLocalKey *lk, int algorithm, bool encrypt)
+{
+	EVP_CIPHER_CTX *c = lk->ctx[algorithm][encrypt ? 1 : 0];
+
+	if (likely(c != NULL))
+		return c;
+	return byok_local_ctx_slow(lk, algorithm, encrypt);
 }
 
 #endif							/* BYOK_LOCALKEYS_H */

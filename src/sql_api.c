@@ -80,7 +80,8 @@ byok_encrypt(PG_FUNCTION_ARGS)
 	lk = byok_local_current(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
 							VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope));
 	lk->encrypts++;
-	PG_RETURN_BYTEA_P(byok_envelope_seal(lk->enc, lk->dek_id, lk->tenant_id,
+	PG_RETURN_BYTEA_P(byok_envelope_seal(byok_local_ctx(lk, byok_algorithm, true), byok_algorithm,
+										 lk->dek_id, lk->tenant_id,
 										 VARDATA_ANY(plain), VARSIZE_ANY_EXHDR(plain),
 										 aad ? VARDATA_ANY(aad) : NULL,
 										 aad ? VARSIZE_ANY_EXHDR(aad) : 0));
@@ -101,7 +102,7 @@ sa_decrypt(FunctionCallInfo fcinfo)
 	byok_check_loaded();
 	byok_envelope_parse(data, len, &hdr);
 	lk = byok_local_dek(hdr.dek_id);
-	plain = byok_envelope_open(lk->dec, data, len, lk->tenant_id,
+	plain = byok_envelope_open(byok_local_ctx(lk, hdr.algorithm, false), data, len, lk->tenant_id,
 							   aad ? VARDATA_ANY(aad) : NULL,
 							   aad ? VARSIZE_ANY_EXHDR(aad) : 0);
 	lk->decrypts++;
