@@ -81,6 +81,9 @@ CREATE TRIGGER catalog_changed AFTER DELETE OR TRUNCATE ON byok.tenant_keys
     FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_changed();
 CREATE TRIGGER catalog_changed AFTER DELETE OR TRUNCATE ON byok.data_keys
     FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_changed();
+-- a wrapped data key replaced or wiped (rotation, retirement, destruction)
+CREATE TRIGGER catalog_rewrapped AFTER UPDATE OF wrapped_key ON byok.data_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_changed();
 
 SELECT pg_catalog.pg_extension_config_dump('byok.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('byok.tenant_keys', '');
@@ -1286,3 +1289,170 @@ REVOKE ALL ON FUNCTION byok.caller_role(), byok.check_table_owner(regclass),
     byok.drop_function(name), byok.drop_table_objects(name, name), byok.create_table_objects(name, name, aclitem[]),
     byok.plan_protection(regclass, name, name, text, name, boolean)
 FROM PUBLIC;
+
+-- Re-encryption and retirement of old data key versions.
+CREATE FUNCTION byok_needs_reencrypt(ciphertext bytea)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'byok_needs_reencrypt'
+LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION byok_reencrypt_value(ciphertext bytea, aad bytea DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'byok_reencrypt_value'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE TABLE byok.reencrypt_runs (
+    table_name  text NOT NULL,
+    column_name text NOT NULL,
+    started_at  timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL,
+    finished_at timestamptz,
+    total       bigint NOT NULL,
+    done        bigint NOT NULL,
+    PRIMARY KEY (table_name, column_name)
+);
+REVOKE ALL ON byok.reencrypt_runs FROM PUBLIC;
+
+CREATE VIEW byok.reencrypt_progress AS
+SELECT table_name AS "table", column_name AS "column", done,
+       GREATEST(total - done, 0) AS remaining,
+       round(done / NULLIF(extract(epoch FROM coalesce(finished_at, updated_at) - started_at), 0))::bigint AS rows_per_second,
+       started_at AS started,
+       CASE WHEN finished_at IS NOT NULL THEN finished_at
+            WHEN done > 0 THEN updated_at + (total - done) * ((updated_at - started_at) / done)
+       END AS eta,
+       finished_at AS finished
+FROM byok.reencrypt_runs;
+
+-- the privileged steps of byok_reencrypt (a procedure that commits cannot be SECURITY DEFINER)
+CREATE FUNCTION byok.reencrypt_begin(tbl regclass, col name, OUT aad_sql text, OUT total bigint,
+                                     OUT pages bigint, OUT step bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sch name;
+    rel name;
+    r byok.protected_columns;
+    tuples float8;
+BEGIN
+    SELECT n.nspname, c.relname, c.reltuples, c.relpages INTO sch, rel, tuples, pages
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = tbl AND attname = col AND NOT attisdropped) THEN
+        RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = '42703';
+    END IF;
+    IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = '42501';
+    END IF;
+    SELECT * INTO r FROM byok.protected_columns p
+    WHERE p.table_schema = sch AND p.table_name = rel AND p.column_name = col;
+    aad_sql := CASE WHEN r.bind_row THEN byok.aad_sql(r.key_columns, '') ELSE 'NULL::pg_catalog.bytea' END;
+    EXECUTE format('SELECT count(*) FROM %I.%I WHERE %I IS NOT NULL AND @extschema@.byok_needs_reencrypt(%I)',
+                   sch, rel, col, col) INTO total;
+    pages := GREATEST(pg_relation_size(tbl) / current_setting('block_size')::bigint, 1);
+    step := GREATEST(1, floor(1000.0 / GREATEST(tuples / GREATEST(pages, 1), 1)))::bigint;
+    INSERT INTO byok.reencrypt_runs VALUES (tbl::text, col, clock_timestamp(), clock_timestamp(), NULL, total, 0)
+    ON CONFLICT (table_name, column_name) DO UPDATE
+        SET started_at = EXCLUDED.started_at, updated_at = EXCLUDED.updated_at, finished_at = NULL,
+            total = EXCLUDED.total, done = 0;
+END $$;
+REVOKE ALL ON FUNCTION byok.reencrypt_begin(regclass, name) FROM PUBLIC;
+
+CREATE FUNCTION byok.reencrypt_note(tbl regclass, col name, done bigint, finished boolean) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE byok.reencrypt_runs
+    SET done = reencrypt_note.done, updated_at = clock_timestamp(),
+        finished_at = CASE WHEN finished THEN clock_timestamp() END
+    WHERE table_name = tbl::text AND column_name = col;
+$$;
+REVOKE ALL ON FUNCTION byok.reencrypt_note(regclass, name, bigint, boolean) FROM PUBLIC;
+
+-- Rewrites every value of a column not under its scope's current data key
+-- version (and current algorithm), in short batches that commit, so
+-- ordinary reads and writes are never blocked for long.  Resumable: run it
+-- again after an interruption and it carries on where it stopped.
+CREATE PROCEDURE byok_reencrypt(tbl regclass, col name, batch_size integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    plan record;
+    p bigint := 0;
+    n bigint;
+    done bigint := 0;
+    step bigint;
+BEGIN
+    IF batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO plan FROM byok.reencrypt_begin(tbl, col);
+    step := GREATEST(1, (plan.step * batch_size) / 1000);
+    COMMIT;
+    WHILE p < plan.pages LOOP
+        EXECUTE pg_catalog.format(
+            'UPDATE %s SET %I = @extschema@.byok_reencrypt_value(%I, %s) '
+            'WHERE ctid >= ''(%s,0)''::tid AND ctid < ''(%s,0)''::tid '
+            'AND %I IS NOT NULL AND @extschema@.byok_needs_reencrypt(%I)',
+            tbl, col, col, plan.aad_sql, p, p + step, col, col);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        done := done + n;
+        p := p + step;
+        PERFORM byok.reencrypt_note(tbl, col, done, false);
+        RAISE NOTICE 'byok_reencrypt %.%: % of % values re-encrypted', tbl, col, done, plan.total;
+        COMMIT;
+    END LOOP;
+    PERFORM byok.reencrypt_note(tbl, col, done, true);
+    COMMIT;
+END $$;
+REVOKE ALL ON PROCEDURE byok_reencrypt(regclass, name, integer) FROM PUBLIC;
+
+-- Versions below below_version stop decrypting; their wrapped keys are destroyed.
+CREATE FUNCTION byok_retire_data_key(tenant text, scope text, below_version integer, force boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tid integer;
+    cur integer;
+    ids bigint[];
+    r byok.protected_columns;
+    n bigint;
+BEGIN
+    SELECT t.tenant_id INTO tid FROM byok.tenants t WHERE t.name = byok_retire_data_key.tenant FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', byok_retire_data_key.tenant USING ERRCODE = 'YK001';
+    END IF;
+    SELECT max(d.version) INTO cur FROM byok.data_keys d
+    WHERE d.tenant_id = tid AND d.scope = byok_retire_data_key.scope;
+    IF cur IS NULL THEN
+        RAISE EXCEPTION 'tenant "%" has no data key for scope "%"', byok_retire_data_key.tenant, byok_retire_data_key.scope
+            USING ERRCODE = '22023';
+    END IF;
+    IF below_version > cur THEN
+        RAISE EXCEPTION 'cannot retire the current data key version % of scope "%"', cur, byok_retire_data_key.scope
+            USING ERRCODE = '22023', HINT = 'Rotate it first with byok_rotate_data_key().';
+    END IF;
+    SELECT array_agg(d.dek_id ORDER BY d.dek_id) INTO ids FROM byok.data_keys d
+    WHERE d.tenant_id = tid AND d.scope = byok_retire_data_key.scope AND d.version < below_version
+      AND d.wrapped_key IS NOT NULL;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF NOT force THEN
+        FOR r IN SELECT * FROM byok.protected_columns p WHERE p.scope = byok_retire_data_key.scope LOOP
+            EXECUTE format('SELECT count(*) FROM %I.%I WHERE %I IS NOT NULL '
+                           'AND (''x'' || encode(substr(%I, 3, 8), ''hex''))::bit(64)::bigint = ANY ($1)',
+                           r.table_schema, r.table_name, r.column_name, r.column_name) INTO n USING ids;
+            IF n > 0 THEN
+                RAISE EXCEPTION 'cannot retire data key versions below % of scope "%"', below_version, byok_retire_data_key.scope
+                    USING ERRCODE = '55000',
+                          DETAIL = format('%s.%s.%s still holds %s values sealed under them.',
+                                          r.table_schema, r.table_name, r.column_name, n),
+                          HINT = format('Run CALL byok_reencrypt(%L, %L) first, or pass force => true.',
+                                        format('%I.%I', r.table_schema, r.table_name), r.column_name);
+            END IF;
+        END LOOP;
+    END IF;
+    INSERT INTO byok.key_events (tenant_id, tenant, event, key_kind, key_version, scope, fingerprint, detail, actor)
+    SELECT tid, byok_retire_data_key.tenant, 'data_key_retired', 'dek', d.version, d.scope, d.fingerprint,
+           CASE WHEN force THEN 'wrapped key destroyed (forced)' ELSE 'wrapped key destroyed' END, session_user
+    FROM byok.data_keys d WHERE d.dek_id = ANY (ids) ORDER BY d.version;
+    UPDATE byok.data_keys d SET wrapped_key = NULL WHERE d.dek_id = ANY (ids);
+    RETURN cardinality(ids);
+END $$;
+REVOKE ALL ON FUNCTION byok_retire_data_key(text, text, integer, boolean) FROM PUBLIC;

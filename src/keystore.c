@@ -636,8 +636,13 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 	version = DatumGetInt32(ks_get(0, 9, &isnull));
 	wrapped_len = ks_get_bytea(0, 10, wrapped, sizeof(wrapped));
 	ks_leave(&acc);
-	if (t.state == BYOK_TENANT_CMK_DESTROYED || wrapped_len == 0 || t.wrapped_len == 0)
+	if (t.state == BYOK_TENANT_CMK_DESTROYED || t.wrapped_len == 0)
 		ks_raise_destroyed(t.name);
+	if (wrapped_len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CMK_DESTROYED),
+				 errmsg("data key version %d of scope \"%s\" of tenant \"%s\" was retired", version, scope, t.name),
+				 errdetail("byok_retire_data_key() destroyed it; values sealed under it can no longer be decrypted.")));
 
 	ks_attach(&t);
 	aad_len = ks_dek_aad(t.tenant_id, scope, version, aad);
@@ -1649,4 +1654,35 @@ byok_keystore_rewrap(const char *tenant, const char *provider, const char *key_r
 	ks_event(t.tenant_id, t.name, "tenant_rewrapped", "tk", t.tk_version, NULL, NULL, detail);
 	ks_leave(&acc);
 	ks_pending_rekeyed(&t);
+}
+
+/*
+ * For re-encryption: the tenant and scope of DEK 'dek_id' and the id of
+ * the DEK new encryptions of that scope use.  False if the DEK is unknown.
+ */
+bool
+byok_keystore_dek_scope(int64 dek_id, char *tenant, char *scope, int64 *current)
+{
+	KsAccess	acc;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(dek_id)};
+	bool		isnull;
+	bool		found;
+
+	byok_keystore_catalog();
+	ks_enter(&acc);
+	ks_exec_once("SELECT t.name, d.scope, (SELECT c.dek_id FROM byok.data_keys c "
+				 "  WHERE c.tenant_id OPERATOR(pg_catalog.=) d.tenant_id AND c.scope OPERATOR(pg_catalog.=) d.scope "
+				 "  ORDER BY c.version DESC LIMIT 1) "
+				 "FROM byok.data_keys d JOIN byok.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
+				 "WHERE d.dek_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL);
+	found = SPI_processed == 1;
+	if (found)
+	{
+		ks_get_text(0, 1, tenant, NAMEDATALEN);
+		ks_get_text(0, 2, scope, BYOK_MAX_SCOPE + 1);
+		*current = DatumGetInt64(ks_get(0, 3, &isnull));
+	}
+	ks_leave(&acc);
+	return found;
 }

@@ -274,3 +274,119 @@ byok_local_release(void)
 	while ((lk = hash_seq_search(&scan)) != NULL)
 		lk_drop(lk);
 }
+
+/* what re-encryption needs to know of a DEK, cached per backend */
+typedef struct LkScope
+{
+	int64		dek_id;			/* hash key */
+	char		tenant[NAMEDATALEN];
+	char		scope[BYOK_MAX_SCOPE + 1];
+	int64		current;		/* DEK new encryptions of this scope use */
+	uint64		epoch;			/* catalog epoch when looked up */
+} LkScope;
+
+static HTAB *lk_scopes = NULL;
+
+/*
+ * The tenant and scope of DEK 'dek_id' and the DEK new encryptions of that
+ * scope use; NULL when the DEK is unknown here.  Cached while the catalog
+ * epoch stands.
+ */
+static LkScope *
+lk_scope(int64 dek_id)
+{
+	LkScope    *e;
+	bool		found;
+	uint64		epoch = byok_catalog_epoch();
+
+	if (lk_scopes == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(LkScope);
+		ctl.hcxt = TopMemoryContext;
+		lk_scopes = hash_create("byok data key scopes", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	e = hash_search(lk_scopes, &dek_id, HASH_FIND, NULL);
+	if (e != NULL && e->epoch == epoch)
+		return e;
+	{
+		char		tenant[NAMEDATALEN];
+		char		scope[BYOK_MAX_SCOPE + 1];
+		int64		current = 0;
+
+		if (!byok_keystore_dek_scope(dek_id, tenant, scope, &current))
+			return NULL;
+		e = hash_search(lk_scopes, &dek_id, HASH_ENTER, &found);
+		strlcpy(e->tenant, tenant, sizeof(e->tenant));
+		strlcpy(e->scope, scope, sizeof(e->scope));
+		e->current = current;
+		e->epoch = epoch;
+	}
+	return e;
+}
+
+/*
+ * Does this ciphertext need re-encrypting: sealed under a DEK that is no
+ * longer its scope's current one, or under another algorithm than
+ * byok.algorithm?  Raises the malformed error for a value that is not a
+ * byok ciphertext.
+ */
+bool
+byok_local_needs_reencrypt(const uint8 *data, int len)
+{
+	ByokHeader	hdr;
+	LkScope    *sc;
+
+	byok_envelope_parse(data, len, &hdr);
+	if (hdr.algorithm != byok_algorithm)
+		return true;
+	sc = lk_scope(hdr.dek_id);
+	return sc == NULL || sc->current != hdr.dek_id;
+}
+
+/*
+ * Re-encrypt a ciphertext under its scope's current DEK and byok.algorithm,
+ * with the same tenant, scope and AAD; returns NULL when nothing needs to
+ * change.  The plaintext exists only inside this call and is wiped.
+ */
+bytea *
+byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
+{
+	ByokHeader	hdr;
+	LkScope    *sc;
+	ByokLocalKey *lk;
+	ByokLocalKey *to;
+	bytea	   *plain;
+	bytea	   *result;
+
+	if (!byok_local_needs_reencrypt(data, len))
+		return NULL;
+	byok_envelope_parse(data, len, &hdr);
+	sc = lk_scope(hdr.dek_id);
+	if (sc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
+				 errmsg("malformed byok ciphertext"),
+				 errdetail("No data key with id " INT64_FORMAT " exists in this database.", hdr.dek_id)));
+	lk = byok_local_dek(hdr.dek_id);
+	plain = byok_envelope_open(byok_local_ctx(lk, hdr.algorithm, false), data, len, lk->tenant_id,
+							   aad, aad_len);
+	PG_TRY();
+	{
+		to = byok_local_current(sc->tenant, strlen(sc->tenant), sc->scope, strlen(sc->scope));
+		result = byok_envelope_seal(byok_local_ctx(to, byok_algorithm, true), byok_algorithm,
+									to->dek_id, to->tenant_id,
+									VARDATA(plain), VARSIZE(plain) - VARHDRSZ, aad, aad_len);
+		to->encrypts++;
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(VARDATA(plain), VARSIZE(plain) - VARHDRSZ);
+	}
+	PG_END_TRY();
+	pfree(plain);
+	return result;
+}

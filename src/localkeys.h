@@ -33,6 +33,8 @@ extern EVP_CIPHER_CTX *byok_local_ctx_slow(ByokLocalKey *lk, int algorithm, bool
 extern ByokLocalKey *byok_local_current(const char *tenant, int tenant_len,
 										const char *scope, int scope_len);
 extern void byok_local_release(void);
+extern bool byok_local_needs_reencrypt(const uint8 *data, int len);
+extern bytea *byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len);
 extern void byok_local_forget_current(void);
 
 /*

@@ -39,6 +39,8 @@ PG_FUNCTION_INFO_V1(byok_revoke_tenant);
 PG_FUNCTION_INFO_V1(byok_reinstate_tenant);
 PG_FUNCTION_INFO_V1(byok_cache_flush);
 PG_FUNCTION_INFO_V1(byok_destroy_tenant);
+PG_FUNCTION_INFO_V1(byok_needs_reencrypt);
+PG_FUNCTION_INFO_V1(byok_reencrypt_value);
 PG_FUNCTION_INFO_V1(byok_rotate_tenant_key);
 PG_FUNCTION_INFO_V1(byok_rewrap_tenant);
 PG_FUNCTION_INFO_V1(byok_catalog_changed);
@@ -260,4 +262,41 @@ byok_catalog_changed(PG_FUNCTION_ARGS)
 				 errmsg("byok.catalog_changed() must be called as a trigger")));
 	byok_keystore_catalog_changed();
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * byok_needs_reencrypt(ciphertext bytea) -> boolean: sealed under an older
+ * DEK version of its scope or another algorithm than byok.algorithm.
+ */
+Datum
+byok_needs_reencrypt(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct = PG_GETARG_BYTEA_PP(0);
+
+	byok_check_loaded();
+	PG_RETURN_BOOL(byok_local_needs_reencrypt((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct)));
+}
+
+/*
+ * byok_reencrypt_value(ciphertext bytea, aad bytea) -> bytea: the value
+ * sealed again under its scope's current DEK and byok.algorithm (the same
+ * value when nothing needs to change).  NULL in, NULL out.
+ */
+Datum
+byok_reencrypt_value(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct;
+	bytea	   *aad;
+	bytea	   *result;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	byok_check_loaded();
+	ct = PG_GETARG_BYTEA_PP(0);
+	aad = PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1);
+	result = byok_local_reencrypt((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct),
+								  aad ? VARDATA_ANY(aad) : NULL, aad ? VARSIZE_ANY_EXHDR(aad) : 0);
+	if (result == NULL)
+		PG_RETURN_BYTEA_P(PG_GETARG_BYTEA_P_COPY(0));
+	PG_RETURN_BYTEA_P(result);
 }
