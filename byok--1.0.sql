@@ -44,6 +44,7 @@ CREATE TABLE byok.data_keys (
     version     integer NOT NULL,
     tk_version  integer NOT NULL,
     wrapped_key bytea,          -- NULL once destroyed (byok_destroy_tenant)
+    encryptions bigint NOT NULL DEFAULT 0,  -- values sealed, persisted in steps
     fingerprint text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     UNIQUE (tenant_id, scope, version)

@@ -45,6 +45,7 @@ int			byok_kms_timeout = 5000;
 int			byok_unreachable_policy = BYOK_SERVE_CACHED;
 int			byok_unreachable_grace = 60;
 int			byok_algorithm = BYOK_ALG_AES256GCM;
+int			byok_dek_max_encryptions = 1 << 30;
 bool		byok_kms_allow_insecure = false;
 char	   *byok_kms_ca_file = NULL;
 int			byok_kms_max_connections = 64;
@@ -120,6 +121,7 @@ byok_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
+			byok_local_pre_commit();
 			byok_keystore_pre_commit();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -175,6 +177,12 @@ _PG_init(void)
 							 "Values sealed under any algorithm stay readable; byok_reencrypt migrates them.",
 							 &byok_algorithm, BYOK_ALG_AES256GCM, algorithm_options,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("byok.dek_max_encryptions",
+							"Values one data key may seal before the next encryption rotates it.",
+							"Random 96-bit nonces are safe for about 2^32 encryptions per key; the default, 2^30, stays well below.",
+							&byok_dek_max_encryptions, 1 << 30, 1, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("byok.cache_ttl",
 							"How long an unwrapped key stays in the shared key cache.",

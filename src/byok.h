@@ -65,6 +65,7 @@ extern int	byok_kms_timeout;
 extern int	byok_unreachable_policy;
 extern int	byok_unreachable_grace;
 extern int	byok_algorithm;
+extern int	byok_dek_max_encryptions;
 extern bool byok_kms_allow_insecure;
 extern char *byok_kms_ca_file;
 extern int	byok_kms_max_connections;

@@ -118,6 +118,7 @@ typedef struct ByokCacheEntry
 	uint64		generation;		/* tenant generation when installed */
 	TimestampTz expires_at;		/* byok.cache_ttl after installation */
 	TimestampTz last_used;		/* approximate, written under shared lock */
+	uint64		used;			/* DEKs: values sealed so far (catalog + since) */
 } ByokCacheEntry;
 
 typedef struct ByokTenantMapKey
@@ -360,7 +361,7 @@ kc_evict_one(void)
  * expired.  Takes the lock shared.
  */
 bool
-byok_cache_get(const ByokCacheKey *key, uint8 *out, int *slot, uint64 *generation)
+byok_cache_get(const ByokCacheKey *key, uint8 *out, int *slot, uint64 *generation, uint64 *used)
 {
 	ByokCacheEntry *entry;
 	TimestampTz now = GetCurrentTimestamp();
@@ -374,6 +375,8 @@ byok_cache_get(const ByokCacheKey *key, uint8 *out, int *slot, uint64 *generatio
 		memcpy(out, kc_vault + (Size) entry->cell * BYOK_KEY_LEN, BYOK_KEY_LEN);
 		*slot = entry->slot;
 		*generation = entry->generation;
+		if (used)
+			*used = entry->used;
 		entry->last_used = now;
 		hit = true;
 		pg_atomic_fetch_add_u64(&kc_slots[entry->slot].stats.cache_hits, 1);
@@ -390,7 +393,7 @@ byok_cache_get(const ByokCacheKey *key, uint8 *out, int *slot, uint64 *generatio
  * Takes the lock exclusive.
  */
 bool
-byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8 *bytes)
+byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8 *bytes, uint64 used)
 {
 	ByokTenantSlot *ts = &kc_slots[slot];
 	ByokCacheEntry *entry;
@@ -418,6 +421,7 @@ byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8
 			if (entry != NULL)
 			{
 				entry->cell = kc_free[--kc_shared->nfree];
+				entry->used = 0;
 				ts->nentries++;
 			}
 		}
@@ -428,6 +432,7 @@ byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8
 			entry->generation = generation;
 			entry->expires_at = now + (TimestampTz) byok_cache_ttl * USECS_PER_SEC;
 			entry->last_used = now;
+			entry->used = Max(entry->used, used);
 		}
 		ts->last_used = now;
 	}
@@ -1493,4 +1498,26 @@ byok_tenant_rekeyed(int slot, int32 tenant_id)
 		ts->tk_fp[0] = '\0';
 	}
 	LWLockRelease(kc_lock);
+}
+
+/*
+ * Add 'n' values sealed under the cached DEK 'key'; returns the new total,
+ * or 'fallback' when the DEK is not cached (then nothing is recorded).
+ * Takes the lock exclusive.
+ */
+uint64
+byok_cache_add_use(const ByokCacheKey *key, uint64 n, uint64 fallback)
+{
+	ByokCacheEntry *entry;
+	uint64		total = fallback;
+
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	entry = hash_search(kc_cache, key, HASH_FIND, NULL);
+	if (entry)
+	{
+		entry->used += n;
+		total = entry->used;
+	}
+	LWLockRelease(kc_lock);
+	return total;
 }

@@ -191,8 +191,11 @@ extern void byok_poller_round_done(int64 us, int ncmks);
 extern void byok_poller_get_status(ByokPollerStatus *out);
 extern int	byok_cache_sweep_expired(void);
 
-extern bool byok_cache_get(const ByokCacheKey *key, uint8 *out, int *slot, uint64 *generation);
-extern bool byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8 *bytes);
+extern bool byok_cache_get(const ByokCacheKey *key, uint8 *out, int *slot, uint64 *generation,
+						   uint64 *used);
+extern uint64 byok_cache_add_use(const ByokCacheKey *key, uint64 n, uint64 fallback);
+extern bool byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8 *bytes,
+						   uint64 used);
 extern int	byok_cache_flush_database(Oid dboid);
 
 extern uint64 byok_catalog_epoch(void);

@@ -49,6 +49,7 @@
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include "envelope.h"
 #include "keycache.h"
@@ -440,7 +441,7 @@ ks_fetch_tk(KsTenant *t, const ByokCacheKey *ck, uint8 *tk, ByokKmsError *err)
 	}
 	else if (st == BYOK_KMS_OK)
 	{
-		if (!byok_cache_put(ck, t->slot, t->generation, tk))
+		if (!byok_cache_put(ck, t->slot, t->generation, tk, 0))
 		{
 			explicit_bzero(tk, BYOK_KEY_LEN);
 			byok_kms_set_error(err, BYOK_KMS_OK, "", "The tenant changed state during the unwrap.");
@@ -473,7 +474,7 @@ ks_tenant_key(KsTenant *t, uint8 *tk)
 
 	byok_cache_key_init(&ck, MyDatabaseId, byok_keystore_catalog(), BYOK_CACHE_TK,
 						t->tenant_id, t->tk_version);
-	if (byok_cache_get(&ck, tk, &slot, &gen) && slot == t->slot)
+	if (byok_cache_get(&ck, tk, &slot, &gen, NULL) && slot == t->slot)
 		return;
 	pg_atomic_fetch_add_u64(&byok_tenant_slot(t->slot)->stats.cache_misses, 1);
 
@@ -536,7 +537,7 @@ ks_tenant_key(KsTenant *t, uint8 *tk)
 		if (ts != BYOK_TENANT_ACTIVE)
 			byok_raise_tenant_state(ts, t->name);
 		/* the leader installed it (or the tenant was purged meanwhile): look again */
-		if (byok_cache_get(&ck, tk, &slot, &gen) && slot == t->slot)
+		if (byok_cache_get(&ck, tk, &slot, &gen, NULL) && slot == t->slot)
 			return;
 		t->generation = pg_atomic_read_u64(&byok_tenant_slot(t->slot)->generation);
 	}
@@ -620,7 +621,7 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 
 	ks_enter(&acc);
 	ks_exec(&plan_load_dek,
-			"SELECT " TENANT_COLUMNS ", d.scope, d.version, d.wrapped_key "
+			"SELECT " TENANT_COLUMNS ", d.scope, d.version, d.wrapped_key, d.encryptions "
 			"FROM byok.data_keys d JOIN byok.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
 			"LEFT JOIN byok.tenant_keys tk ON tk.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
 			"AND tk.version OPERATOR(pg_catalog.=) d.tk_version "
@@ -635,6 +636,7 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 	ks_get_text(0, 8, scope, sizeof(scope));
 	version = DatumGetInt32(ks_get(0, 9, &isnull));
 	wrapped_len = ks_get_bytea(0, 10, wrapped, sizeof(wrapped));
+	ref->used = (uint64) DatumGetInt64(ks_get(0, 11, &isnull));
 	ks_leave(&acc);
 	if (t.state == BYOK_TENANT_CMK_DESTROYED || t.wrapped_len == 0)
 		ks_raise_destroyed(t.name);
@@ -676,7 +678,7 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 		ByokCacheKey ck;
 
 		byok_cache_key_init(&ck, MyDatabaseId, byok_keystore_catalog(), BYOK_CACHE_DEK, dek_id, 0);
-		if (!byok_cache_put(&ck, t.slot, t.generation, key))
+		if (!byok_cache_put(&ck, t.slot, t.generation, key, ref->used))
 		{
 			ByokTenantState st = pg_atomic_read_u32(&byok_tenant_slot(t.slot)->state);
 
@@ -716,7 +718,8 @@ ks_make_dek(const uint8 *tk, const uint8 *aad, int aad_len, uint8 *wrapped, char
 }
 
 static int64
-ks_insert_dek(KsTenant *t, const char *scope, int32 version, const uint8 *tk, bool on_conflict)
+ks_insert_dek(KsTenant *t, const char *scope, int32 version, const uint8 *tk, bool on_conflict,
+			  const char *detail)
 {
 	uint8		wrapped[BYOK_WRAPPED_LEN(BYOK_KEY_LEN)];
 	uint8		aad[16 + BYOK_MAX_SCOPE + 8];
@@ -760,7 +763,7 @@ ks_insert_dek(KsTenant *t, const char *scope, int32 version, const uint8 *tk, bo
 		}
 		ks_created[ks_ncreated++] = dek_id;
 		ks_event(t->tenant_id, t->name, version == 1 ? "data_key_created" : "data_key_rotated",
-				 "dek", version, scope, fp, NULL);
+				 "dek", version, scope, fp, detail);
 	}
 	return dek_id;
 }
@@ -815,7 +818,7 @@ byok_keystore_current_dek(const char *tenant, const char *scope)
 	PG_TRY();
 	{
 		ks_tenant_key(&t, tk);
-		dek_id = ks_insert_dek(&t, scope, 1, tk, true);
+		dek_id = ks_insert_dek(&t, scope, 1, tk, true, NULL);
 	}
 	PG_FINALLY();
 	{
@@ -926,7 +929,7 @@ byok_keystore_create_tenant(const char *tenant, const char *provider, const char
 		ks_event(t.tenant_id, tenant, "tenant_key_created", "tk", 1, NULL, fp, NULL);
 
 		byok_tenant_reset(MyDatabaseId, byok_keystore_catalog(), t.tenant_id, tenant);
-		ks_insert_dek(&t, "default", 1, tk, false);
+		ks_insert_dek(&t, "default", 1, tk, false, NULL);
 	}
 	PG_FINALLY();
 	{
@@ -966,7 +969,7 @@ byok_keystore_rotate_data_key(const char *tenant, const char *scope)
 	PG_TRY();
 	{
 		ks_tenant_key(&t, tk);
-		ks_insert_dek(&t, scope, version, tk, false);
+		ks_insert_dek(&t, scope, version, tk, false, NULL);
 	}
 	PG_FINALLY();
 	{
@@ -1685,4 +1688,71 @@ byok_keystore_dek_scope(int64 dek_id, char *tenant, char *scope, int64 *current)
 	}
 	ks_leave(&acc);
 	return found;
+}
+
+/*
+ * Persist a DEK's usage count (values sealed under it), never lowering it.
+ * In the committing transaction; skipped where nothing can be written.
+ */
+void
+byok_keystore_save_usage(int64 dek_id, uint64 used)
+{
+	KsAccess	acc;
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2] = {Int64GetDatum(dek_id), Int64GetDatum((int64) used)};
+
+	if (RecoveryInProgress() || XactReadOnly)
+		return;
+	/* called just before commit, where no snapshot is active any more */
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ks_enter(&acc);
+	ks_exec_once("UPDATE byok.data_keys SET encryptions = GREATEST(encryptions, $2) "
+				 "WHERE dek_id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL);
+	ks_leave(&acc);
+	PopActiveSnapshot();
+}
+
+/*
+ * The usage limit of DEK 'dek_id' of (tenant, scope) is reached: make the
+ * next version, unless another session already did.  Returns the DEK id new
+ * encryptions now use.
+ */
+int64
+byok_keystore_rotate_for_limit(const char *tenant, const char *scope, int64 dek_id)
+{
+	KsAccess	acc;
+	KsTenant	t;
+	uint8		tk[BYOK_KEY_LEN];
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2];
+	bool		isnull;
+	int64		current;
+	int32		version;
+
+	ks_enter(&acc);
+	ks_find_tenant(tenant, true, &t);	/* serialises rotations of this tenant */
+	values[0] = Int32GetDatum(t.tenant_id);
+	values[1] = CStringGetTextDatum(scope);
+	ks_exec_once("SELECT dek_id, version FROM byok.data_keys WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+				 "AND scope OPERATOR(pg_catalog.=) $2 ORDER BY version DESC LIMIT 1", 2, types, values, NULL);
+	current = DatumGetInt64(ks_get(0, 1, &isnull));
+	version = DatumGetInt32(ks_get(0, 2, &isnull)) + 1;
+	if (current == dek_id)
+	{
+		ks_attach(&t);
+		PG_TRY();
+		{
+			ks_tenant_key(&t, tk);
+			current = ks_insert_dek(&t, scope, version, tk, false,
+									"automatic: byok.dek_max_encryptions reached");
+		}
+		PG_FINALLY();
+		{
+			explicit_bzero(tk, sizeof(tk));
+		}
+		PG_END_TRY();
+		ks_bump_epoch = true;
+	}
+	ks_leave(&acc);
+	return current;
 }

@@ -18,6 +18,7 @@ typedef struct ByokDekRef
 	int32		tenant_id;		/* owner */
 	int			slot;			/* shared tenant slot */
 	uint64		generation;		/* slot generation the key was fetched under */
+	uint64		used;			/* values sealed under it so far, as known */
 } ByokDekRef;
 
 extern Oid	byok_keystore_catalog(void);
@@ -48,6 +49,8 @@ extern char *byok_keystore_destroy(const char *tenant);
 extern int32 byok_keystore_rotate_tenant_key(const char *tenant);
 extern void byok_keystore_rewrap(const char *tenant, const char *provider, const char *key_ref);
 extern void byok_keystore_pre_commit(void);
+extern void byok_keystore_save_usage(int64 dek_id, uint64 used);
+extern int64 byok_keystore_rotate_for_limit(const char *tenant, const char *scope, int64 dek_id);
 extern void byok_keystore_xact_end(bool commit);
 extern void byok_keystore_subxact_abort(SubTransactionId subid);
 extern bool byok_keystore_has_pending(void);

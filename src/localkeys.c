@@ -50,6 +50,7 @@ typedef struct LkCurrent
 ByokLocalKey *byok_local_last = NULL;
 
 static HTAB *lk_keys = NULL;
+static Oid	ks_catalog_for_drop = InvalidOid;	/* catalog of the handles held */
 static int	lk_nkeys = 0;
 static HTAB *lk_current = NULL;
 static LkCurrent *lk_current_last = NULL;
@@ -81,6 +82,14 @@ lk_drop(ByokLocalKey *lk)
 {
 	int64		id = lk->dek_id;
 
+	if (lk->encrypts > lk->accounted)
+	{
+		ByokCacheKey ck;
+
+		/* sealed in a transaction that aborted: the nonces were used all the same */
+		byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, lk->dek_id, 0);
+		(void) byok_cache_add_use(&ck, lk->encrypts - lk->accounted, 0);
+	}
 	for (int a = 0; a <= BYOK_ALG_COUNT; a++)
 		for (int e = 0; e < 2; e++)
 			if (lk->ctx[a][e])
@@ -132,11 +141,12 @@ byok_local_dek_slow(int64 dek_id)
 		ByokCacheKey ck;
 		ByokDekRef	ref;
 
-		byok_cache_key_init(&ck, MyDatabaseId, byok_keystore_catalog(), BYOK_CACHE_DEK, dek_id, 0);
+		ks_catalog_for_drop = byok_keystore_catalog();
+		byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, dek_id, 0);
 		ref.dek_id = dek_id;
 		PG_TRY();
 		{
-			if (byok_cache_get(&ck, key, &ref.slot, &ref.generation))
+			if (byok_cache_get(&ck, key, &ref.slot, &ref.generation, &ref.used))
 			{
 				ts = byok_tenant_slot(ref.slot);
 				ref.tenant_id = ts->tenant_id;
@@ -158,6 +168,8 @@ byok_local_dek_slow(int64 dek_id)
 		lk->generation = ref.generation;
 		lk->bind_epoch = 0;
 		lk->encrypts = lk->decrypts = 0;
+		lk->used = ref.used;
+		lk->accounted = 0;
 		lk_nkeys++;
 		byok_tenant_handle(lk->slot, +1, 0, 0);
 	}
@@ -389,4 +401,57 @@ byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
 	PG_END_TRY();
 	pfree(plain);
 	return result;
+}
+
+/*
+ * Before commit: add the values this transaction sealed to each DEK's
+ * shared usage count, and persist the count whenever it crosses another
+ * thousandth of byok.dek_max_encryptions (so a restart loses at most that
+ * much of it; the limit leaves a factor of four below the 2^32 bound).
+ */
+void
+byok_local_pre_commit(void)
+{
+	HASH_SEQ_STATUS scan;
+	ByokLocalKey *lk;
+	uint64		step = Max(1, (uint64) byok_dek_max_encryptions / 1000);
+
+	if (lk_keys == NULL || lk_nkeys == 0)
+		return;
+	hash_seq_init(&scan, lk_keys);
+	while ((lk = hash_seq_search(&scan)) != NULL)
+	{
+		uint64		n = lk->encrypts - lk->accounted;
+		uint64		total;
+		ByokCacheKey ck;
+
+		if (n == 0)
+			continue;
+		byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, lk->dek_id, 0);
+		total = byok_cache_add_use(&ck, n, lk->used + lk->encrypts);
+		lk->accounted = lk->encrypts;
+		if (total / step != (total - n) / step)
+			byok_keystore_save_usage(lk->dek_id, total);
+	}
+}
+
+/*
+ * The DEK of 'lk' reached byok.dek_max_encryptions: rotate (unless another
+ * session just did) and return the handle of the DEK to use instead.
+ */
+ByokLocalKey *
+byok_local_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
+							const char *scope, int scope_len)
+{
+	char	   *t = pnstrdup(tenant, tenant_len);
+	char	   *s = pnstrdup(scope, scope_len);
+	int64		next;
+
+	next = byok_keystore_rotate_for_limit(t, s, lk->dek_id);
+	pfree(t);
+	pfree(s);
+	byok_local_forget_current();
+	if (next == lk->dek_id)
+		return lk;
+	return byok_local_current(tenant, tenant_len, scope, scope_len);
 }

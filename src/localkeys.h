@@ -22,6 +22,8 @@ typedef struct ByokLocalKey
 	uint32		bind_epoch;		/* byok.tenant epoch last checked against */
 	uint8		key[BYOK_KEY_LEN];	/* the DEK, to make contexts from; wiped at drop */
 	EVP_CIPHER_CTX *ctx[BYOK_ALG_COUNT + 1][2];	/* [algorithm][encrypting], made on first use */
+	uint64		used;			/* values sealed under this DEK before this transaction */
+	uint64		accounted;		/* of 'encrypts', already added to the shared count */
 	uint64		encrypts;		/* values sealed, added to the tenant's stats at drop */
 	uint64		decrypts;		/* values opened, likewise */
 } ByokLocalKey;
@@ -33,6 +35,9 @@ extern EVP_CIPHER_CTX *byok_local_ctx_slow(ByokLocalKey *lk, int algorithm, bool
 extern ByokLocalKey *byok_local_current(const char *tenant, int tenant_len,
 										const char *scope, int scope_len);
 extern void byok_local_release(void);
+extern void byok_local_pre_commit(void);
+extern ByokLocalKey *byok_local_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
+												 const char *scope, int scope_len);
 extern bool byok_local_needs_reencrypt(const uint8 *data, int len);
 extern bytea *byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len);
 extern void byok_local_forget_current(void);
