@@ -29,7 +29,7 @@ SHLIB_LINK += -lcrypto -lcurl -ldl
 
 REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info destroy columns algorithm reencrypt limits
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)
-ISOLATION = revoke_running first_dek_race
+ISOLATION = revoke_running first_dek_race rotation_race
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check_iso
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

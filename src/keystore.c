@@ -104,6 +104,8 @@ static SPIPlanPtr plan_load_dek = NULL;
 static SPIPlanPtr plan_current = NULL;
 static SPIPlanPtr plan_tenant = NULL;
 static SPIPlanPtr plan_tenant_lock = NULL;
+static SPIPlanPtr plan_tenant_rekey = NULL;
+static SPIPlanPtr plan_tenant_share = NULL;
 static SPIPlanPtr plan_event = NULL;
 
 /* ---- catalog access ---- */
@@ -571,17 +573,33 @@ ks_read_tenant(int row, int col, KsTenant *dst)
 	"byok.tenants t JOIN byok.tenant_keys tk ON tk.tenant_id OPERATOR(pg_catalog.=) t.tenant_id " \
 	"AND tk.version OPERATOR(pg_catalog.=) t.tk_version "
 
-/* Look a tenant up by name (inside ks_enter); raise if unknown. */
+/*
+ * Look a tenant up by name (inside ks_enter); raise if unknown.  Lock modes:
+ * KS_LOCK_NONE; KS_LOCK_CHANGE (FOR NO KEY UPDATE: DEK rotation, revocation
+ * and the like serialise per tenant); KS_LOCK_REKEY (FOR UPDATE: rotating
+ * or moving the tenant key also waits for transactions creating a DEK,
+ * which hold FOR KEY SHARE, so no DEK is ever wrapped under a tenant key
+ * whose wrapped copy is being deleted).
+ */
+#define KS_LOCK_NONE	0
+#define KS_LOCK_CHANGE	1
+#define KS_LOCK_REKEY	2
+
 static void
-ks_find_tenant(const char *tenant, bool for_update, KsTenant *t)
+ks_find_tenant(const char *tenant, int lock, KsTenant *t)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(tenant)};
 
-	if (for_update)
-		ks_exec(&plan_tenant_lock,
+	if (lock == KS_LOCK_REKEY)
+		ks_exec(&plan_tenant_rekey,
 				"SELECT " TENANT_COLUMNS "FROM " TENANT_JOIN
 				"WHERE t.name OPERATOR(pg_catalog.=) $1 FOR UPDATE OF t",
+				1, types, values, NULL, false);
+	else if (lock == KS_LOCK_CHANGE)
+		ks_exec(&plan_tenant_lock,
+				"SELECT " TENANT_COLUMNS "FROM " TENANT_JOIN
+				"WHERE t.name OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE OF t",
 				1, types, values, NULL, false);
 	else
 		ks_exec(&plan_tenant,
@@ -812,8 +830,15 @@ byok_keystore_current_dek(const char *tenant, const char *scope)
 		return dek_id;
 	}
 
-	/* a new scope: make its first DEK, racing safely with other sessions */
-	ks_find_tenant(tenant, false, &t);
+	/*
+	 * A new scope: make its first DEK, racing safely with other sessions.
+	 * FOR KEY SHARE first, so a tenant-key rotation in flight finishes
+	 * before we read the tenant key to wrap under (and waits for us).
+	 */
+	ks_exec(&plan_tenant_share,
+			"SELECT 1 FROM byok.tenants WHERE name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+			1, types, values, NULL, false);
+	ks_find_tenant(tenant, KS_LOCK_NONE, &t);
 	ks_attach(&t);
 	PG_TRY();
 	{
@@ -958,7 +983,7 @@ byok_keystore_rotate_data_key(const char *tenant, const char *scope)
 
 	byok_check_scope(scope, strlen(scope));
 	ks_enter(&acc);
-	ks_find_tenant(tenant, true, &t);
+	ks_find_tenant(tenant, KS_LOCK_CHANGE, &t);
 	ks_attach(&t);
 	values[0] = Int32GetDatum(t.tenant_id);
 	values[1] = CStringGetTextDatum(scope);
@@ -997,7 +1022,7 @@ byok_keystore_set_revoked(const char *tenant, bool revoke)
 	MemoryContext old;
 
 	ks_enter(&acc);
-	ks_find_tenant(tenant, true, &t);
+	ks_find_tenant(tenant, KS_LOCK_CHANGE, &t);
 	if (t.state == BYOK_TENANT_CMK_DESTROYED)
 		ereport(ERROR,
 				(errcode(ERRCODE_BYOK_CMK_DESTROYED),
@@ -1049,7 +1074,7 @@ byok_keystore_cache_flush(const char *tenant)
 	{
 		int			slot;
 
-		ks_find_tenant(tenant, false, &t);
+		ks_find_tenant(tenant, KS_LOCK_NONE, &t);
 		slot = byok_tenant_find(MyDatabaseId, byok_keystore_catalog(), t.tenant_id);
 		if (slot >= 0)
 			purged = byok_tenant_purge(slot);
@@ -1181,7 +1206,7 @@ byok_keystore_drill(const char *tenant, ByokDrillResult *result)
 	ByokTenantState st;
 
 	ks_enter(&acc);
-	ks_find_tenant(tenant, false, &t);
+	ks_find_tenant(tenant, KS_LOCK_NONE, &t);
 	t.slot = byok_tenant_attach(MyDatabaseId, byok_keystore_catalog(), t.tenant_id,
 								t.name, t.state, &t.generation);
 	st = pg_atomic_read_u32(&byok_tenant_slot(t.slot)->state);
@@ -1257,7 +1282,7 @@ byok_keystore_validate(const char *tenant, ByokCheck *checks)
 	char		detail[128];
 
 	ks_enter(&acc);
-	ks_find_tenant(tenant, false, &t);
+	ks_find_tenant(tenant, KS_LOCK_NONE, &t);
 	values[0] = Int32GetDatum(t.tenant_id);
 	values[1] = Int32GetDatum(t.tk_version);
 	types[1] = INT4OID;
@@ -1373,7 +1398,7 @@ byok_keystore_destroy(const char *tenant)
 		"customer must also disable or delete its CMK.";
 
 	ks_enter(&acc);
-	ks_find_tenant(tenant, true, &t);
+	ks_find_tenant(tenant, KS_LOCK_CHANGE, &t);
 	if (t.state == BYOK_TENANT_CMK_DESTROYED)
 		ereport(ERROR,
 				(errcode(ERRCODE_BYOK_CMK_DESTROYED),
@@ -1509,7 +1534,12 @@ byok_keystore_rotate_tenant_key(const char *tenant)
 	Datum		values[6];
 
 	ks_enter(&acc);
-	ks_find_tenant(tenant, true, &t);
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("byok_rotate_tenant_key() must run at READ COMMITTED"),
+				 errdetail("It must see every data key committed while it waited for its lock.")));
+	ks_find_tenant(tenant, KS_LOCK_REKEY, &t);
 	if (t.state == BYOK_TENANT_CMK_DESTROYED || t.wrapped_len == 0)
 		ks_raise_destroyed(t.name);
 	ks_attach(&t);
@@ -1621,7 +1651,7 @@ byok_keystore_rewrap(const char *tenant, const char *provider, const char *key_r
 
 	r = byok_kms_lookup(provider, false);
 	ks_enter(&acc);
-	ks_find_tenant(tenant, true, &t);
+	ks_find_tenant(tenant, KS_LOCK_CHANGE, &t);
 	if (t.state == BYOK_TENANT_CMK_DESTROYED || t.wrapped_len == 0)
 		ks_raise_destroyed(t.name);
 	ks_attach(&t);
@@ -1730,7 +1760,7 @@ byok_keystore_rotate_for_limit(const char *tenant, const char *scope, int64 dek_
 	int32		version;
 
 	ks_enter(&acc);
-	ks_find_tenant(tenant, true, &t);	/* serialises rotations of this tenant */
+	ks_find_tenant(tenant, KS_LOCK_CHANGE, &t);	/* serialises rotations of this tenant */
 	values[0] = Int32GetDatum(t.tenant_id);
 	values[1] = CStringGetTextDatum(scope);
 	ks_exec_once("SELECT dek_id, version FROM byok.data_keys WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
