@@ -354,30 +354,10 @@ aws_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped,
 	return st;
 }
 
-/* Read a DescribeKey answer (or its error) into the query's state. */
-static ByokKmsStatus
-aws_state_read(ByokHttpCall *call, ByokKmsStateQuery *q)
+static ByokKeyState
+aws_state_read(const char *value, const ByokKmsStateQuery *q)
 {
-	ByokJsonPick pick = {.npaths = 1, .paths = {"KeyMetadata.KeyState"}};
-	ByokKmsStatus st = call->result;
-
-	q->err = call->err;
-	if (st == BYOK_KMS_DESTROYED)
-	{
-		q->state = BYOK_KEY_DESTROYED;
-		return BYOK_KMS_OK;
-	}
-	if (st != BYOK_KMS_OK)
-		return st;
-	if (!byok_json_pick(call->response.data, call->response.len, &pick) || pick.values[0] == NULL)
-	{
-		byok_kms_set_error(&q->err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
-						   "DescribeKey returned no KeyMetadata.KeyState.");
-		return q->err.status;
-	}
-	q->state = strcmp(pick.values[0], "Enabled") == 0 ? BYOK_KEY_ENABLED : BYOK_KEY_DISABLED;
-	byok_json_pick_wipe(&pick);
-	return BYOK_KMS_OK;
+	return strcmp(value, "Enabled") == 0 ? BYOK_KEY_ENABLED : BYOK_KEY_DISABLED;
 }
 
 static bool
@@ -392,26 +372,23 @@ aws_state_prepare(ByokHttpCall *call, ByokKmsStateQuery *q)
 	return true;
 }
 
+static const ByokHttpStateQuestion aws_state_question = {
+	.prepare = aws_state_prepare,
+	.path = "KeyMetadata.KeyState",
+	.read = aws_state_read,
+};
+
 /* The poller's batch: every DescribeKey at once over the shared connections. */
 static void
 aws_key_state_many(ByokKmsStateQuery *queries, int n)
 {
-	byok_http_key_state_many(queries, n, aws_state_prepare, aws_state_read);
+	byok_http_key_state_many(queries, n, &aws_state_question);
 }
 
 static ByokKmsStatus
 aws_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
 {
-	ByokKmsStateQuery q;
-
-	memset(&q, 0, sizeof(q));
-	q.key_ref = key_ref;
-	q.version_hint = version_hint;
-	q.err = *err;
-	aws_key_state_many(&q, 1);
-	*state = q.state;
-	*err = q.err;
-	return q.status;
+	return byok_http_key_state_one(key_ref, version_hint, state, err, &aws_state_question);
 }
 
 static const ByokKmsRoutine aws_routine = {

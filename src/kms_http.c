@@ -391,9 +391,34 @@ byok_http_run_one(ByokHttpCall *call, ByokKmsError *err)
  * (false with query->err set when it cannot), 'read' turns the answer into
  * query->state and the returned status.  Every call is freed (and wiped).
  */
+/* Read one answer of a key-state question into its query. */
+static ByokKmsStatus
+hc_state_read(ByokHttpCall *call, ByokKmsStateQuery *q, const ByokHttpStateQuestion *question)
+{
+	ByokJsonPick pick = {.npaths = 1, .paths = {question->path}};
+	ByokKmsStatus st = call->result;
+
+	q->err = call->err;
+	if (st == BYOK_KMS_DESTROYED)
+	{
+		q->state = BYOK_KEY_DESTROYED;
+		return BYOK_KMS_OK;
+	}
+	if (st != BYOK_KMS_OK)
+		return st;
+	if (!byok_json_pick(call->response.data, call->response.len, &pick) || pick.values[0] == NULL)
+	{
+		byok_kms_set_error(&q->err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
+						   "The answer has no %s.", question->path);
+		return q->err.status;
+	}
+	q->state = question->read(pick.values[0], q);
+	byok_json_pick_wipe(&pick);
+	return BYOK_KMS_OK;
+}
+
 void
-byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
-						 ByokHttpStatePrepare prepare, ByokHttpStateRead read)
+byok_http_key_state_many(ByokKmsStateQuery *queries, int n, const ByokHttpStateQuestion *question)
 {
 	ByokHttpCall *calls = palloc0(sizeof(ByokHttpCall) * n);
 	ByokHttpCall **run = palloc(sizeof(ByokHttpCall *) * n);
@@ -402,7 +427,7 @@ byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
 
 	for (int i = 0; i < n; i++)
 	{
-		if (prepare(&calls[i], &queries[i]))
+		if (question->prepare(&calls[i], &queries[i]))
 			run[nrun++] = &calls[i];
 		else
 			queries[i].status = queries[i].err.status;
@@ -417,7 +442,7 @@ byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
 		for (int i = 0; i < n; i++)
 		{
 			if (calls[i].classify != NULL && calls[i].state != 0)
-				queries[i].status = read(&calls[i], &queries[i]);
+				queries[i].status = hc_state_read(&calls[i], &queries[i], question);
 			queries[i].us = GetCurrentTimestamp() - start;
 			byok_http_call_free(&calls[i]);
 		}
@@ -425,6 +450,23 @@ byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
 	PG_END_TRY();
 	pfree(calls);
 	pfree(run);
+}
+
+/* One key-state question on its own (the same path as the poller's batches). */
+ByokKmsStatus
+byok_http_key_state_one(const char *key_ref, int32 version_hint, ByokKeyState *state,
+						ByokKmsError *err, const ByokHttpStateQuestion *question)
+{
+	ByokKmsStateQuery q;
+
+	memset(&q, 0, sizeof(q));
+	q.key_ref = key_ref;
+	q.version_hint = version_hint;
+	q.err = *err;
+	byok_http_key_state_many(&q, 1, question);
+	*state = q.state;
+	*err = q.err;
+	return q.status;
 }
 
 /* ---- JSON ---- */

@@ -57,11 +57,23 @@ extern void byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms);
 extern bool byok_http_url_allowed(const char *url, ByokKmsError *err);
 extern ByokKmsStatus byok_http_run_one(ByokHttpCall *call, ByokKmsError *err);
 
-/* a provider's key-state question as an HTTP call, and how to read the answer */
-typedef bool (*ByokHttpStatePrepare) (ByokHttpCall *call, ByokKmsStateQuery *query);
-typedef ByokKmsStatus (*ByokHttpStateRead) (ByokHttpCall *call, ByokKmsStateQuery *query);
+/*
+ * A provider's key-state question: how to make the HTTP call, which JSON
+ * value of a successful answer tells the state, and how to read it.  A
+ * BYOK_KMS_DESTROYED answer (not found) means the key is destroyed.
+ */
+typedef struct ByokHttpStateQuestion
+{
+	bool		(*prepare) (ByokHttpCall *call, ByokKmsStateQuery *query);
+	const char *path;			/* JSON path of the value, e.g. "KeyMetadata.KeyState" */
+	ByokKeyState (*read) (const char *value, const ByokKmsStateQuery *query);
+} ByokHttpStateQuestion;
+
 extern void byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
-									 ByokHttpStatePrepare prepare, ByokHttpStateRead read);
+									 const ByokHttpStateQuestion *question);
+extern ByokKmsStatus byok_http_key_state_one(const char *key_ref, int32 version_hint,
+											 ByokKeyState *state, ByokKmsError *err,
+											 const ByokHttpStateQuestion *question);
 
 /* JSON: the scalar values at a few dotted paths ("a.b", "errors.0") */
 #define BYOK_JSON_MAX_PATHS 6

@@ -238,31 +238,11 @@ vt_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, 
 	return st;
 }
 
-/* Read a GET keys/<name> answer into the query's state, given the version byok needs. */
-static ByokKmsStatus
-vt_state_read(ByokHttpCall *call, ByokKmsStateQuery *q)
+/* Disabled for byok when min_decryption_version is above the version byok's TKs need. */
+static ByokKeyState
+vt_state_read(const char *value, const ByokKmsStateQuery *q)
 {
-	ByokJsonPick pick = {.npaths = 1, .paths = {"data.min_decryption_version"}};
-	ByokKmsStatus st = call->result;
-
-	q->err = call->err;
-	if (st == BYOK_KMS_DESTROYED)
-	{
-		q->state = BYOK_KEY_DESTROYED;
-		return BYOK_KMS_OK;
-	}
-	if (st != BYOK_KMS_OK)
-		return st;
-	if (!byok_json_pick(call->response.data, call->response.len, &pick) || pick.values[0] == NULL)
-	{
-		byok_kms_set_error(&q->err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
-						   "keys/<name> returned no min_decryption_version.");
-		return q->err.status;
-	}
-	q->state = (q->version_hint > 0 && atoi(pick.values[0]) > q->version_hint) ?
-		BYOK_KEY_DISABLED : BYOK_KEY_ENABLED;
-	byok_json_pick_wipe(&pick);
-	return BYOK_KMS_OK;
+	return (q->version_hint > 0 && atoi(value) > q->version_hint) ? BYOK_KEY_DISABLED : BYOK_KEY_ENABLED;
 }
 
 static bool
@@ -272,25 +252,22 @@ vt_state_prepare(ByokHttpCall *call, ByokKmsStateQuery *q)
 		vt_prepare(call, "keys", q->key_ref, false, &q->err);
 }
 
+static const ByokHttpStateQuestion vt_state_question = {
+	.prepare = vt_state_prepare,
+	.path = "data.min_decryption_version",
+	.read = vt_state_read,
+};
+
 static void
 vt_key_state_many(ByokKmsStateQuery *queries, int n)
 {
-	byok_http_key_state_many(queries, n, vt_state_prepare, vt_state_read);
+	byok_http_key_state_many(queries, n, &vt_state_question);
 }
 
 static ByokKmsStatus
 vt_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
 {
-	ByokKmsStateQuery q;
-
-	memset(&q, 0, sizeof(q));
-	q.key_ref = key_ref;
-	q.version_hint = version_hint;
-	q.err = *err;
-	vt_key_state_many(&q, 1);
-	*state = q.state;
-	*err = q.err;
-	return q.status;
+	return byok_http_key_state_one(key_ref, version_hint, state, err, &vt_state_question);
 }
 
 /* The Transit key version a wrapped key needs: N of "vault:vN:". */
