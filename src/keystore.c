@@ -1089,42 +1089,6 @@ byok_keystore_cache_flush(const char *tenant)
 	return purged;
 }
 
-/*
- * What the catalog says about a DEK, for byok_ciphertext_info(); false if
- * this database has no such DEK.
- */
-bool
-byok_keystore_dek_info(int64 dek_id, char **tenant, char **scope, int32 *version)
-{
-	KsAccess	acc;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(dek_id)};
-	char		tbuf[NAMEDATALEN];
-	char		sbuf[BYOK_MAX_SCOPE + 1];
-	bool		isnull;
-	bool		found;
-
-	byok_keystore_catalog();
-	ks_enter(&acc);
-	ks_exec_once("SELECT t.name, d.scope, d.version FROM byok.data_keys d "
-				 "JOIN byok.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
-				 "WHERE d.dek_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL);
-	found = SPI_processed == 1;
-	if (found)
-	{
-		ks_get_text(0, 1, tbuf, sizeof(tbuf));
-		ks_get_text(0, 2, sbuf, sizeof(sbuf));
-		*version = DatumGetInt32(ks_get(0, 3, &isnull));
-	}
-	ks_leave(&acc);
-	if (found)
-	{
-		*tenant = pstrdup(tbuf);
-		*scope = pstrdup(sbuf);
-	}
-	return found;
-}
-
 /* ---- transaction hooks ---- */
 
 /*
@@ -1694,7 +1658,7 @@ byok_keystore_rewrap(const char *tenant, const char *provider, const char *key_r
  * the DEK new encryptions of that scope use.  False if the DEK is unknown.
  */
 bool
-byok_keystore_dek_scope(int64 dek_id, char *tenant, char *scope, int64 *current)
+byok_keystore_dek_scope(int64 dek_id, char *tenant, char *scope, int32 *version, int64 *current)
 {
 	KsAccess	acc;
 	Oid			types[1] = {INT8OID};
@@ -1706,7 +1670,7 @@ byok_keystore_dek_scope(int64 dek_id, char *tenant, char *scope, int64 *current)
 	ks_enter(&acc);
 	ks_exec_once("SELECT t.name, d.scope, (SELECT c.dek_id FROM byok.data_keys c "
 				 "  WHERE c.tenant_id OPERATOR(pg_catalog.=) d.tenant_id AND c.scope OPERATOR(pg_catalog.=) d.scope "
-				 "  ORDER BY c.version DESC LIMIT 1) "
+				 "  ORDER BY c.version DESC LIMIT 1), d.version "
 				 "FROM byok.data_keys d JOIN byok.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id "
 				 "WHERE d.dek_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL);
 	found = SPI_processed == 1;
@@ -1715,6 +1679,7 @@ byok_keystore_dek_scope(int64 dek_id, char *tenant, char *scope, int64 *current)
 		ks_get_text(0, 1, tenant, NAMEDATALEN);
 		ks_get_text(0, 2, scope, BYOK_MAX_SCOPE + 1);
 		*current = DatumGetInt64(ks_get(0, 3, &isnull));
+		*version = DatumGetInt32(ks_get(0, 4, &isnull));
 	}
 	ks_leave(&acc);
 	return found;

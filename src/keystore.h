@@ -30,8 +30,8 @@ extern void byok_keystore_create_tenant(const char *tenant, const char *provider
 extern int32 byok_keystore_rotate_data_key(const char *tenant, const char *scope);
 extern void byok_keystore_set_revoked(const char *tenant, bool revoke);
 extern int	byok_keystore_cache_flush(const char *tenant);
-extern bool byok_keystore_dek_scope(int64 dek_id, char *tenant, char *scope, int64 *current);
-extern bool byok_keystore_dek_info(int64 dek_id, char **tenant, char **scope, int32 *version);
+extern bool byok_keystore_dek_scope(int64 dek_id, char *tenant, char *scope, int32 *version,
+									int64 *current);
 
 /* one row of byok_validate_tenant() */
 typedef struct ByokCheck

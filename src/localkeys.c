@@ -293,8 +293,10 @@ typedef struct LkScope
 	int64		dek_id;			/* hash key */
 	char		tenant[NAMEDATALEN];
 	char		scope[BYOK_MAX_SCOPE + 1];
+	int32		version;		/* the DEK's version (never changes) */
 	int64		current;		/* DEK new encryptions of this scope use */
 	uint64		epoch;			/* catalog epoch when looked up */
+	Oid			catalog;		/* install of the extension it belongs to */
 } LkScope;
 
 static HTAB *lk_scopes = NULL;
@@ -310,6 +312,7 @@ lk_scope(int64 dek_id)
 	LkScope    *e;
 	bool		found;
 	uint64		epoch = byok_catalog_epoch();
+	Oid			catalog = byok_keystore_catalog();
 
 	if (lk_scopes == NULL)
 	{
@@ -322,20 +325,24 @@ lk_scope(int64 dek_id)
 		lk_scopes = hash_create("byok data key scopes", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	e = hash_search(lk_scopes, &dek_id, HASH_FIND, NULL);
-	if (e != NULL && e->epoch == epoch)
+	/* trusted until the catalog changes (any rotation, creation or deletion) */
+	if (e != NULL && e->catalog == catalog && e->epoch == epoch)
 		return e;
 	{
 		char		tenant[NAMEDATALEN];
 		char		scope[BYOK_MAX_SCOPE + 1];
 		int64		current = 0;
+		int32		version = 0;
 
-		if (!byok_keystore_dek_scope(dek_id, tenant, scope, &current))
+		if (!byok_keystore_dek_scope(dek_id, tenant, scope, &version, &current))
 			return NULL;
 		e = hash_search(lk_scopes, &dek_id, HASH_ENTER, &found);
 		strlcpy(e->tenant, tenant, sizeof(e->tenant));
 		strlcpy(e->scope, scope, sizeof(e->scope));
+		e->version = version;
 		e->current = current;
 		e->epoch = epoch;
+		e->catalog = catalog;
 	}
 	return e;
 }
@@ -454,4 +461,22 @@ byok_local_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len
 	if (next == lk->dek_id)
 		return lk;
 	return byok_local_current(tenant, tenant_len, scope, scope_len);
+}
+
+/*
+ * What the catalog says about a DEK (for byok_ciphertext_info and the
+ * protected-column guard): tenant, scope and version, cached per backend.
+ * False if this database has no such DEK.
+ */
+bool
+byok_local_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version)
+{
+	LkScope    *sc = lk_scope(dek_id);
+
+	if (sc == NULL)
+		return false;
+	*tenant = sc->tenant;
+	*scope = sc->scope;
+	*version = sc->version;
+	return true;
 }

@@ -39,6 +39,7 @@ extern void byok_local_pre_commit(void);
 extern ByokLocalKey *byok_local_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
 												 const char *scope, int scope_len);
 extern bool byok_local_needs_reencrypt(const uint8 *data, int len);
+extern bool byok_local_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version);
 extern bytea *byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len);
 extern void byok_local_forget_current(void);
 

@@ -163,8 +163,8 @@ byok_ciphertext_info(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Datum		values[6];
 	bool		nulls[6] = {false};
-	char	   *tenant;
-	char	   *scope;
+	const char *tenant;
+	const char *scope;
 	int32		version;
 
 	byok_check_loaded();
@@ -174,7 +174,7 @@ byok_ciphertext_info(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(hdr.version);
 	values[1] = CStringGetTextDatum(byok_algorithm_name(hdr.algorithm));
 	values[2] = Int64GetDatum(hdr.dek_id);
-	if (byok_keystore_dek_info(hdr.dek_id, &tenant, &scope, &version))
+	if (byok_local_dek_meta(hdr.dek_id, &tenant, &scope, &version))
 	{
 		values[3] = CStringGetTextDatum(tenant);
 		values[4] = CStringGetTextDatum(scope);
