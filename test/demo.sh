@@ -6,8 +6,9 @@
 # run by the postgres OS user), walks through onboarding two tenants,
 # encrypting and decrypting their rows, an administrator's revocation, a
 # customer disabling its key (seen by the poller within a second), a
-# revocation drill, rotation and the audit trail, and stops the cluster
-# again.  Nothing is left running.
+# revocation drill, rotation, a protected column behind its view, tenant-key
+# rotation and online re-encryption, certified destruction and the audit
+# trail, and stops the cluster again.  Nothing is left running.
 set -eu
 . "$(dirname "$0")/lib.sh"
 
@@ -105,10 +106,41 @@ SELECT c.id, i.key_version, byok_decrypt_text(c.email) FROM customers c, byok_ci
 WHERE c.tenant = 'acme' ORDER BY c.id;
 SQL
 
+say "transparent protection: the application writes plaintext through a view; the table only ever holds ciphertext"
+psql_demo <<'SQL'
+CREATE TABLE orders (id int PRIMARY KEY, tenant text NOT NULL, card text, total numeric);
+INSERT INTO orders VALUES (1, 'acme', '4111-1111-1111-1111', 42.50), (2, 'globex', '5500-0000-0000-0004', 17.00);
+SELECT byok_protect_column('orders', 'card', 'tenant', bind_row => true);
+INSERT INTO orders_decrypted VALUES (3, 'acme', '3400-000000-00009', 99.90);
+SELECT id, tenant, card, total FROM orders_decrypted ORDER BY id;
+SELECT id, tenant, encode(substr(card, 1, 16), 'hex') || '...' AS stored FROM orders ORDER BY id;
+\set ON_ERROR_STOP 0
+INSERT INTO orders VALUES (4, 'acme', convert_to('plaintext by mistake', 'UTF8'), 1);
+\set ON_ERROR_STOP 1
+SQL
+
+say "key lifecycle: rotate the tenant key (no data rewritten), then re-encrypt the column online under a new data key"
+psql_demo <<'SQL'
+SELECT byok_rotate_tenant_key('acme') AS new_tenant_key_version;
+SELECT byok_rotate_data_key('acme', 'public.orders.card') AS new_data_key_version;
+CALL byok_reencrypt('orders', 'card');
+SELECT "table", "column", done, remaining, finished IS NOT NULL AS finished FROM byok.reencrypt_progress;
+SELECT o.id, i.tenant, i.key_version FROM orders o, byok_ciphertext_info(o.card) i ORDER BY o.id;
+SQL
+
+say "customer churn: globex leaves; its keys are destroyed and a certificate says what and what remains"
+psql_demo <<'SQL'
+SELECT jsonb_pretty(byok_destroy_tenant('globex') - 'what_remains') AS destruction_certificate;
+\set ON_ERROR_STOP 0
+SELECT id, card FROM orders_decrypted WHERE tenant = 'globex';
+\set ON_ERROR_STOP 1
+SELECT tenant, live_state, health FROM byok.tenant_status ORDER BY tenant;
+SQL
+
 say "the audit trail an auditor reads (never any key material)"
 psql_demo <<'SQL'
 SELECT event_time::time(0) AS at, tenant, event, key_kind, key_version, scope, fingerprint, actor
-FROM byok.key_events ORDER BY event_id;
+FROM byok.key_events WHERE event <> 'tenant_destroyed' ORDER BY event_id;
 SQL
 
 say "stopping the scratch cluster"
