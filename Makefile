@@ -11,6 +11,7 @@ OBJS = \
 	src/kms.o \
 	src/kms_local.o \
 	src/kms_pkcs11.o \
+	src/kmip_ttlv.o \
 	src/kms_http.o \
 	src/kms_aws.o \
 	src/kms_vault.o \

@@ -12,6 +12,7 @@
 #   - the HTTP KMS test server's self-test, and the official AWS KMS and
 #     Vault clients from npm driving it
 #   - the benchmark harness in --quick mode (it must run; figures not judged)
+#   - the KMIP TTLV codec's standalone test (AddressSanitizer)
 # and ends with "N passed, N failed".  Exit status is non-zero on any failure.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -26,6 +27,18 @@ count_results() {   # count "... ok" / "... FAILED" lines of a pg_regress run
     bad=$(grep -cE '\.\.\. FAILED|^ *not ok [0-9]+' "$log")
     passed=$((passed + ok)); failed=$((failed + bad))
 }
+
+say "the KMIP TTLV codec (standalone, with AddressSanitizer), against messages PyKMIP wrote"
+if gcc -Wall -Wextra -g -fsanitize=address,undefined -I"$BUILD_DIR/src" "$BUILD_DIR/test/fuzz/ttlv_test.c" \
+        "$BUILD_DIR/src/kmip_ttlv.c" -o "$BUILD_DIR/ttlv_test" >"$BUILD_DIR/ttlv.log" 2>&1 \
+   && "$BUILD_DIR/ttlv_test" "$BUILD_DIR/test/fuzz/corpus" >>"$BUILD_DIR/ttlv.log" 2>&1; then :; fi
+line=$(tail -n 1 "$BUILD_DIR/ttlv.log")
+echo "$line"
+if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+    passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
+else
+    cat "$BUILD_DIR/ttlv.log"; failed=$((failed + 1))
+fi
 
 say "the HTTP KMS test server's own self-test (it must speak the real protocols)"
 if /usr/bin/python3 -B "$REPO/test/kms/http_kms_selftest.py" >"$BUILD_DIR/kms_selftest.log" 2>&1; then :; fi
