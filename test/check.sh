@@ -12,7 +12,8 @@
 #   - the HTTP KMS test server's self-test, and the official AWS KMS and
 #     Vault clients from npm driving it
 #   - the benchmark harness in --quick mode (it must run; figures not judged)
-#   - the KMIP TTLV codec's standalone test (AddressSanitizer)
+#   - the KMIP TTLV codec's standalone test (AddressSanitizer) and 60 s of
+#     libFuzzer on its decoder (BYOK_FUZZ_SECONDS changes the budget)
 # and ends with "N passed, N failed".  Exit status is non-zero on any failure.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -38,6 +39,21 @@ if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
     passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
 else
     cat "$BUILD_DIR/ttlv.log"; failed=$((failed + 1))
+fi
+
+say "fuzzing the TTLV decoder for ${BYOK_FUZZ_SECONDS:-60} s (libFuzzer, ASan/UBSan)"
+for p in clang-14 libclang-rt-14-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null 2>&1
+done
+mkdir -p "$BUILD_DIR/fuzz_corpus"
+if clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -I"$BUILD_DIR/src" "$BUILD_DIR/test/fuzz/ttlv_fuzz.c" \
+        "$BUILD_DIR/src/kmip_ttlv.c" -o "$BUILD_DIR/ttlv_fuzz" >"$BUILD_DIR/fuzz.log" 2>&1 \
+   && "$BUILD_DIR/ttlv_fuzz" -max_total_time="${BYOK_FUZZ_SECONDS:-60}" -max_len=4096 \
+        "$BUILD_DIR/fuzz_corpus" "$BUILD_DIR/test/fuzz/corpus" >>"$BUILD_DIR/fuzz.log" 2>&1; then
+    echo "ok - $(grep -E '^Done [0-9]+ runs' "$BUILD_DIR/fuzz.log" | tail -n 1)"; passed=$((passed + 1))
+else
+    echo "not ok - the TTLV fuzzer found a problem"; tail -n 40 "$BUILD_DIR/fuzz.log"; failed=$((failed + 1))
 fi
 
 say "the HTTP KMS test server's own self-test (it must speak the real protocols)"
