@@ -381,10 +381,10 @@ byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
 	bytea	   *plain;
 	bytea	   *result;
 
-	if (!byok_local_needs_reencrypt(data, len))
-		return NULL;
 	byok_envelope_parse(data, len, &hdr);
 	sc = lk_scope(hdr.dek_id);
+	if (sc != NULL && hdr.algorithm == byok_algorithm && sc->current == hdr.dek_id)
+		return NULL;			/* already current: nothing to change */
 	if (sc == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
