@@ -12,6 +12,7 @@ OBJS = \
 	src/kms_local.o \
 	src/kms_pkcs11.o \
 	src/kmip_ttlv.o \
+	src/kms_kmip.o \
 	src/kms_http.o \
 	src/kms_aws.o \
 	src/kms_vault.o \
@@ -26,7 +27,7 @@ PGFILEDESC = "byok - bring-your-own-key envelope encryption"
 PG_CPPFLAGS = -I$(srcdir)/src -I/usr/include/p11-kit-1
 # -Wno-unused-parameter: PostgreSQL headers and fixed callback signatures
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
-SHLIB_LINK += -lcrypto -lcurl -ldl
+SHLIB_LINK += -lssl -lcrypto -lcurl -ldl
 
 REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info destroy columns algorithm reencrypt limits
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)

@@ -61,6 +61,11 @@ char	   *byok_destruction_ledger = NULL;
 char	   *byok_pkcs11_module = NULL;
 char	   *byok_pkcs11_token_label = NULL;
 char	   *byok_pkcs11_pin_file = NULL;
+char	   *byok_kmip_host = NULL;
+int			byok_kmip_port = 5696;
+char	   *byok_kmip_cert_file = NULL;
+char	   *byok_kmip_key_file = NULL;
+char	   *byok_kmip_ca_file = NULL;
 
 static const struct config_enum_entry algorithm_options[] = {
 	{"aes-256-gcm", BYOK_ALG_AES256GCM, false},
@@ -292,6 +297,30 @@ _PG_init(void)
 							   "The PIN is its first line; the file must be readable by the server's operating system user alone.",
 							   &byok_pkcs11_pin_file, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.kmip_host",
+							   "Host name or address of the KMIP server of the kmip provider.",
+							   "The server's certificate must name it (DNS name or IP address).",
+							   &byok_kmip_host, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomIntVariable("byok.kmip_port",
+							"TCP port of the KMIP server of the kmip provider.", NULL,
+							&byok_kmip_port, 5696, 1, 65535,
+							PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.kmip_cert_file",
+							   "PEM client certificate the kmip provider presents to the KMIP server.",
+							   "Its identity (usually the CN) owns the keys on the server; the file must be readable by the server's operating system user alone.",
+							   &byok_kmip_cert_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.kmip_key_file",
+							   "PEM private key of byok.kmip_cert_file (unencrypted).",
+							   "It must be readable by the server's operating system user alone.",
+							   &byok_kmip_key_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.kmip_ca_file",
+							   "PEM CA certificates that verify the KMIP server's certificate.",
+							   "It must be readable by the server's operating system user alone.",
+							   &byok_kmip_ca_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -312,6 +341,7 @@ _PG_init(void)
 	byok_kms_aws_install();
 	byok_kms_vault_install();
 	byok_kms_pkcs11_install();
+	byok_kms_kmip_install();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = byok_shmem_request;

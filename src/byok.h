@@ -81,6 +81,11 @@ extern char *byok_destruction_ledger;
 extern char *byok_pkcs11_module;
 extern char *byok_pkcs11_token_label;
 extern char *byok_pkcs11_pin_file;
+extern char *byok_kmip_host;
+extern int	byok_kmip_port;
+extern char *byok_kmip_cert_file;
+extern char *byok_kmip_key_file;
+extern char *byok_kmip_ca_file;
 
 typedef enum ByokUnreachablePolicy
 {

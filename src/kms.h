@@ -140,5 +140,6 @@ extern void byok_kms_local_install(void);
 extern void byok_kms_aws_install(void);
 extern void byok_kms_vault_install(void);
 extern void byok_kms_pkcs11_install(void);
+extern void byok_kms_kmip_install(void);
 
 #endif							/* BYOK_KMS_H */
