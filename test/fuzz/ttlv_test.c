@@ -6,7 +6,8 @@
  * Encodes a KMIP 1.4 Encrypt request and decodes it back; rejects a set of
  * hand-built malformed inputs; round-trips every item type; and, when the
  * seed corpus made by PyKMIP's own encoder is present, compares and decodes
- * those messages too.  Prints "N passed, N failed"; exits 1 on failure.
+ * those messages too, and the responses captured from a live PyKMIP server
+ * (a batch with a failed item, a wrong tag, a revoked and a destroyed key).  Prints "N passed, N failed"; exits 1 on failure.
  *
  * Build and run (from the repository root):
  *	gcc -Wall -Wextra -g -fsanitize=address,undefined -Isrc \
@@ -583,6 +584,89 @@ test_pykmip(const char *dir)
 	}
 }
 
+/* The result of the first batch item of a captured response, or -1 */
+static int
+first_result(const char *dir, const char *name, uint32_t *reason)
+{
+	size_t		len;
+	uint8_t    *buf = read_file(dir, name, &len);
+	uint32_t	status = 99;
+	int			bi;
+
+	*reason = 0;
+	if (!CHECK(buf != NULL) || !CHECK(kmip_decode(&doc, buf, len) == KMIP_OK))
+	{
+		free(buf);
+		return -1;
+	}
+	bi = kmip_find_child(&doc, 0, KMIP_TAG_BATCH_ITEM);
+	kmip_child_enum(&doc, bi, KMIP_TAG_RESULT_STATUS, &status);
+	kmip_child_enum(&doc, bi, KMIP_TAG_RESULT_REASON, reason);
+	free(buf);
+	return (int) status;
+}
+
+/*
+ * Responses captured from a live PyKMIP server (kmipctl.py capture-corpus):
+ * the answers byok's kmip provider reads, including a batch and failures.
+ */
+static void
+test_captured(const char *dir)
+{
+	uint8_t    *buf;
+	size_t		len;
+	uint32_t	reason;
+	uint32_t	u32;
+	const char *s;
+	size_t		slen;
+	int			bi;
+	int			items = 0;
+
+	buf = read_file(dir, "server_08_batch_get_attributes.bin", &len);
+	if (buf == NULL)
+	{
+		printf("SKIP captured responses: %s/server_08_batch_get_attributes.bin not found\n", dir);
+		return;
+	}
+	CHECK(kmip_decode(&doc, buf, len) == KMIP_OK);
+	for (bi = kmip_find_child(&doc, 0, KMIP_TAG_BATCH_ITEM); bi >= 0; bi = kmip_find_next(&doc, bi))
+	{
+		const uint8_t *id;
+		size_t		idlen;
+		int			attr;
+
+		CHECK(kmip_child_bytes(&doc, bi, 0x420093, &id, &idlen) == KMIP_OK && idlen == 4 &&
+			  id[3] == items);
+		CHECK(kmip_child_enum(&doc, bi, KMIP_TAG_RESULT_STATUS, &u32) == KMIP_OK &&
+			  u32 == (items == 1 ? KMIP_RESULT_FAILED : KMIP_RESULT_SUCCESS));
+		if (items == 1)
+			CHECK(kmip_child_enum(&doc, bi, KMIP_TAG_RESULT_REASON, &u32) == KMIP_OK &&
+				  u32 == KMIP_REASON_ITEM_NOT_FOUND);
+		else
+		{
+			attr = kmip_find_child(&doc, kmip_find_child(&doc, bi, KMIP_TAG_RESPONSE_PAYLOAD),
+								   KMIP_TAG_ATTRIBUTE);
+			CHECK(kmip_child_text(&doc, attr, KMIP_TAG_ATTRIBUTE_NAME, &s, &slen) == KMIP_OK &&
+				  slen == 5 && memcmp(s, "State", 5) == 0);
+			CHECK(kmip_child_enum(&doc, attr, KMIP_TAG_ATTRIBUTE_VALUE, &u32) == KMIP_OK &&
+				  u32 == KMIP_STATE_ACTIVE);
+		}
+		items++;
+	}
+	CHECK(items == 3);
+	free(buf);
+
+	CHECK(first_result(dir, "server_06_decrypt.bin", &reason) == KMIP_RESULT_SUCCESS);
+	CHECK(first_result(dir, "server_07_decrypt.bin", &reason) == KMIP_RESULT_FAILED &&
+		  reason == KMIP_REASON_GENERAL_FAILURE);	/* a wrong tag */
+	CHECK(first_result(dir, "server_11_decrypt.bin", &reason) == KMIP_RESULT_FAILED &&
+		  reason == KMIP_REASON_PERMISSION_DENIED);	/* a revoked key */
+	CHECK(first_result(dir, "server_13_get_attributes.bin", &reason) == KMIP_RESULT_FAILED &&
+		  reason == KMIP_REASON_ITEM_NOT_FOUND);	/* destroyed */
+	CHECK(first_result(dir, "server_10_get_attributes.bin", &reason) == KMIP_RESULT_SUCCESS);
+	CHECK(first_result(dir, "server_04_locate.bin", &reason) == KMIP_RESULT_SUCCESS);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -592,6 +676,7 @@ main(int argc, char **argv)
 	test_malformed();
 	test_roundtrip_types();
 	test_pykmip(corpus);
+	test_captured(corpus);
 	printf("%d passed, %d failed\n", npass, nfail);
 	return nfail ? 1 : 0;
 }

@@ -18,6 +18,12 @@ Run it with /usr/bin/python3 (the Debian python3-pykmip package):
   locate NAME                  the uids with that Name, one a line
   gcm-encrypt UID IV_HEX PT_HEX AAD_HEX        prints "CT_HEX TAG_HEX"
   gcm-decrypt UID IV_HEX TAG_HEX CT_HEX AAD_HEX  prints the plaintext as hex
+  capture-corpus DIR           runs a fixed sequence (create, activate, state,
+                               locate, encrypt, decrypt, a bad tag, a batch of
+                               three GetAttributes with one missing object,
+                               revoke, destroy, not found) and writes every
+                               raw response the server sent to DIR/NN_op.bin:
+                               the fuzzer's seed corpus (test/fuzz/corpus)
 
 Every request is a raw KMIP 1.4 message built with kmip.core (one batch
 item, no credential: the server knows the client by its certificate's CN)
@@ -62,6 +68,38 @@ class Client:
         ctx.load_verify_locations(ca)
         raw = socket.create_connection((host, port), timeout=timeout)
         self.sock = ctx.wrap_socket(raw, server_hostname=host)
+        self.capture = None  # folder that receives every raw response
+        self.seq = 0
+
+    def _exchange(self, request, name):
+        self.sock.sendall(request)
+        head = self._recv(8)  # tag (3), type (1), length (4)
+        data = head + self._recv(struct.unpack('!I', head[4:])[0])
+        if self.capture:
+            self.seq += 1
+            with open('{0}/{1:02d}_{2}.bin'.format(self.capture, self.seq, name), 'wb') as f:
+                f.write(data)
+        response = messages.ResponseMessage()
+        response.read(BytearrayStream(data), KMIP_VERSION)
+        return response
+
+    # Several GetAttributes("State") in one message, Batch Error Continuation
+    # Option Continue (as byok's poller sends them); the raw response items.
+    def state_batch(self, uids):
+        header = messages.RequestHeader(
+            protocol_version=contents.ProtocolVersion(1, 4),
+            batch_error_cont_option=contents.BatchErrorContinuationOption(
+                enums.BatchErrorContinuationOption.CONTINUE),
+            batch_count=contents.BatchCount(len(uids)))
+        items = [messages.RequestBatchItem(
+            operation=contents.Operation(enums.Operation.GET_ATTRIBUTES),
+            unique_batch_item_id=contents.UniqueBatchItemID(struct.pack('!I', i)),
+            request_payload=payloads.GetAttributesRequestPayload(
+                unique_identifier=uid, attribute_names=['State']))
+            for i, uid in enumerate(uids)]
+        out = BytearrayStream()
+        messages.RequestMessage(request_header=header, batch_items=items).write(out, KMIP_VERSION)
+        return self._exchange(out.buffer, 'batch_get_attributes').batch_items
 
     def close(self):
         try:
@@ -87,11 +125,7 @@ class Client:
             operation=contents.Operation(operation), request_payload=payload)
         out = BytearrayStream()
         messages.RequestMessage(request_header=header, batch_items=[item]).write(out, KMIP_VERSION)
-        self.sock.sendall(out.buffer)
-        head = self._recv(8)  # tag (3), type (1), length (4)
-        body = self._recv(struct.unpack('!I', head[4:])[0])
-        response = messages.ResponseMessage()
-        response.read(BytearrayStream(head + body), KMIP_VERSION)
+        response = self._exchange(out.buffer, operation.name.lower())
         item = response.batch_items[0]
         if item.result_status.value != enums.ResultStatus.SUCCESS:
             reason = item.result_reason.value.name if item.result_reason else 'UNKNOWN'
@@ -180,6 +214,33 @@ class Client:
         return p.data
 
 
+def capture_corpus(cl, folder):
+    cl.capture = folder
+    uid = cl.create('corpus-key', True)
+    cl.state(uid)
+    cl.locate('corpus-key')
+    iv = bytes(range(12))
+    aad = b'byok-kmip\0corpus\0\0\0\0\1'
+    ct, tag = cl.gcm_encrypt(uid, iv, bytes(32), aad)
+    cl.gcm_decrypt(uid, iv, tag, ct, aad)
+    try:
+        cl.gcm_decrypt(uid, iv, bytes(16), ct, aad)
+    except KmipFailure:
+        pass
+    cl.state_batch([uid, '999999', uid])
+    cl.revoke(uid, False)
+    cl.state(uid)
+    try:
+        cl.gcm_decrypt(uid, iv, tag, ct, aad)
+    except KmipFailure:
+        pass
+    cl.destroy(uid)
+    try:
+        cl.state(uid)
+    except KmipFailure:
+        pass
+
+
 def hexbytes(s):
     try:
         return bytes.fromhex(s)
@@ -208,6 +269,7 @@ def main(argv):
     c.add_argument('uid')
     c.add_argument('--compromise', action='store_true')
     sub.add_parser('locate').add_argument('name')
+    sub.add_parser('capture-corpus').add_argument('folder')
     c = sub.add_parser('gcm-encrypt')
     for a in ('uid', 'iv', 'pt', 'aad'):
         c.add_argument(a, type=str if a == 'uid' else hexbytes)
@@ -243,6 +305,8 @@ def main(argv):
         elif args.cmd == 'locate':
             for uid in cl.locate(args.name):
                 print(uid)
+        elif args.cmd == 'capture-corpus':
+            capture_corpus(cl, args.folder)
         elif args.cmd == 'gcm-encrypt':
             ct, tag = cl.gcm_encrypt(args.uid, args.iv, args.pt, args.aad or None)
             print(ct.hex(), (tag or b'').hex())
