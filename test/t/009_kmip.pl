@@ -197,6 +197,12 @@ like($err, qr/certificate was not accepted: .*certificate.*byok.kmip_ca_file mus
 	'with a clear TLS message');
 set_conf('byok.kmip_ca_file', "$d/ca.crt");
 
+# a DNS name instead of an address: checked against the certificate's DNS SAN
+set_conf('byok.kmip_host', 'localhost');
+fresh();
+is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'beta'}), '20', 'byok.kmip_host as a DNS name the certificate carries');
+set_conf('byok.kmip_host', '127.0.0.1');
+
 # a client certificate the server does not trust
 set_conf('byok.kmip_cert_file', "$d/rogue-client.crt");
 set_conf('byok.kmip_key_file', "$d/rogue-client.key");
