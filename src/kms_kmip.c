@@ -858,7 +858,18 @@ kmip_call(KmipBuf *req, KmipDoc *doc, uint8 **answer, size_t *answer_len, ByokKm
 		kmip_buf_free(req);
 		return KIO_FAILED;
 	}
-	io = kmip_roundtrip(req, answer, answer_len, err);
+	/* an error raised inside (out of memory) must not leave the request unwiped */
+	PG_TRY();
+	{
+		io = kmip_roundtrip(req, answer, answer_len, err);
+	}
+	PG_CATCH();
+	{
+		kmip_buf_free(req);
+		kmip_drop_connection();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	kmip_buf_free(req);
 	if (io != KIO_OK)
 		return io;
