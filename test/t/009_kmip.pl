@@ -9,6 +9,7 @@
 # messages, loose file permissions -> configuration error.
 use strict;
 use warnings;
+use Digest::SHA qw(sha256_hex);
 use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -87,11 +88,14 @@ my $rest = substr($w, 4 + 2 * $ulen);
 my ($iv, $tag, $ct) = (substr($rest, 0, 24), substr($rest, 24, 32), substr($rest, 56));
 my $aad = unpack('H*', "byok-kmip\0acme\0" . pack('N', 1));
 my $pt = kmipctl($k, 'gcm-decrypt', $uid_a, $iv, $tag, $ct, $aad);
-is(length($pt), 64, 'the KMIP server decrypts the wrapped key under tenant acme\'s AAD');
 my $fp = sq(q{SELECT fingerprint FROM byok.tenant_keys k JOIN byok.tenants t ON t.tenant_id = k.tenant_id
 	WHERE t.name = 'acme' AND k.version = 1});
+is(substr(sha256_hex('byok key fingerprint v1' . pack('H*', $pt)), 0, 16), $fp,
+	'the KMIP server decrypts the wrapped key under tenant acme\'s AAD to the tenant key byok recorded');
 my $bad_aad = unpack('H*', "byok-kmip\0beta\0" . pack('N', 1));
 ok(!eval { kmipctl($k, 'gcm-decrypt', $uid_a, $iv, $tag, $ct, $bad_aad); 1 }, 'and refuses it under another tenant\'s AAD');
+my $v2_aad = unpack('H*', "byok-kmip\0acme\0" . pack('N', 2));
+ok(!eval { kmipctl($k, 'gcm-decrypt', $uid_a, $iv, $tag, $ct, $v2_aad); 1 }, 'or under another tenant-key version');
 
 # another tenant's wrapped key copied over: the tag check fails
 sq(q{CREATE TABLE saved AS SELECT * FROM byok.tenant_keys});
