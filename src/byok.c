@@ -63,6 +63,7 @@ char	   *byok_pkcs11_token_label = NULL;
 char	   *byok_pkcs11_pin_file = NULL;
 char	   *byok_kmip_host = NULL;
 int			byok_kmip_port = 5696;
+int			byok_kmip_batch_size = 32;
 char	   *byok_kmip_cert_file = NULL;
 char	   *byok_kmip_key_file = NULL;
 char	   *byok_kmip_ca_file = NULL;
@@ -306,6 +307,11 @@ _PG_init(void)
 							"TCP port of the KMIP server of the kmip provider.", NULL,
 							&byok_kmip_port, 5696, 1, 65535,
 							PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomIntVariable("byok.kmip_batch_size",
+							"Most key-state questions the poller puts in one KMIP message.",
+							"1 sends one message per key, for servers that do not accept batches.",
+							&byok_kmip_batch_size, 32, 1, 48,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("byok.kmip_cert_file",
 							   "PEM client certificate the kmip provider presents to the KMIP server.",
 							   "Its identity (usually the CN) owns the keys on the server; the file must be readable by the server's operating system user alone.",

@@ -83,6 +83,7 @@ extern char *byok_pkcs11_token_label;
 extern char *byok_pkcs11_pin_file;
 extern char *byok_kmip_host;
 extern int	byok_kmip_port;
+extern int	byok_kmip_batch_size;
 extern char *byok_kmip_cert_file;
 extern char *byok_kmip_key_file;
 extern char *byok_kmip_ca_file;

@@ -10,8 +10,9 @@
  * AAD binding the tenant and the TK version); unwrap = Decrypt with the
  * same IV, AAD and tag (the server checks the tag); key state =
  * GetAttributes("State"); names are resolved with Locate.  The poller's
- * round asks about many CMKs in one message (up to KMIP_BATCH_MAX batch
- * items, Batch Error Continuation Option "Continue").
+ * round asks about many CMKs in one message (up to byok.kmip_batch_size
+ * batch items, at most 48 so an answer fits KMIP_MAX_NODES; Batch Error
+ * Continuation Option "Continue").
  *
  * key_ref is the object's Unique Identifier, or "name:<Name>" resolved with
  * Locate (exactly one object must carry that Name).  A resolved name is
@@ -83,7 +84,6 @@
 #define KMIP_GCM_TAG_LEN	16
 #define KMIP_UID_MAX		128
 #define KMIP_NAME_PREFIX	"name:"
-#define KMIP_BATCH_MAX		32
 #define KMIP_WAIT_SLICE_MS	50
 #define KMIP_PIN_SLOTS		64
 
@@ -1189,7 +1189,7 @@ kmip_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, Byo
 
 /*
  * The poller's round: GetAttributes("State") for many keys, up to
- * KMIP_BATCH_MAX per message, matched back by Unique Batch Item ID.
+ * byok.kmip_batch_size per message, matched back by Unique Batch Item ID.
  */
 static void
 kmip_key_state_many(ByokKmsStateQuery *queries, int n)
@@ -1231,9 +1231,9 @@ kmip_key_state_many(ByokKmsStateQuery *queries, int n)
 							   "The call was interrupted.");
 		}
 
-	for (int start = 0; start < ntodo && !interrupted; start += KMIP_BATCH_MAX)
+	for (int start = 0; start < ntodo && !interrupted; start += byok_kmip_batch_size)
 	{
-		int			count = Min(KMIP_BATCH_MAX, ntodo - start);
+		int			count = Min(byok_kmip_batch_size, ntodo - start);
 		int64		t0 = GetCurrentTimestamp();
 		KmipBuf		req;
 		uint8	   *answer;

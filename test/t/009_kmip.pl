@@ -119,6 +119,11 @@ diag('poll round over 42 KMIP CMKs: ' . sq(q{SELECT round(last_round_ms::numeric
 kmipctl($k, 'revoke', $many[39]);
 ok(wait_state($node, 'bulk39', 'cmk_disabled'), 'a key revoked in the second batch is seen');
 is(sq(q{SELECT count(*) FROM byok_stats() WHERE tenant LIKE 'bulk%' AND state = 'active'}), '39', 'and only that one');
+set_conf('byok.kmip_batch_size', 1);
+kmipctl($k, 'revoke', $many[5]);
+ok(wait_state($node, 'bulk5', 'cmk_disabled'), 'with byok.kmip_batch_size = 1 (one message per key) too');
+is(sq(q{SELECT count(*) FROM byok_stats() WHERE tenant LIKE 'bulk%' AND state = 'active'}), '38', 'and only that one');
+set_conf('byok.kmip_batch_size', 32);
 
 # Revoke: lockout within the poll bound, and for good
 my $t0 = time();
