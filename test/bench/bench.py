@@ -17,11 +17,15 @@ Figures (issue "Benchmarks"):
   6 revocation lockout: drills at poll intervals 1 s and 250 ms
   7 poller scale: one round for 1,000 and 10,000 CMKs at 20 ms latency
   8 memory: shared memory at byok.cache_size 10,000 and 100,000
+  9 kmip provider against PyKMIP: Revoke drills at 250 ms, and one poll round
+    over 1,000 CMKs batched (32 per message) vs one message per key
+    (measured right after figure 3, while few other CMKs exist)
 """
 import argparse
 import csv
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -40,6 +44,8 @@ A.add_argument("--keyring", required=True)
 A.add_argument("--datadir", required=True)
 A.add_argument("--pgbin", required=True)
 A.add_argument("--out", required=True)
+A.add_argument("--kmip-dir", required=True, help="certificates of the PyKMIP server (kmip_certs.sh)")
+A.add_argument("--kmip-port", type=int, required=True)
 A.add_argument("--quick", action="store_true")
 args = A.parse_args()
 QUICK = args.quick
@@ -118,6 +124,54 @@ def new_key(name):
     with open(path, "wb") as f:
         f.write(os.urandom(32))
     os.chmod(path, 0o600)
+
+
+def drill(table, interval_ms, disable, trace=None):
+    """Four sessions decrypt rows of 'table' every 2 ms; at a random phase of
+    the poll cycle disable() cuts the CMK off.  Returns the ms from the start
+    of disable() to the last successful decrypt."""
+    stop = threading.Event()
+    events = []
+    ready = threading.Barrier(5)
+
+    def session(n):
+        c = psycopg2.connect(host=args.host, port=args.port, dbname="postgres", user="postgres")
+        cur = c.cursor()
+        i = n
+        first = True
+        while not stop.is_set():
+            try:
+                cur.execute("SELECT byok_decrypt(c) FROM %s WHERE i = %%s" % table, (1 + i % 100,))
+                cur.fetchall()
+                events.append((time.time(), n, True))
+            except psycopg2.Error:
+                events.append((time.time(), n, False))
+                c.rollback()
+            i += 1
+            if first:
+                first = False
+                ready.wait()
+            time.sleep(0.002)
+        c.rollback()
+        c.close()
+
+    th = [threading.Thread(target=session, args=(n,)) for n in range(4)]
+    for t in th:
+        t.start()
+    ready.wait()
+    time.sleep(0.1 + random.random() * interval_ms / 1000.0)
+    t0 = time.time()
+    disable()
+    time.sleep(interval_ms / 1000.0 + 0.6)
+    stop.set()
+    for t in th:
+        t.join()
+    last_ok = max([t for t, n, ok in events if ok and t >= t0] or [t0]) - t0
+    if trace is not None:
+        with open(trace, "w") as f:
+            for t, n, ok in sorted(events):
+                f.write("%.4f %d %d\n" % ((t - t0) * 1000, n, 1 if ok else 0))
+    return last_ok * 1000
 
 
 def pctl(values, p):
@@ -268,6 +322,57 @@ for clients in (1, 2):
     summary("3", "pgbench %d client(s): overhead of encryption" % clients, ov * 100, "%", "<= 15%", ov <= 0.15)
 
 # --------------------------------------------------------------------------- 4 cold start
+# --------------------------------------------------------------------------- 9 kmip
+# Run here, before figures 4 and 7 add thousands of aws-kms CMKs, so the
+# poller's round is (nearly) the KMIP CMKs alone.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kms"))
+import kmipctl  # noqa: E402
+
+log("== 9 kmip provider against PyKMIP: Revoke drills, poll round batched vs one message per key")
+KD = args.kmip_dir
+KC = kmipctl.Client("127.0.0.1", args.kmip_port, KD + "/client.crt", KD + "/client.key", KD + "/ca.crt", 30)
+set_conf(**{"byok.poll_interval": "250ms"})
+wait_until("SELECT poll_interval_ms = 250 FROM byok_poller_status()")
+NKD = 3 if QUICK else 10
+res = []
+for k in range(NKD):
+    uid = KC.create("kdrill%d" % k, True)
+    sql("SELECT byok_create_tenant(%s, 'kmip', %s)", ("kdrill%d" % k, uid))
+    sql("DROP TABLE IF EXISTS kdrill; CREATE TABLE kdrill AS "
+        "SELECT i, byok_encrypt(%s, 'value ' || i) AS c FROM generate_series(1, 100) i", ("kdrill%d" % k,))
+    res.append(drill("kdrill", 250, lambda: KC.revoke(uid, False)))
+    wait_until("SELECT state = 'cmk_disabled' FROM byok_stats() WHERE tenant = 'kdrill%d'" % k)
+record("9", "kmip_last_success_after_revoke_250ms", res, "ms")
+summary("9", "kmip, poll 250 ms: Revoke -> last successful decrypt, p50 (%d drills)" % NKD,
+        statistics.median(res), "ms")
+summary("9", "kmip, poll 250 ms: Revoke -> last successful decrypt, max", max(res), "ms",
+        "<= 350 ms", max(res) <= 350)
+set_conf(**{"byok.poll_interval": "1s"})
+
+NK = 100 if QUICK else 1000
+uids = [KC.create("kbench%d" % i, True) for i in range(NK)]
+with DB.cursor() as cur:
+    for i, u in enumerate(uids):
+        cur.execute("SELECT byok_create_tenant(%s, 'kmip', %s)", ("kbench%d" % i, u))
+sql("SELECT count(byok_encrypt('kbench' || i, 'x')) FROM generate_series(0, %s) i", (NK - 1,))
+wait_until("SELECT count(*) = %d FROM byok_stats() WHERE tenant LIKE 'kbench%%' AND last_poll_result = 'enabled'" % NK, 120)
+rounds = {32: [], 1: []}
+for rep in range(2 if QUICK else 5):
+    for bs in (32, 1):
+        set_conf(**{"byok.kmip_batch_size": bs})
+        r0 = one("SELECT rounds FROM byok_poller_status()")
+        wait_until("SELECT rounds >= %d + 2 FROM byok_poller_status()" % r0, 120)
+        rounds[bs].append(one("SELECT last_round_ms FROM byok_poller_status()"))
+ncmk = one("SELECT last_round_cmks FROM byok_poller_status()")
+set_conf(**{"byok.kmip_batch_size": 32})
+KC.close()
+record("9", "kmip_round_batch32", rounds[32], "ms")
+record("9", "kmip_round_batch1", rounds[1], "ms")
+b32, b1 = statistics.median(rounds[32]), statistics.median(rounds[1])
+summary("9", "kmip: one poll round over %d CMKs, 32 per message (median)" % ncmk, b32, "ms")
+summary("9", "kmip: one poll round over %d CMKs, one message per key (median)" % ncmk, b1, "ms")
+summary("9", "kmip: batched / one message per key (time ratio)", b32 / b1, "")
+
 NCOLD = 100 if QUICK else 1000
 log("== 4 cold start: %d aws-kms tenants, cache flushed, KMS latency 50 ms" % NCOLD)
 admin("DELETE", "faults")
@@ -284,7 +389,6 @@ admin("POST", "stats/reset")
 admin("POST", "faults", {"latency_ms": 50})
 lat, lock = [], threading.Lock()
 order = list(range(NCOLD))
-import random
 random.shuffle(order)
 touched, start = set(), time.time()
 warm_at = [None]
@@ -386,51 +490,10 @@ kpath = os.path.join(args.keyring, "drill-cmk.key")
 
 
 def one_drill(interval_ms, trace=None):
-    stop = threading.Event()
-    events = []
-    ready = threading.Barrier(5)
-
-    def session(n):
-        c = psycopg2.connect(host=args.host, port=args.port, dbname="postgres", user="postgres")
-        cur = c.cursor()
-        i = n
-        first = True
-        while not stop.is_set():
-            try:
-                cur.execute("SELECT byok_decrypt(c) FROM drill WHERE i = %s", (1 + i % 100,))
-                cur.fetchall()
-                events.append((time.time(), n, True))
-            except psycopg2.Error:
-                events.append((time.time(), n, False))
-                c.rollback()
-            i += 1
-            if first:
-                first = False
-                ready.wait()
-            time.sleep(0.002)
-        c.rollback()
-        c.close()
-
-    th = [threading.Thread(target=session, args=(n,)) for n in range(4)]
-    for t in th:
-        t.start()
-    ready.wait()
-    time.sleep(0.1 + random.random() * interval_ms / 1000.0)
-    t0 = time.time()
-    os.rename(kpath, kpath + ".disabled")
-    time.sleep(interval_ms / 1000.0 + 0.6)
-    stop.set()
-    for t in th:
-        t.join()
+    ms = drill("drill", interval_ms, lambda: os.rename(kpath, kpath + ".disabled"), trace)
     os.rename(kpath + ".disabled", kpath)
     wait_until("SELECT state = 'active' FROM byok_stats() WHERE tenant = 'drill'")
-    last_ok = max([t for t, n, ok in events if ok and t >= t0] or [t0]) - t0
-    refused = [max([t for t, m, ok in events if m == n and ok] or [t0]) for n in range(4)]
-    if trace is not None:
-        with open(trace, "w") as f:
-            for t, n, ok in sorted(events):
-                f.write("%.4f %d %d\n" % ((t - t0) * 1000, n, 1 if ok else 0))
-    return last_ok * 1000
+    return ms
 
 
 NDRILL = 3 if QUICK else 20

@@ -12,6 +12,7 @@ for line in open(os.path.join(out, "memory.txt")):
     size, mem = line.strip().split("|")
     rows.append({"figure": "8", "metric": "shared memory at byok.cache_size %s (max_tenants 10,000)" % size,
                  "value": int(mem) / 1048576.0, "unit": "MiB", "target": "", "ok": "", "note": ""})
+rows.sort(key=lambda r: int(r["figure"]))  # stable: each figure's rows keep their order
 with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=["figure", "metric", "value", "unit", "target", "ok", "note"])
     w.writeheader()
