@@ -299,8 +299,8 @@ _PG_init(void)
 							   &byok_pkcs11_pin_file, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("byok.kmip_host",
-							   "Host name or address of the KMIP server of the kmip provider.",
-							   "The server's certificate must name it (DNS name or IP address).",
+							   "KMIP servers of the kmip provider: host or host:port, several separated by commas.",
+							   "Servers are tried in turn, the last one that answered first; each server's certificate must name it (DNS name or IP address).",
 							   &byok_kmip_host, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomIntVariable("byok.kmip_port",

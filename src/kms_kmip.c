@@ -86,6 +86,7 @@
 #define KMIP_NAME_PREFIX	"name:"
 #define KMIP_WAIT_SLICE_MS	50
 #define KMIP_PIN_SLOTS		64
+#define KMIP_MAX_HOSTS		8
 
 /* tags and values kmip_ttlv.h does not carry */
 #define TAG_BATCH_ERROR_CONTINUATION	0x42000E
@@ -116,6 +117,9 @@ typedef struct KmipPin
 
 static KmipPin kpins[KMIP_PIN_SLOTS];
 static int	kpin_next = 0;
+
+/* the server of byok.kmip_host that answered last: tried first */
+static int	kmip_host_next = 0;
 
 /* why an I/O wait ended early */
 typedef enum KmipIo
@@ -242,6 +246,7 @@ kmip_drop_all(void)
 		SSL_CTX_free(kconn.ctx);
 	kconn.ctx = NULL;
 	kconn.config[0] = '\0';
+	kmip_host_next = 0;
 }
 
 /* Settings plus each file's identity: a change means a new SSL_CTX. */
@@ -454,7 +459,8 @@ kmip_ssl_wait(int ssl_err, TimestampTz deadline, ByokKmsError *err)
 
 /* Open a TCP connection to one address, non-blocking. */
 static KmipIo
-kmip_tcp_connect(const struct addrinfo *ai, TimestampTz deadline, ByokKmsError *err)
+kmip_tcp_connect(const struct addrinfo *ai, const char *host, const char *port,
+				 TimestampTz deadline, ByokKmsError *err)
 {
 	int			fd;
 	int			one = 1;
@@ -474,8 +480,8 @@ kmip_tcp_connect(const struct addrinfo *ai, TimestampTz deadline, ByokKmsError *
 		if (errno != EINPROGRESS)
 		{
 			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "CONNECT",
-							   "Could not connect to the KMIP server %s:%d: %m.",
-							   byok_kmip_host, byok_kmip_port);
+							   "Could not connect to the KMIP server %s port %s: %m.",
+							   host, port);
 			close(fd);
 			return KIO_FAILED;
 		}
@@ -489,8 +495,8 @@ kmip_tcp_connect(const struct addrinfo *ai, TimestampTz deadline, ByokKmsError *
 		{
 			errno = soerr;
 			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "CONNECT",
-							   "Could not connect to the KMIP server %s:%d: %m.",
-							   byok_kmip_host, byok_kmip_port);
+							   "Could not connect to the KMIP server %s port %s: %m.",
+							   host, port);
 			close(fd);
 			return KIO_FAILED;
 		}
@@ -501,7 +507,7 @@ kmip_tcp_connect(const struct addrinfo *ai, TimestampTz deadline, ByokKmsError *
 
 /* Explain a failed TLS handshake. */
 static void
-kmip_handshake_error(int ssl_err, ByokKmsError *err)
+kmip_handshake_error(const char *host, ByokKmsError *err)
 {
 	long		verify = SSL_get_verify_result(kconn.ssl);
 	unsigned long e = ERR_peek_last_error();
@@ -510,8 +516,8 @@ kmip_handshake_error(int ssl_err, ByokKmsError *err)
 	{
 		ERR_clear_error();
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "TLS_VERIFY",
-						   "The KMIP server's certificate was not accepted: %s. byok.kmip_ca_file must hold the CA that signed it, and it must name byok.kmip_host (%s).",
-						   X509_verify_cert_error_string(verify), byok_kmip_host);
+						   "The KMIP server's certificate was not accepted: %s. byok.kmip_ca_file must hold the CA that signed it, and it must name the host byok connects to (%s).",
+						   X509_verify_cert_error_string(verify), host);
 	}
 	else if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL)
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "TLS_HANDSHAKE",
@@ -525,31 +531,29 @@ kmip_handshake_error(int ssl_err, ByokKmsError *err)
 	}
 }
 
-/* Connect and handshake; the connection is kept in kconn. */
+/* Connect to one server and handshake; the connection is kept in kconn. */
 static KmipIo
-kmip_connect(TimestampTz deadline, ByokKmsError *err)
+kmip_connect_one(const char *host, const char *port, TimestampTz deadline, ByokKmsError *err)
 {
 	struct addrinfo hints = {0};
 	struct addrinfo *res = NULL;
-	char		port[16];
 	int			rc;
 	KmipIo		io = KIO_FAILED;
 	struct in6_addr a6;
 
-	snprintf(port, sizeof(port), "%d", byok_kmip_port);
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_family = AF_UNSPEC;
-	rc = getaddrinfo(byok_kmip_host, port, &hints, &res);
+	rc = getaddrinfo(host, port, &hints, &res);
 	if (rc != 0)
 	{
 		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "RESOLVE",
-						   "Could not resolve byok.kmip_host \"%s\": %s.",
-						   byok_kmip_host, gai_strerror(rc));
+						   "Could not resolve the KMIP server name \"%s\": %s.",
+						   host, gai_strerror(rc));
 		return KIO_FAILED;
 	}
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
 	{
-		io = kmip_tcp_connect(ai, deadline, err);
+		io = kmip_tcp_connect(ai, host, port, deadline, err);
 		if (io != KIO_FAILED)
 			break;
 	}
@@ -567,16 +571,14 @@ kmip_connect(TimestampTz deadline, ByokKmsError *err)
 		return KIO_FAILED;
 	}
 	/* the server certificate must name the host we asked for */
-	if (inet_pton(AF_INET, byok_kmip_host, &a6) == 1 || inet_pton(AF_INET6, byok_kmip_host, &a6) == 1)
-		rc = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(kconn.ssl), byok_kmip_host);
+	if (inet_pton(AF_INET, host, &a6) == 1 || inet_pton(AF_INET6, host, &a6) == 1)
+		rc = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(kconn.ssl), host);
 	else
-		rc = SSL_set1_host(kconn.ssl, byok_kmip_host) &&
-			SSL_set_tlsext_host_name(kconn.ssl, byok_kmip_host);
+		rc = SSL_set1_host(kconn.ssl, host) && SSL_set_tlsext_host_name(kconn.ssl, host);
 	if (rc != 1)
 	{
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_HOST",
-						   "byok.kmip_host \"%s\" cannot be checked against a certificate.",
-						   byok_kmip_host);
+						   "The KMIP server name \"%s\" cannot be checked against a certificate.", host);
 		kmip_drop_connection();
 		return KIO_FAILED;
 	}
@@ -596,12 +598,121 @@ kmip_connect(TimestampTz deadline, ByokKmsError *err)
 		}
 		else
 		{
-			kmip_handshake_error(e, err);
+			kmip_handshake_error(host, err);
 			io = KIO_FAILED;
 		}
 		kmip_drop_connection();
 		return io;
 	}
+}
+
+/*
+ * Split byok.kmip_host ("host[:port][, host[:port]]...", IPv6 literals in
+ * brackets when a port follows) into hosts[] and ports[] inside buf.
+ * Returns the number of servers, 0 if the setting is unusable.
+ */
+static int
+kmip_parse_hosts(char *buf, char **hosts, char ports[][8], int max)
+{
+	int			n = 0;
+	char	   *save = NULL;
+
+	for (char *tok = strtok_r(buf, ",", &save); tok && n < max; tok = strtok_r(NULL, ",", &save))
+	{
+		char	   *end;
+		char	   *colon;
+
+		while (*tok == ' ' || *tok == '\t')
+			tok++;
+		end = tok + strlen(tok);
+		while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+			*--end = '\0';
+		if (*tok == '\0')
+			continue;
+		snprintf(ports[n], sizeof(ports[n]), "%d", byok_kmip_port);
+		if (*tok == '[')
+		{
+			char	   *close = strchr(tok, ']');
+
+			if (close == NULL)
+				return 0;
+			*close = '\0';
+			colon = close[1] == ':' ? close + 1 : NULL;
+			if (close[1] != '\0' && colon == NULL)
+				return 0;
+			tok++;
+		}
+		else
+		{
+			colon = strchr(tok, ':');
+			if (colon && strchr(colon + 1, ':'))
+				colon = NULL;	/* a bare IPv6 literal: no port */
+		}
+		if (colon)
+		{
+			char	   *pend;
+			long		p;
+
+			*colon = '\0';
+			p = strtol(colon + 1, &pend, 10);
+			if (*pend != '\0' || p < 1 || p > 65535)
+				return 0;
+			snprintf(ports[n], sizeof(ports[n]), "%ld", p);
+		}
+		if (*tok == '\0')
+			return 0;
+		hosts[n++] = tok;
+	}
+	return n;
+}
+
+/*
+ * Connect to the first server of byok.kmip_host that answers, starting with
+ * the one that worked last (so a failed-over process does not wait on a
+ * dead primary every time).  Each server gets an equal share of the time
+ * left.  A certificate or handshake refusal is reported in preference to
+ * an unreachable server, since it needs an administrator.
+ */
+static KmipIo
+kmip_connect(TimestampTz deadline, ByokKmsError *err)
+{
+	char		buf[1024];
+	char	   *hosts[KMIP_MAX_HOSTS];
+	char		ports[KMIP_MAX_HOSTS][8];
+	int			n;
+	ByokKmsError config_err;
+	KmipIo		io = KIO_FAILED;
+
+	strlcpy(buf, byok_kmip_host ? byok_kmip_host : "", sizeof(buf));
+	n = kmip_parse_hosts(buf, hosts, ports, KMIP_MAX_HOSTS);
+	if (n == 0)
+	{
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_HOST",
+						   "byok.kmip_host must list one to %d servers as host or host:port, separated by commas (IPv6 addresses in brackets when a port follows).",
+						   KMIP_MAX_HOSTS);
+		return KIO_FAILED;
+	}
+	config_err.status = BYOK_KMS_OK;
+	for (int k = 0; k < n; k++)
+	{
+		int			i = (kmip_host_next + k) % n;
+		TimestampTz now = GetCurrentTimestamp();
+		TimestampTz share = now + (deadline - now) / (n - k);
+
+		io = kmip_connect_one(hosts[i], ports[i], share, err);
+		if (io == KIO_OK)
+		{
+			kmip_host_next = i;
+			return KIO_OK;
+		}
+		if (io == KIO_INTERRUPTED)
+			return io;
+		if (err->status == BYOK_KMS_CONFIG && config_err.status == BYOK_KMS_OK)
+			config_err = *err;
+	}
+	if (config_err.status != BYOK_KMS_OK)
+		*err = config_err;
+	return io;
 }
 
 /*

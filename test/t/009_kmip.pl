@@ -206,6 +206,32 @@ like($err, qr/certificate was not accepted: .*certificate.*byok.kmip_ca_file mus
 	'with a clear TLS message');
 set_conf('byok.kmip_ca_file', "$d/ca.crt");
 
+# several servers: a dead one first, then ours; the one that answered is tried first next time
+my $closed = PostgreSQL::Test::Cluster::get_free_port();
+set_conf('byok.kmip_host', "127.0.0.1:$closed, 127.0.0.1:$k->{port}");
+fresh();
+is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'beta'}), '20', 'a refused first server: the next one in byok.kmip_host serves');
+my $mute2 = IO::Socket::INET->new(Listen => 5, LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp') or die;
+set_conf('byok.kmip_host', '127.0.0.1:' . $mute2->sockport . ", [127.0.0.1]:$k->{port}");
+$bg->query_safe(q{SELECT byok_cache_flush('beta')});
+sleep 1.1;
+$t0 = time();
+is($bg->query_safe(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'beta'}), '20', 'a first server that never answers: the second serves');
+$took = time() - $t0;
+cmp_ok($took, '<', 1.5, sprintf('within byok.kms_timeout (%.0f ms: half of it went to the silent server)', $took * 1000));
+kmip_stop($k);
+kmip_start($k);
+$bg->query_safe(q{SELECT byok_cache_flush('beta')});
+$t0 = time();
+is($bg->query_safe(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'beta'}), '20', 'after a restart of the serving one, the session reconnects');
+$took = time() - $t0;
+cmp_ok($took, '<', 0.5, sprintf('to it first, not waiting on the silent one (%.0f ms)', $took * 1000));
+close $mute2;
+set_conf('byok.kmip_host', '127.0.0.1:notaport');
+fresh();
+like(fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'beta'}), qr/byok.kmip_host must list one to 8 servers/,
+	'an unusable byok.kmip_host is a configuration error');
+
 # a DNS name instead of an address: checked against the certificate's DNS SAN
 set_conf('byok.kmip_host', 'localhost');
 fresh();
