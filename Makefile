@@ -13,6 +13,7 @@ OBJS = \
 	src/kms_pkcs11.o \
 	src/kmip_ttlv.o \
 	src/kms_kmip.o \
+	src/kmip_conn.o \
 	src/kms_http.o \
 	src/kms_aws.o \
 	src/kms_vault.o \

@@ -28,25 +28,16 @@
  * GetAttributes("State") on the same connection to tell a revoked key from
  * a certificate that may not use it.
  *
- * Transport.  One TLS connection per process, opened on first use and
- * reused; a connection the server closed (restart, idle timeout) is noticed
- * before use or on the first failed exchange and reopened once.  Sockets
- * are non-blocking and every wait polls for at most 50 ms, checking for a
- * cancel, a termination or a shutdown request; the whole call, reconnect
- * included, is bounded by byok.kms_timeout.  TLS 1.2 or later, the server
- * certificate verified against byok.kmip_ca_file and byok.kmip_host (an IP
- * address or a DNS name), our certificate from byok.kmip_cert_file and
- * byok.kmip_key_file.  The three files must be readable by the server's OS
- * user alone; they are re-read when a path or a file changes, so a
- * certificate can be rotated with a reload.  Host names are resolved with
- * getaddrinfo, which is not bounded by the timeout: use an address or a
- * local resolver.
+ * Transport (kmip_conn.c): one kept mutual-TLS connection per process,
+ * failover along byok.kmip_host, non-blocking I/O bounded by
+ * byok.kms_timeout and stopped by a cancel within 50 ms.  An exchange that
+ * was interrupted returns KIO_INTERRUPTED: the functions here free and wipe
+ * what they hold, then run CHECK_FOR_INTERRUPTS.
  *
- * Secrets: requests and answers carry TKs in clear inside the TLS channel;
- * their buffers (malloc'd encoder buffers, palloc'd answers) are wiped
- * before release, as is the private key file's text.  Error texts carry
- * KMIP result reasons, the server's result message (sanitised) and OpenSSL
- * reason strings, never a value.
+ * Secrets: requests and answers carry TKs in clear; their buffers (malloc'd
+ * encoder buffers, palloc'd answers) are wiped before release, also when an
+ * error is raised mid-call.  Error texts carry KMIP result reasons and the
+ * server's result message (sanitised), never a value.
  *
  * Wrapped form: format byte (1), uid length (1), uid, IV (12), tag (16),
  * ciphertext.
@@ -57,36 +48,18 @@
  */
 #include "postgres.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-
 #include "miscadmin.h"
-#include "postmaster/interrupt.h"
 #include "utils/timestamp.h"
 
+#include "kmip_conn.h"
 #include "kmip_ttlv.h"
-#include "kms_http.h"
 
 #define KMIP_WRAP_FORMAT	1
 #define KMIP_IV_LEN			12
 #define KMIP_GCM_TAG_LEN	16
 #define KMIP_UID_MAX		128
 #define KMIP_NAME_PREFIX	"name:"
-#define KMIP_WAIT_SLICE_MS	50
 #define KMIP_PIN_SLOTS		64
-#define KMIP_MAX_HOSTS		8
 
 /* tags and values kmip_ttlv.h does not carry */
 #define TAG_BATCH_ERROR_CONTINUATION	0x42000E
@@ -95,18 +68,6 @@
 #define NAME_TYPE_TEXT					1
 
 /* ------------------------------------------------------------ state */
-
-/* the process's connection */
-typedef struct KmipConn
-{
-	int			pid;			/* owner; a forked child starts afresh */
-	SSL_CTX    *ctx;
-	SSL		   *ssl;
-	int			fd;
-	char		config[1024];	/* settings and file identities ctx was made from */
-} KmipConn;
-
-static KmipConn kconn = {.fd = -1};
 
 /* names resolved by Locate, pinned for the life of the process */
 typedef struct KmipPin
@@ -117,17 +78,6 @@ typedef struct KmipPin
 
 static KmipPin kpins[KMIP_PIN_SLOTS];
 static int	kpin_next = 0;
-
-/* the server of byok.kmip_host that answered last: tried first */
-static int	kmip_host_next = 0;
-
-/* why an I/O wait ended early */
-typedef enum KmipIo
-{
-	KIO_OK = 0,
-	KIO_FAILED,					/* err set */
-	KIO_INTERRUPTED				/* err set; caller runs CHECK_FOR_INTERRUPTS */
-} KmipIo;
 
 /* one batch item of an answer */
 typedef struct KmipItem
@@ -204,688 +154,6 @@ kmip_item_error(const KmipItem *it, const char *op, ByokKmsError *err)
 	byok_kms_set_error(err, st, code, "%s failed%s%s", op,
 					   it->message[0] ? ": " : ".", it->message);
 	return st;
-}
-
-/* The reason of the first OpenSSL error, or a fallback; clears the queue. */
-static const char *
-kmip_ssl_reason(const char *fallback)
-{
-	unsigned long e = ERR_peek_last_error();
-	const char *r = e ? ERR_reason_error_string(e) : NULL;
-
-	ERR_clear_error();
-	return r ? r : fallback;
-}
-
-/* ------------------------------------------------------------ TLS set-up */
-
-static void
-kmip_drop_connection(void)
-{
-	if (kconn.pid != MyProcPid)
-	{
-		/* inherited from the parent: not ours to shut down or free */
-		memset(&kconn, 0, sizeof(kconn));
-		kconn.fd = -1;
-		kconn.pid = MyProcPid;
-		return;
-	}
-	if (kconn.ssl)
-		SSL_free(kconn.ssl);	/* no close_notify: the peer may be gone */
-	kconn.ssl = NULL;
-	if (kconn.fd >= 0)
-		close(kconn.fd);
-	kconn.fd = -1;
-}
-
-static void
-kmip_drop_all(void)
-{
-	kmip_drop_connection();
-	if (kconn.ctx)
-		SSL_CTX_free(kconn.ctx);
-	kconn.ctx = NULL;
-	kconn.config[0] = '\0';
-	kmip_host_next = 0;
-}
-
-/* Settings plus each file's identity: a change means a new SSL_CTX. */
-static void
-kmip_config_key(char *out, size_t len)
-{
-	const char *files[3] = {byok_kmip_cert_file, byok_kmip_key_file, byok_kmip_ca_file};
-	int			n;
-
-	n = snprintf(out, len, "%s|%d", byok_kmip_host ? byok_kmip_host : "", byok_kmip_port);
-	for (int i = 0; i < 3 && n > 0 && (size_t) n < len; i++)
-	{
-		struct stat st;
-
-		if (files[i] && files[i][0] && stat(files[i], &st) == 0)
-			n += snprintf(out + n, len - n, "|%s:%lu:%ld:%ld", files[i],
-						  (unsigned long) st.st_ino, (long) st.st_mtime, (long) st.st_size);
-		else
-			n += snprintf(out + n, len - n, "|%s:-", files[i] ? files[i] : "");
-	}
-}
-
-/* Never prompt for a pass phrase: encrypted keys are refused. */
-static int
-kmip_no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	return 0;
-}
-
-static bool
-kmip_read_file(const char *path, const char *guc, StringInfo out, ByokKmsError *err)
-{
-	initStringInfo(out);
-	return byok_read_secret_file(path, guc, out, err);
-}
-
-static void
-kmip_wipe_file(StringInfo s)
-{
-	if (s->data)
-	{
-		explicit_bzero(s->data, s->maxlen);
-		pfree(s->data);
-		s->data = NULL;
-	}
-}
-
-/* Build an SSL_CTX from the three files; false with err set. */
-static bool
-kmip_make_ctx(ByokKmsError *err)
-{
-	StringInfoData cert = {0};
-	StringInfoData key = {0};
-	StringInfoData ca = {0};
-	SSL_CTX    *ctx = NULL;
-	BIO		   *bio = NULL;
-	X509	   *x = NULL;
-	EVP_PKEY   *pkey = NULL;
-	int			ncas = 0;
-	bool		ok = false;
-
-	if (byok_kmip_host == NULL || byok_kmip_host[0] == '\0')
-	{
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_HOST", "byok.kmip_host is not set.");
-		return false;
-	}
-	if (!kmip_read_file(byok_kmip_cert_file, "byok.kmip_cert_file", &cert, err) ||
-		!kmip_read_file(byok_kmip_key_file, "byok.kmip_key_file", &key, err) ||
-		!kmip_read_file(byok_kmip_ca_file, "byok.kmip_ca_file", &ca, err))
-		goto done;
-
-	ERR_clear_error();
-	ctx = SSL_CTX_new(TLS_client_method());
-	if (ctx == NULL || !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION))
-	{
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "TLS_SETUP", "Could not set up TLS: %s.",
-						   kmip_ssl_reason("out of memory"));
-		goto done;
-	}
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-
-	/* our certificate, then any chain certificates after it */
-	bio = BIO_new_mem_buf(cert.data, cert.len);
-	x = bio ? PEM_read_bio_X509(bio, NULL, kmip_no_passphrase, NULL) : NULL;
-	if (x == NULL || SSL_CTX_use_certificate(ctx, x) != 1)
-	{
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_CERTIFICATE",
-						   "byok.kmip_cert_file holds no usable PEM certificate: %s.",
-						   kmip_ssl_reason("no certificate"));
-		goto done;
-	}
-	X509_free(x);
-	while ((x = PEM_read_bio_X509(bio, NULL, kmip_no_passphrase, NULL)) != NULL)
-	{
-		if (SSL_CTX_add_extra_chain_cert(ctx, x) != 1)
-		{
-			X509_free(x);
-			break;
-		}
-	}
-	x = NULL;
-	ERR_clear_error();
-	BIO_free(bio);
-
-	/* our private key */
-	bio = BIO_new_mem_buf(key.data, key.len);
-	pkey = bio ? PEM_read_bio_PrivateKey(bio, NULL, kmip_no_passphrase, NULL) : NULL;
-	BIO_free(bio);
-	bio = NULL;
-	if (pkey == NULL || SSL_CTX_use_PrivateKey(ctx, pkey) != 1 ||
-		SSL_CTX_check_private_key(ctx) != 1)
-	{
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_PRIVATE_KEY",
-						   "byok.kmip_key_file holds no unencrypted PEM private key matching byok.kmip_cert_file: %s.",
-						   kmip_ssl_reason("no key"));
-		goto done;
-	}
-
-	/* the CAs that may sign the server's certificate */
-	bio = BIO_new_mem_buf(ca.data, ca.len);
-	while (bio && (x = PEM_read_bio_X509(bio, NULL, kmip_no_passphrase, NULL)) != NULL)
-	{
-		if (X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), x) == 1)
-			ncas++;
-		X509_free(x);
-	}
-	x = NULL;
-	ERR_clear_error();
-	if (ncas == 0)
-	{
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_CA_FILE",
-						   "byok.kmip_ca_file holds no PEM certificate.");
-		goto done;
-	}
-	kconn.ctx = ctx;
-	ctx = NULL;
-	ok = true;
-
-done:
-	if (bio)
-		BIO_free(bio);
-	if (x)
-		X509_free(x);
-	if (pkey)
-		EVP_PKEY_free(pkey);
-	if (ctx)
-		SSL_CTX_free(ctx);
-	kmip_wipe_file(&cert);
-	kmip_wipe_file(&key);
-	kmip_wipe_file(&ca);
-	ERR_clear_error();
-	return ok;
-}
-
-/* ------------------------------------------------------------ I/O */
-
-static bool
-kmip_interrupt_pending(void)
-{
-	return QueryCancelPending || ProcDiePending || ShutdownRequestPending;
-}
-
-/*
- * Wait until fd is ready for 'events', in slices of at most 50 ms, checking
- * for interrupts and the deadline.
- */
-static KmipIo
-kmip_wait(int fd, short events, TimestampTz deadline, ByokKmsError *err)
-{
-	for (;;)
-	{
-		struct pollfd pfd = {.fd = fd, .events = events};
-		int64		left_ms = (deadline - GetCurrentTimestamp()) / 1000;
-		int			rc;
-
-		if (kmip_interrupt_pending())
-		{
-			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "INTERRUPTED", "The call was interrupted.");
-			return KIO_INTERRUPTED;
-		}
-		if (left_ms <= 0)
-		{
-			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "TIMEOUT",
-							   "No answer from the KMIP server within byok.kms_timeout (%d ms).",
-							   byok_kms_timeout);
-			return KIO_FAILED;
-		}
-		rc = poll(&pfd, 1, (int) Min(left_ms, KMIP_WAIT_SLICE_MS));
-		if (rc > 0)
-			return KIO_OK;
-		if (rc < 0 && errno != EINTR)
-		{
-			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "POLL", "poll failed: %m.");
-			return KIO_FAILED;
-		}
-	}
-}
-
-/* Wait as an SSL call asked (want read or write); KIO_FAILED for other errors. */
-static KmipIo
-kmip_ssl_wait(int ssl_err, TimestampTz deadline, ByokKmsError *err)
-{
-	if (ssl_err == SSL_ERROR_WANT_READ)
-		return kmip_wait(kconn.fd, POLLIN, deadline, err);
-	if (ssl_err == SSL_ERROR_WANT_WRITE)
-		return kmip_wait(kconn.fd, POLLOUT, deadline, err);
-	return KIO_FAILED;
-}
-
-/* Open a TCP connection to one address, non-blocking. */
-static KmipIo
-kmip_tcp_connect(const struct addrinfo *ai, const char *host, const char *port,
-				 TimestampTz deadline, ByokKmsError *err)
-{
-	int			fd;
-	int			one = 1;
-	int			soerr = 0;
-	socklen_t	slen = sizeof(soerr);
-	KmipIo		io;
-
-	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-	if (fd < 0)
-	{
-		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "SOCKET", "Could not create a socket: %m.");
-		return KIO_FAILED;
-	}
-	(void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0)
-	{
-		if (errno != EINPROGRESS)
-		{
-			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "CONNECT",
-							   "Could not connect to the KMIP server %s port %s: %m.",
-							   host, port);
-			close(fd);
-			return KIO_FAILED;
-		}
-		io = kmip_wait(fd, POLLOUT, deadline, err);
-		if (io != KIO_OK)
-		{
-			close(fd);
-			return io;
-		}
-		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) != 0 || soerr != 0)
-		{
-			errno = soerr;
-			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "CONNECT",
-							   "Could not connect to the KMIP server %s port %s: %m.",
-							   host, port);
-			close(fd);
-			return KIO_FAILED;
-		}
-	}
-	kconn.fd = fd;
-	return KIO_OK;
-}
-
-/* Explain a failed TLS handshake. */
-static void
-kmip_handshake_error(const char *host, ByokKmsError *err)
-{
-	long		verify = SSL_get_verify_result(kconn.ssl);
-	unsigned long e = ERR_peek_last_error();
-
-	if (verify != X509_V_OK)
-	{
-		ERR_clear_error();
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "TLS_VERIFY",
-						   "The KMIP server's certificate was not accepted: %s. byok.kmip_ca_file must hold the CA that signed it, and it must name the host byok connects to (%s).",
-						   X509_verify_cert_error_string(verify), host);
-	}
-	else if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL)
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "TLS_HANDSHAKE",
-						   "The TLS handshake with the KMIP server failed: %s. The server must accept TLS 1.2 or later and a client certificate (byok.kmip_cert_file) signed by a CA it trusts, with extended key usage clientAuth.",
-						   kmip_ssl_reason("handshake failure"));
-	else
-	{
-		ERR_clear_error();
-		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "TLS_CLOSED",
-						   "The KMIP server closed the connection during the TLS handshake.");
-	}
-}
-
-/* Connect to one server and handshake; the connection is kept in kconn. */
-static KmipIo
-kmip_connect_one(const char *host, const char *port, TimestampTz deadline, ByokKmsError *err)
-{
-	struct addrinfo hints = {0};
-	struct addrinfo *res = NULL;
-	int			rc;
-	KmipIo		io = KIO_FAILED;
-	struct in6_addr a6;
-
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_family = AF_UNSPEC;
-	rc = getaddrinfo(host, port, &hints, &res);
-	if (rc != 0)
-	{
-		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "RESOLVE",
-						   "Could not resolve the KMIP server name \"%s\": %s.",
-						   host, gai_strerror(rc));
-		return KIO_FAILED;
-	}
-	for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
-	{
-		io = kmip_tcp_connect(ai, host, port, deadline, err);
-		if (io != KIO_FAILED)
-			break;
-	}
-	freeaddrinfo(res);
-	if (io != KIO_OK)
-		return io;
-
-	ERR_clear_error();
-	kconn.ssl = SSL_new(kconn.ctx);
-	if (kconn.ssl == NULL || SSL_set_fd(kconn.ssl, kconn.fd) != 1)
-	{
-		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "TLS_SETUP", "Could not set up TLS: %s.",
-						   kmip_ssl_reason("out of memory"));
-		kmip_drop_connection();
-		return KIO_FAILED;
-	}
-	/* the server certificate must name the host we asked for */
-	if (inet_pton(AF_INET, host, &a6) == 1 || inet_pton(AF_INET6, host, &a6) == 1)
-		rc = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(kconn.ssl), host);
-	else
-		rc = SSL_set1_host(kconn.ssl, host) && SSL_set_tlsext_host_name(kconn.ssl, host);
-	if (rc != 1)
-	{
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_HOST",
-						   "The KMIP server name \"%s\" cannot be checked against a certificate.", host);
-		kmip_drop_connection();
-		return KIO_FAILED;
-	}
-	for (;;)
-	{
-		int			r = SSL_connect(kconn.ssl);
-		int			e;
-
-		if (r == 1)
-			return KIO_OK;
-		e = SSL_get_error(kconn.ssl, r);
-		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-		{
-			io = kmip_ssl_wait(e, deadline, err);
-			if (io == KIO_OK)
-				continue;
-		}
-		else
-		{
-			kmip_handshake_error(host, err);
-			io = KIO_FAILED;
-		}
-		kmip_drop_connection();
-		return io;
-	}
-}
-
-/*
- * Split byok.kmip_host ("host[:port][, host[:port]]...", IPv6 literals in
- * brackets when a port follows) into hosts[] and ports[] inside buf.
- * Returns the number of servers, 0 if the setting is unusable.
- */
-static int
-kmip_parse_hosts(char *buf, char **hosts, char ports[][8], int max)
-{
-	int			n = 0;
-	char	   *save = NULL;
-
-	for (char *tok = strtok_r(buf, ",", &save); tok && n < max; tok = strtok_r(NULL, ",", &save))
-	{
-		char	   *end;
-		char	   *colon;
-
-		while (*tok == ' ' || *tok == '\t')
-			tok++;
-		end = tok + strlen(tok);
-		while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
-			*--end = '\0';
-		if (*tok == '\0')
-			continue;
-		snprintf(ports[n], sizeof(ports[n]), "%d", byok_kmip_port);
-		if (*tok == '[')
-		{
-			char	   *close = strchr(tok, ']');
-
-			if (close == NULL)
-				return 0;
-			*close = '\0';
-			colon = close[1] == ':' ? close + 1 : NULL;
-			if (close[1] != '\0' && colon == NULL)
-				return 0;
-			tok++;
-		}
-		else
-		{
-			colon = strchr(tok, ':');
-			if (colon && strchr(colon + 1, ':'))
-				colon = NULL;	/* a bare IPv6 literal: no port */
-		}
-		if (colon)
-		{
-			char	   *pend;
-			long		p;
-
-			*colon = '\0';
-			p = strtol(colon + 1, &pend, 10);
-			if (*pend != '\0' || p < 1 || p > 65535)
-				return 0;
-			snprintf(ports[n], sizeof(ports[n]), "%ld", p);
-		}
-		if (*tok == '\0')
-			return 0;
-		hosts[n++] = tok;
-	}
-	return n;
-}
-
-/*
- * Connect to the first server of byok.kmip_host that answers, starting with
- * the one that worked last (so a failed-over process does not wait on a
- * dead primary every time).  Each server gets an equal share of the time
- * left.  A certificate or handshake refusal is reported in preference to
- * an unreachable server, since it needs an administrator.
- */
-static KmipIo
-kmip_connect(TimestampTz deadline, ByokKmsError *err)
-{
-	char		buf[1024];
-	char	   *hosts[KMIP_MAX_HOSTS];
-	char		ports[KMIP_MAX_HOSTS][8];
-	int			n;
-	ByokKmsError config_err;
-	KmipIo		io = KIO_FAILED;
-
-	strlcpy(buf, byok_kmip_host ? byok_kmip_host : "", sizeof(buf));
-	n = kmip_parse_hosts(buf, hosts, ports, KMIP_MAX_HOSTS);
-	if (n == 0)
-	{
-		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_HOST",
-						   "byok.kmip_host must list one to %d servers as host or host:port, separated by commas (IPv6 addresses in brackets when a port follows).",
-						   KMIP_MAX_HOSTS);
-		return KIO_FAILED;
-	}
-	config_err.status = BYOK_KMS_OK;
-	for (int k = 0; k < n; k++)
-	{
-		int			i = (kmip_host_next + k) % n;
-		TimestampTz now = GetCurrentTimestamp();
-		TimestampTz share = now + (deadline - now) / (n - k);
-
-		io = kmip_connect_one(hosts[i], ports[i], share, err);
-		if (io == KIO_OK)
-		{
-			kmip_host_next = i;
-			return KIO_OK;
-		}
-		if (io == KIO_INTERRUPTED)
-			return io;
-		if (err->status == BYOK_KMS_CONFIG && config_err.status == BYOK_KMS_OK)
-			config_err = *err;
-	}
-	if (config_err.status != BYOK_KMS_OK)
-		*err = config_err;
-	return io;
-}
-
-/*
- * Is the kept connection still usable?  A readable socket before we asked
- * anything means the server closed it (or sent something we did not ask
- * for): either way it is dropped.
- */
-static bool
-kmip_connection_alive(void)
-{
-	struct pollfd pfd;
-
-	if (kconn.ssl == NULL)
-		return false;
-	if (SSL_pending(kconn.ssl) > 0)
-		return false;
-	pfd.fd = kconn.fd;
-	pfd.events = POLLIN;
-	pfd.revents = 0;
-	return poll(&pfd, 1, 0) == 0;
-}
-
-static KmipIo
-kmip_write_all(const uint8 *data, size_t len, TimestampTz deadline, ByokKmsError *err)
-{
-	size_t		done = 0;
-
-	while (done < len)
-	{
-		int			r = SSL_write(kconn.ssl, data + done, (int) (len - done));
-
-		if (r > 0)
-			done += r;
-		else
-		{
-			int			e = SSL_get_error(kconn.ssl, r);
-			KmipIo		io;
-
-			if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-			{
-				byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "SEND",
-								   "Sending to the KMIP server failed: %s.",
-								   kmip_ssl_reason("connection closed"));
-				return KIO_FAILED;
-			}
-			io = kmip_ssl_wait(e, deadline, err);
-			if (io != KIO_OK)
-				return io;
-		}
-	}
-	return KIO_OK;
-}
-
-static KmipIo
-kmip_read_all(uint8 *buf, size_t len, TimestampTz deadline, size_t *got, ByokKmsError *err)
-{
-	while (*got < len)
-	{
-		int			r = SSL_read(kconn.ssl, buf + *got, (int) (len - *got));
-
-		if (r > 0)
-			*got += r;
-		else
-		{
-			int			e = SSL_get_error(kconn.ssl, r);
-			KmipIo		io;
-
-			if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-			{
-				byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "RECEIVE",
-								   "The KMIP server closed the connection: %s.",
-								   kmip_ssl_reason("end of stream"));
-				return KIO_FAILED;
-			}
-			io = kmip_ssl_wait(e, deadline, err);
-			if (io != KIO_OK)
-				return io;
-		}
-	}
-	return KIO_OK;
-}
-
-/*
- * One request/answer exchange on the open connection.  The answer goes to
- * a palloc'd buffer the caller wipes; *got_any says whether any answer byte
- * arrived (if not, a failure on a reused connection may be retried).
- */
-static KmipIo
-kmip_exchange(const KmipBuf *req, uint8 **answer, size_t *answer_len, bool *got_any,
-			  TimestampTz deadline, ByokKmsError *err)
-{
-	uint8		head[KMIP_HEADER_LEN];
-	size_t		got = 0;
-	size_t		total;
-	uint8	   *buf;
-	KmipIo		io;
-
-	*got_any = false;
-	io = kmip_write_all(req->data, req->len, deadline, err);
-	if (io != KIO_OK)
-		return io;
-	io = kmip_read_all(head, sizeof(head), deadline, &got, err);
-	*got_any = got > 0;
-	if (io != KIO_OK)
-		return io;
-	if (kmip_peek_length(head, sizeof(head), &total) != KMIP_OK || total > KMIP_MAX_MESSAGE)
-	{
-		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_MESSAGE",
-						   "The KMIP server's answer is not a TTLV message of at most %d bytes.",
-						   KMIP_MAX_MESSAGE);
-		return KIO_FAILED;
-	}
-	buf = palloc(total);
-	memcpy(buf, head, sizeof(head));
-	io = kmip_read_all(buf, total, deadline, &got, err);
-	if (io != KIO_OK)
-	{
-		explicit_bzero(buf, total);
-		pfree(buf);
-		return io;
-	}
-	*answer = buf;
-	*answer_len = total;
-	return KIO_OK;
-}
-
-/*
- * Send a request and receive its answer, connecting (or reconnecting once,
- * when a reused connection turns out dead) as needed, all within
- * byok.kms_timeout.
- */
-static KmipIo
-kmip_roundtrip(const KmipBuf *req, uint8 **answer, size_t *answer_len, ByokKmsError *err)
-{
-	TimestampTz deadline = GetCurrentTimestamp() + (int64) byok_kms_timeout * 1000;
-	char		config[sizeof(kconn.config)];
-
-	if (kconn.pid != MyProcPid)
-		kmip_drop_connection();
-	kmip_config_key(config, sizeof(config));
-	if (kconn.ctx == NULL || strcmp(config, kconn.config) != 0)
-	{
-		kmip_drop_all();
-		if (!kmip_make_ctx(err))
-			return KIO_FAILED;
-		strlcpy(kconn.config, config, sizeof(kconn.config));
-	}
-
-	for (int attempt = 0;; attempt++)
-	{
-		bool		reused = false;
-		bool		got_any;
-		KmipIo		io;
-
-		if (kconn.ssl && !kmip_connection_alive())
-			kmip_drop_connection();
-		if (kconn.ssl)
-			reused = true;
-		else
-		{
-			io = kmip_connect(deadline, err);
-			if (io != KIO_OK)
-				return io;
-		}
-		io = kmip_exchange(req, answer, answer_len, &got_any, deadline, err);
-		if (io == KIO_OK)
-			return KIO_OK;
-		kmip_drop_connection();
-		/* a kept connection may have died since the liveness check: once more */
-		if (io == KIO_INTERRUPTED || !reused || got_any || attempt > 0 ||
-			strcmp(err->remote_code, "TIMEOUT") == 0)
-			return io;
-	}
 }
 
 /* ------------------------------------------------------------ messages */
@@ -972,12 +240,12 @@ kmip_call(KmipBuf *req, KmipDoc *doc, uint8 **answer, size_t *answer_len, ByokKm
 	/* an error raised inside (out of memory) must not leave the request unwiped */
 	PG_TRY();
 	{
-		io = kmip_roundtrip(req, answer, answer_len, err);
+		io = byok_kmip_roundtrip(req, answer, answer_len, err);
 	}
 	PG_CATCH();
 	{
 		kmip_buf_free(req);
-		kmip_drop_connection();
+		byok_kmip_drop_connection();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -990,7 +258,7 @@ kmip_call(KmipBuf *req, KmipDoc *doc, uint8 **answer, size_t *answer_len, ByokKm
 		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_MESSAGE",
 						   "The KMIP server's answer could not be decoded: %s.",
 						   ke != KMIP_OK ? kmip_strerror(ke) : "not a Response Message");
-		kmip_drop_connection(); /* framing can no longer be trusted */
+		byok_kmip_drop_connection(); /* framing can no longer be trusted */
 		return KIO_FAILED;
 	}
 	return KIO_OK;
@@ -1412,6 +680,40 @@ kmip_key_state_many(ByokKmsStateQuery *queries, int n)
 
 /* ------------------------------------------------------------ wrap / unwrap */
 
+/*
+ * One server-side AES-GCM Encrypt (tag NULL) or Decrypt (tag given) under
+ * object 'uid'.  On BYOK_KMS_OK, it->payload is the answer's payload in
+ * doc; the answer buffer is returned for the caller to wipe.  A Permission
+ * Denied refusal is explained by the key's state.
+ */
+static ByokKmsStatus
+kmip_crypt(const char *uid, const uint8 *data, int len, const uint8 *iv, const uint8 *aad,
+		   int aad_len, const uint8 *tag, KmipDoc *doc, uint8 **answer, size_t *answer_len,
+		   KmipItem *it, KmipIo *io, ByokKmsError *err)
+{
+	const char *op = tag ? "Decrypt" : "Encrypt";
+	KmipBuf		req;
+	ByokKmsStatus st;
+
+	kmip_begin_request(&req, 1);
+	kmip_begin_item(&req, tag ? KMIP_OP_DECRYPT : KMIP_OP_ENCRYPT, 0, 1);
+	kmip_put_text(&req, KMIP_TAG_UNIQUE_IDENTIFIER, uid, strlen(uid));
+	kmip_put_gcm_params(&req);
+	kmip_put_bytes(&req, KMIP_TAG_DATA, data, len);
+	kmip_put_bytes(&req, KMIP_TAG_IV_COUNTER_NONCE, iv, KMIP_IV_LEN);
+	kmip_put_bytes(&req, KMIP_TAG_AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad, aad_len);
+	if (tag)
+		kmip_put_bytes(&req, KMIP_TAG_AUTHENTICATED_ENCRYPTION_TAG, tag, KMIP_GCM_TAG_LEN);
+	kmip_end_item(&req);
+	*io = kmip_call(&req, doc, answer, answer_len, err);
+	if (*io != KIO_OK)
+		return err->status;
+	st = kmip_single_result(doc, op, it, err);
+	if (st == BYOK_KMS_PERMISSION)
+		st = kmip_explain_refusal(uid, err);
+	return st;
+}
+
 static ByokKmsStatus
 kmip_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int plain_len,
 		  uint8 *out, int *out_len, ByokKmsError *err)
@@ -1420,7 +722,6 @@ kmip_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, in
 	uint8		iv[KMIP_IV_LEN];
 	uint8		aad[64 + NAMEDATALEN];
 	int			aad_len;
-	KmipBuf		req;
 	KmipDoc    *doc;
 	uint8	   *answer = NULL;
 	size_t		answer_len = 0;
@@ -1452,23 +753,9 @@ kmip_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, in
 	aad_len = byok_kms_context_aad("byok-kmip", ctx, aad);
 
 	doc = palloc(sizeof(KmipDoc));
-	kmip_begin_request(&req, 1);
-	kmip_begin_item(&req, KMIP_OP_ENCRYPT, 0, 1);
-	kmip_put_text(&req, KMIP_TAG_UNIQUE_IDENTIFIER, uid, uid_len);
-	kmip_put_gcm_params(&req);
-	kmip_put_bytes(&req, KMIP_TAG_DATA, plain, plain_len);
-	kmip_put_bytes(&req, KMIP_TAG_IV_COUNTER_NONCE, iv, sizeof(iv));
-	kmip_put_bytes(&req, KMIP_TAG_AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad, aad_len);
-	kmip_end_item(&req);
-	io = kmip_call(&req, doc, &answer, &answer_len, err);
-	if (io != KIO_OK)
-		st = err->status;
-	else if ((st = kmip_single_result(doc, "Encrypt", &it, err)) != BYOK_KMS_OK)
-	{
-		if (st == BYOK_KMS_PERMISSION)
-			st = kmip_explain_refusal(uid, err);
-	}
-	else
+	st = kmip_crypt(uid, plain, plain_len, iv, aad, aad_len, NULL, doc, &answer, &answer_len,
+					&it, &io, err);
+	if (st == BYOK_KMS_OK)
 	{
 		const uint8 *ct;
 		const uint8 *tag;
@@ -1525,7 +812,6 @@ kmip_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped
 	const uint8 *tag;
 	const uint8 *ct;
 	int			ct_len;
-	KmipBuf		req;
 	KmipDoc    *doc;
 	uint8	   *answer = NULL;
 	size_t		answer_len = 0;
@@ -1559,27 +845,12 @@ kmip_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped
 	aad_len = byok_kms_context_aad("byok-kmip", ctx, aad);
 
 	doc = palloc(sizeof(KmipDoc));
-	kmip_begin_request(&req, 1);
-	kmip_begin_item(&req, KMIP_OP_DECRYPT, 0, 1);
-	kmip_put_text(&req, KMIP_TAG_UNIQUE_IDENTIFIER, uid, uid_len);
-	kmip_put_gcm_params(&req);
-	kmip_put_bytes(&req, KMIP_TAG_DATA, ct, ct_len);
-	kmip_put_bytes(&req, KMIP_TAG_IV_COUNTER_NONCE, iv, KMIP_IV_LEN);
-	kmip_put_bytes(&req, KMIP_TAG_AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad, aad_len);
-	kmip_put_bytes(&req, KMIP_TAG_AUTHENTICATED_ENCRYPTION_TAG, tag, KMIP_GCM_TAG_LEN);
-	kmip_end_item(&req);
-	io = kmip_call(&req, doc, &answer, &answer_len, err);
-	if (io != KIO_OK)
-		st = err->status;
-	else if ((st = kmip_single_result(doc, "Decrypt", &it, err)) != BYOK_KMS_OK)
-	{
-		if (st == BYOK_KMS_PERMISSION)
-			st = kmip_explain_refusal(uid, err);
-		else if (st == BYOK_KMS_BAD_RESPONSE)
-			snprintf(err->message, sizeof(err->message),
-					 "The wrapped key does not decrypt under this KMIP key with this tenant's context (authentication tag mismatch).");
-	}
-	else
+	st = kmip_crypt(uid, ct, ct_len, iv, aad, aad_len, tag, doc, &answer, &answer_len,
+					&it, &io, err);
+	if (st == BYOK_KMS_BAD_RESPONSE && io == KIO_OK && it.status != KMIP_RESULT_SUCCESS)
+		snprintf(err->message, sizeof(err->message),
+				 "The wrapped key does not decrypt under this KMIP key with this tenant's context (authentication tag mismatch).");
+	else if (st == BYOK_KMS_OK)
 	{
 		const uint8 *pt;
 		size_t		pt_len;
