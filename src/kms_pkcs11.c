@@ -60,15 +60,25 @@
  * lookup costs about 12 us per object on the token, so asking key by key
  * would cost O(N^2) per round.
  *
- * Locking: none here.  Callers hold no LWLock while calling in (a token
- * call can block); PKCS#11 calls are synchronous, so byok.kms_timeout does
- * not bound them.
+ * Time.  A token call can block (a network HSM that stops answering), so
+ * every provider operation runs p11_run() in a helper thread while the
+ * backend waits in slices of at most 50 ms for at most byok.kms_timeout,
+ * serving a cancel, a termination or a shutdown request (p11_dispatch).  A
+ * call that outlives the wait is abandoned, not killed: the thread owns all
+ * it touches (a malloc'd job with copies of the inputs, the p11 state, the
+ * p11cfg copy of the settings) and frees and wipes the job when the module
+ * returns; until then this process does not call the module again
+ * (MODULE_BUSY, unavailable) and does not finalise it at exit.  The thread
+ * blocks every signal and never calls palloc, elog or a GUC.  Only one
+ * thread ever calls the module at a time, so C_Initialize is given no
+ * locking callbacks.
+ *
+ * Locking: none here.  Callers hold no LWLock while calling in.
  *
  * Key lifetime: the CMK never leaves the token.  The PIN is read into a
- * stack buffer for C_Login and wiped on every path; nothing that runs
- * while it is there can ereport, so no PG_TRY is needed for the wiping.  A plaintext TK passes
- * through only the caller's buffers; a failed unwrap wipes the output
- * buffer.  Messages name the module, token and key labels and PKCS#11
+ * stack buffer of the helper thread for C_Login and wiped on every path;
+ * nothing that runs there can ereport.  A plaintext TK passes through the
+ * caller's buffers and the job's, which is wiped when freed.  Messages name the module, token and key labels and PKCS#11
  * return codes, never a PIN or key byte.
  *
  *-------------------------------------------------------------------------
@@ -77,7 +87,10 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
@@ -85,7 +98,9 @@
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "portability/instr_time.h"
+#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "utils/timestamp.h"
 
 #include "kms.h"
 
@@ -94,6 +109,8 @@
 #define P11_TAG_LEN			16	/* = BYOK_GCM_TAG_LEN */
 #define P11_TOKEN_LABEL_LEN	32	/* CK_TOKEN_INFO.label, blank padded */
 #define P11_MAX_PIN			256
+#define P11_REF_ROOM		(BYOK_MAX_KEY_REF + 1)	/* one label in P11Call.refs */
+#define P11_WAIT_SLICE_MS	50
 
 /* CK_GCM_PARAMS as headers without ulIvBits declare it */
 typedef struct P11GcmParamsNoBits
@@ -114,7 +131,6 @@ typedef struct P11State
 	bool		initialized;	/* C_Initialize done in this process */
 	bool		own_init;		/* ...and it returned CKR_OK (ours to finalise) */
 	bool		gcm_no_bits;	/* module wants CK_GCM_PARAMS without ulIvBits */
-	bool		exit_hook;		/* on_proc_exit registered in this process */
 	uint64		generation;		/* counts C_Initialize calls */
 	CK_SESSION_HANDLE session;	/* logged-in session or CK_INVALID_HANDLE */
 	char		token[P11_TOKEN_LABEL_LEN + 1]; /* token label of session */
@@ -122,6 +138,22 @@ typedef struct P11State
 } P11State;
 
 static P11State p11 = {.session = CK_INVALID_HANDLE};
+
+/*
+ * The settings a call runs with, copied from the GUCs by the backend before
+ * it hands the call to a helper thread: the thread never reads a GUC, which
+ * a configuration reload may free while an abandoned thread still runs.
+ */
+static struct
+{
+	char		module[MAXPGPATH];
+	char		token[P11_TOKEN_LABEL_LEN + 1];
+	char		pin_file[MAXPGPATH];
+}			p11cfg;
+
+/* set while an abandoned call still runs in the module; cleared when it returns */
+static volatile sig_atomic_t p11_stuck = 0;
+static pid_t p11_exit_hook_pid = 0;	/* on_proc_exit registered by this process */
 
 /* one call's key lookup and crypto; filled by the p11_op_* functions */
 typedef struct P11Call
@@ -139,7 +171,7 @@ typedef struct P11Call
 	uint8	   *out;			/* wrap: IV||ct||tag; unwrap: plaintext */
 	CK_ULONG	out_len;		/* in: room in out; out: bytes written */
 	struct P11Match *matches;	/* key_state_many: one per query */
-	const ByokKmsStateQuery *queries;	/* key_state_many: the questions */
+	const char *refs;			/* key_state_many: nqueries labels, P11_REF_ROOM bytes each */
 	int			nqueries;
 } P11Call;
 
@@ -330,7 +362,7 @@ p11_drop(bool reinit)
 static void
 p11_proc_exit(int code, Datum arg)
 {
-	if (p11.pid == MyProcPid && p11.fn != NULL)
+	if (p11.pid == MyProcPid && p11.fn != NULL && !p11_stuck)
 		p11_drop(true);
 }
 
@@ -362,7 +394,7 @@ p11_check_config(ByokKmsError *err)
 static int
 p11_read_pin(char *pin, ByokKmsError *err)
 {
-	const char *path = byok_pkcs11_pin_file;
+	const char *path = p11cfg.pin_file;
 	struct stat st;
 	int			fd;
 	ssize_t		n;
@@ -423,7 +455,7 @@ p11_load(ByokKmsError *err)
 	CK_RV		rv;
 	char		buf[32];
 
-	if (p11.fn != NULL && strcmp(p11.module, byok_pkcs11_module) != 0)
+	if (p11.fn != NULL && strcmp(p11.module, p11cfg.module) != 0)
 	{
 		/* the GUC changed: leave the old module, loaded but finalised */
 		p11_drop(true);
@@ -435,7 +467,7 @@ p11_load(ByokKmsError *err)
 		CK_C_GetFunctionList get_list;
 		CK_FUNCTION_LIST_PTR fn = NULL;
 
-		dl = dlopen(byok_pkcs11_module, RTLD_NOW | RTLD_LOCAL);
+		dl = dlopen(p11cfg.module, RTLD_NOW | RTLD_LOCAL);
 		if (dl == NULL)
 		{
 			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "MODULE_LOAD_FAILED",
@@ -447,11 +479,11 @@ p11_load(ByokKmsError *err)
 		{
 			byok_kms_set_error(err, BYOK_KMS_CONFIG, "NOT_A_MODULE",
 							   "\"%s\" is not a usable PKCS#11 module (C_GetFunctionList failed).",
-							   byok_pkcs11_module);
+							   p11cfg.module);
 			return err->status;
 		}
 		p11.fn = fn;
-		strlcpy(p11.module, byok_pkcs11_module, sizeof(p11.module));
+		strlcpy(p11.module, p11cfg.module, sizeof(p11.module));
 		p11.initialized = false;
 		p11.gcm_no_bits = false;
 	}
@@ -470,11 +502,6 @@ p11_load(ByokKmsError *err)
 		p11.own_init = (rv == CKR_OK);
 		p11.generation++;
 	}
-	if (!p11.exit_hook)
-	{
-		on_proc_exit(p11_proc_exit, (Datum) 0);
-		p11.exit_hook = true;
-	}
 	return BYOK_KMS_OK;
 }
 
@@ -488,12 +515,12 @@ p11_find_token(CK_SLOT_ID *slot, bool *found)
 	CK_SLOT_ID	slots[64];
 	CK_ULONG	n = lengthof(slots);
 	char		want[P11_TOKEN_LABEL_LEN];
-	size_t		len = strlen(byok_pkcs11_token_label);
+	size_t		len = strlen(p11cfg.token);
 	CK_RV		rv;
 
 	*found = false;
 	memset(want, ' ', sizeof(want));
-	memcpy(want, byok_pkcs11_token_label, len);
+	memcpy(want, p11cfg.token, len);
 	rv = p11.fn->C_GetSlotList(CK_TRUE, slots, &n);
 	if (rv == CKR_BUFFER_TOO_SMALL)
 	{
@@ -543,17 +570,14 @@ p11_connect(ByokKmsError *err)
 		p11.pid = MyProcPid;
 		p11.initialized = false;
 		p11.own_init = false;
-		p11.exit_hook = false;
 		p11.session = CK_INVALID_HANDLE;
 	}
-	if (p11_check_config(err) != BYOK_KMS_OK)
-		return err->status;
 
 	/* a changed token or PIN file needs a new session */
 	if (p11.session != CK_INVALID_HANDLE &&
-		(strcmp(p11.token, byok_pkcs11_token_label) != 0 ||
-		 strcmp(p11.pin_file, byok_pkcs11_pin_file ? byok_pkcs11_pin_file : "") != 0 ||
-		 strcmp(p11.module, byok_pkcs11_module) != 0))
+		(strcmp(p11.token, p11cfg.token) != 0 ||
+		 strcmp(p11.pin_file, p11cfg.pin_file) != 0 ||
+		 strcmp(p11.module, p11cfg.module) != 0))
 		p11_drop(false);
 	if (p11.session != CK_INVALID_HANDLE)
 		return BYOK_KMS_OK;
@@ -561,8 +585,8 @@ p11_connect(ByokKmsError *err)
 	fresh = !p11.initialized || p11.fn == NULL;
 	if (p11_load(err) != BYOK_KMS_OK)
 		return err->status;
-	strlcpy(p11.token, byok_pkcs11_token_label, sizeof(p11.token));
-	strlcpy(p11.pin_file, byok_pkcs11_pin_file ? byok_pkcs11_pin_file : "", sizeof(p11.pin_file));
+	strlcpy(p11.token, p11cfg.token, sizeof(p11.token));
+	strlcpy(p11.pin_file, p11cfg.pin_file, sizeof(p11.pin_file));
 
 	rv = p11_find_token(&slot, &found);
 	if (rv == CKR_OK && !found && !fresh && p11.own_init)
@@ -597,7 +621,7 @@ p11_connect(ByokKmsError *err)
 	p11.session = session;
 
 	/* a token that needs no login may do without a PIN file */
-	if ((byok_pkcs11_pin_file == NULL || byok_pkcs11_pin_file[0] == '\0') &&
+	if (p11cfg.pin_file[0] == '\0' &&
 		p11.fn->C_GetTokenInfo(slot, &info) == CKR_OK &&
 		(info.flags & CKF_LOGIN_REQUIRED) == 0)
 		return BYOK_KMS_OK;
@@ -682,6 +706,201 @@ p11_run(P11Op op, P11Call *call, ByokKmsError *err)
 		}
 		return p11_fail(err, call->failed ? call->failed : "a PKCS#11 call", rv, call->key_ref);
 	}
+}
+
+/*
+ * One bounded call: a helper thread runs p11_run() while the backend waits
+ * in slices of at most 50 ms, checking for a cancel, a termination or a
+ * shutdown request, for at most byok.kms_timeout.  Everything the thread
+ * touches lives in the job (malloc'd, inputs copied in), in p11 and in
+ * p11cfg, so a backend that gives up can simply leave: the abandoned thread
+ * frees (and wipes) the job when the module finally returns, and until then
+ * this process does not call the module again (p11_stuck).
+ */
+typedef struct P11Job
+{
+	P11Op		op;
+	P11Call		call;			/* its pointers point into this job */
+	ByokKmsError err;
+	ByokKmsStatus status;
+	char		key_ref[P11_REF_ROOM];
+	uint8		aad[64 + NAMEDATALEN];
+	uint8		in[BYOK_MAX_WRAPPED];	/* may hold a plaintext TK: wiped */
+	uint8		out[BYOK_MAX_WRAPPED];	/* may hold a plaintext TK: wiped */
+	char	   *refs;			/* key_state_many: the labels (malloc) */
+	P11Match   *matches;		/* key_state_many: the answers (malloc) */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool		done;			/* the thread finished (under lock) */
+	bool		abandoned;		/* the backend left: the thread frees the job (under lock) */
+} P11Job;
+
+/* A zeroed job for key_ref, or NULL (err set) when memory is short. */
+static P11Job *
+p11_job_new(const char *key_ref, int nqueries, ByokKmsError *err)
+{
+	P11Job	   *job = calloc(1, sizeof(P11Job));
+
+	if (job != NULL && nqueries > 0)
+	{
+		job->refs = calloc(nqueries, P11_REF_ROOM);
+		job->matches = calloc(nqueries, sizeof(P11Match));
+		if (job->refs == NULL || job->matches == NULL)
+		{
+			free(job->refs);
+			free(job->matches);
+			free(job);
+			job = NULL;
+		}
+	}
+	if (job == NULL)
+	{
+		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "OUT_OF_MEMORY",
+						   "Could not allocate a PKCS#11 call.");
+		return NULL;
+	}
+	strlcpy(job->key_ref, key_ref, sizeof(job->key_ref));
+	job->call.key_ref = job->key_ref;
+	job->call.refs = job->refs;
+	job->call.matches = job->matches;
+	job->call.nqueries = nqueries;
+	job->err = *err;
+	return job;
+}
+
+static void
+p11_job_free(P11Job *job)
+{
+	free(job->refs);
+	free(job->matches);
+	explicit_bzero(job, sizeof(P11Job));
+	free(job);
+}
+
+static void *
+p11_job_thread(void *arg)
+{
+	P11Job	   *job = arg;
+	bool		abandoned;
+
+	job->status = p11_run(job->op, &job->call, &job->err);
+	pthread_mutex_lock(&job->lock);
+	job->done = true;
+	abandoned = job->abandoned;
+	pthread_cond_signal(&job->cond);
+	pthread_mutex_unlock(&job->lock);
+	if (abandoned)
+	{
+		pthread_mutex_destroy(&job->lock);
+		pthread_cond_destroy(&job->cond);
+		p11_job_free(job);
+		p11_stuck = 0;
+	}
+	return NULL;
+}
+
+/*
+ * Run 'op' on *jobp within byok.kms_timeout.  On return *jobp is the job
+ * with its results, to be freed by the caller with p11_job_free(), or NULL
+ * when the call was abandoned (UNAVAILABLE: timed out or interrupted).
+ * An interrupt is served (CHECK_FOR_INTERRUPTS) once nothing is left to
+ * clean up.
+ */
+static ByokKmsStatus
+p11_dispatch(P11Op op, P11Job **jobp, ByokKmsError *err)
+{
+	P11Job	   *job = *jobp;
+	TimestampTz deadline = GetCurrentTimestamp() + (int64) byok_kms_timeout * 1000;
+	sigset_t	all;
+	sigset_t	old;
+	pthread_t	thread;
+	bool		interrupted = false;
+	int			rc;
+
+	if (p11_stuck)
+	{
+		p11_job_free(job);
+		*jobp = NULL;
+		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "MODULE_BUSY",
+						   "An earlier call into PKCS#11 module \"%s\" from this process outlived byok.kms_timeout and has not returned yet; the module is not called again until it does.",
+						   p11cfg.module);
+		return err->status;
+	}
+	if (p11_exit_hook_pid != MyProcPid)
+	{
+		on_proc_exit(p11_proc_exit, (Datum) 0);
+		p11_exit_hook_pid = MyProcPid;
+	}
+	strlcpy(p11cfg.module, byok_pkcs11_module, sizeof(p11cfg.module));
+	strlcpy(p11cfg.token, byok_pkcs11_token_label, sizeof(p11cfg.token));
+	strlcpy(p11cfg.pin_file, byok_pkcs11_pin_file ? byok_pkcs11_pin_file : "", sizeof(p11cfg.pin_file));
+
+	job->op = op;
+	pthread_mutex_init(&job->lock, NULL);
+	pthread_cond_init(&job->cond, NULL);
+	/* the thread takes no signal: PostgreSQL's handlers belong to this thread */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&thread, NULL, p11_job_thread, job);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0)
+	{
+		pthread_mutex_destroy(&job->lock);
+		pthread_cond_destroy(&job->cond);
+		p11_job_free(job);
+		*jobp = NULL;
+		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "THREAD",
+						   "Could not start a thread for the PKCS#11 call.");
+		return err->status;
+	}
+
+	pthread_mutex_lock(&job->lock);
+	while (!job->done)
+	{
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += P11_WAIT_SLICE_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L)
+		{
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		(void) pthread_cond_timedwait(&job->cond, &job->lock, &ts);
+		if (job->done)
+			break;
+		if (QueryCancelPending || ProcDiePending || ShutdownRequestPending)
+		{
+			interrupted = true;
+			break;
+		}
+		if (GetCurrentTimestamp() >= deadline)
+			break;
+	}
+	if (!job->done)
+	{
+		/* leave it running: it frees the job when the module returns */
+		job->abandoned = true;
+		p11_stuck = 1;
+		pthread_mutex_unlock(&job->lock);
+		pthread_detach(thread);
+		*jobp = NULL;
+		if (interrupted)
+			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "INTERRUPTED", "The call was interrupted.");
+		else
+			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "TIMEOUT",
+							   "PKCS#11 module \"%s\" did not answer within byok.kms_timeout (%d ms).",
+							   p11cfg.module, byok_kms_timeout);
+		if (interrupted)
+			CHECK_FOR_INTERRUPTS();
+		return err->status;
+	}
+	pthread_mutex_unlock(&job->lock);
+	pthread_join(thread, NULL);
+	pthread_mutex_destroy(&job->lock);
+	pthread_cond_destroy(&job->cond);
+	*err = job->err;
+	return job->status;
 }
 
 /*
@@ -907,26 +1126,35 @@ p11_check_key_ref(const char *key_ref, ByokKmsError *err)
 static ByokKmsStatus
 p11_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokKmsError *err)
 {
-	P11Call		call = {.key_ref = key_ref};
+	P11Job	   *job = NULL;
+	P11Call    *call;
+	ByokKmsStatus st = BYOK_KMS_OK;
 
 	if (p11_check_key_ref(key_ref, err) != BYOK_KMS_OK ||
-		p11_run(p11_op_state, &call, err) != BYOK_KMS_OK)
+		(job = p11_job_new(key_ref, 0, err)) == NULL ||
+		p11_dispatch(p11_op_state, &job, err) != BYOK_KMS_OK)
+	{
+		if (job)
+			p11_job_free(job);
 		return err->status;
-	if (call.nfound > 1)
-		return p11_not_one(&call, err);
-	if (call.nfound == 0)
+	}
+	call = &job->call;
+	if (call->nfound > 1)
+		st = p11_not_one(call, err);
+	else if (call->nfound == 0)
 		*state = BYOK_KEY_DESTROYED;
-	else if (call.key_type != CKK_AES)
+	else if (call->key_type != CKK_AES)
 	{
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NOT_AES_KEY",
 						   "Key \"%s\" on token \"%s\" is not an AES key.", key_ref, p11.token);
-		return err->status;
+		st = err->status;
 	}
-	else if (call.can_encrypt && call.can_decrypt)
+	else if (call->can_encrypt && call->can_decrypt)
 		*state = BYOK_KEY_ENABLED;
 	else
 		*state = BYOK_KEY_DISABLED;
-	return BYOK_KMS_OK;
+	p11_job_free(job);
+	return st;
 }
 
 /*
@@ -954,15 +1182,26 @@ p11_op_scan(P11Call *call)
 		call->failed = "C_FindObjectsInit";
 		return rv;
 	}
-	handles = palloc(room * sizeof(CK_OBJECT_HANDLE));
+	/* malloc, not palloc: this runs in a helper thread */
+	handles = malloc(room * sizeof(CK_OBJECT_HANDLE));
 	for (;;)
 	{
 		CK_ULONG	n = 0;
 
-		if (nhandles == room)
+		if (handles != NULL && nhandles == room)
 		{
+			CK_OBJECT_HANDLE *more = realloc(handles, 2 * room * sizeof(CK_OBJECT_HANDLE));
+
+			if (more == NULL)
+				free(handles);
+			handles = more;
 			room *= 2;
-			handles = repalloc(handles, room * sizeof(CK_OBJECT_HANDLE));
+		}
+		if (handles == NULL)
+		{
+			(void) p11.fn->C_FindObjectsFinal(p11.session);
+			call->failed = "malloc";
+			return CKR_HOST_MEMORY;
 		}
 		rv = p11.fn->C_FindObjects(p11.session, handles + nhandles, room - nhandles, &n);
 		if (rv != CKR_OK || n == 0)
@@ -972,7 +1211,7 @@ p11_op_scan(P11Call *call)
 	(void) p11.fn->C_FindObjectsFinal(p11.session);
 	if (rv != CKR_OK)
 	{
-		pfree(handles);
+		free(handles);
 		call->failed = "C_FindObjects";
 		return rv;
 	}
@@ -995,7 +1234,7 @@ p11_op_scan(P11Call *call)
 			continue;			/* destroyed meanwhile, or a label too long to match */
 		if (rv != CKR_OK)
 		{
-			pfree(handles);
+			free(handles);
 			call->failed = "C_GetAttributeValue";
 			return rv;
 		}
@@ -1004,7 +1243,7 @@ p11_op_scan(P11Call *call)
 		{
 			P11Match   *m = &call->matches[i];
 
-			if (m->skip || strcmp(call->queries[i].key_ref, label) != 0)
+			if (m->skip || strcmp(call->refs + (size_t) i * P11_REF_ROOM, label) != 0)
 				continue;
 			if (m->nfound++ == 0)
 			{
@@ -1014,7 +1253,7 @@ p11_op_scan(P11Call *call)
 			}
 		}
 	}
-	pfree(handles);
+	free(handles);
 	for (int i = 0; i < call->nqueries; i++)
 		if (!call->matches[i].skip && call->matches[i].nfound == 0)
 			call->nfound = 0;	/* p11_run confirms a missing key */
@@ -1028,7 +1267,7 @@ p11_op_scan(P11Call *call)
 static void
 p11_key_state_many(ByokKmsStateQuery *queries, int n)
 {
-	P11Call		call = {.key_ref = "*"};
+	P11Job	   *job;
 	ByokKmsError err;
 	ByokKmsStatus st;
 	instr_time	start;
@@ -1036,30 +1275,47 @@ p11_key_state_many(ByokKmsStateQuery *queries, int n)
 	bool		any = false;
 
 	INSTR_TIME_SET_CURRENT(start);
-	call.queries = queries;
-	call.nqueries = n;
-	call.matches = palloc0(sizeof(P11Match) * Max(n, 1));
+	memset(&err, 0, sizeof(err));
+	strlcpy(err.provider, n > 0 ? queries[0].err.provider : "pkcs11", sizeof(err.provider));
+	job = p11_job_new("*", Max(n, 1), &err);
 	for (int i = 0; i < n; i++)
 	{
 		queries[i].status = p11_check_key_ref(queries[i].key_ref, &queries[i].err);
-		call.matches[i].skip = queries[i].status != BYOK_KMS_OK;
-		any |= !call.matches[i].skip;
+		if (job == NULL && queries[i].status == BYOK_KMS_OK)
+		{
+			queries[i].status = err.status;
+			queries[i].err = err;
+			continue;
+		}
+		if (job == NULL)
+			continue;
+		if (queries[i].status == BYOK_KMS_OK && strlen(queries[i].key_ref) >= P11_REF_ROOM)
+		{
+			byok_kms_set_error(&queries[i].err, BYOK_KMS_CONFIG, "BAD_KEY_LABEL",
+							   "A PKCS#11 key label is at most %d bytes.", P11_REF_ROOM - 1);
+			queries[i].status = BYOK_KMS_CONFIG;
+		}
+		job->matches[i].skip = queries[i].status != BYOK_KMS_OK;
+		if (!job->matches[i].skip)
+			strlcpy(job->refs + (size_t) i * P11_REF_ROOM, queries[i].key_ref, P11_REF_ROOM);
+		any |= !job->matches[i].skip;
 	}
-	memset(&err, 0, sizeof(err));
-	if (any)
+	if (job != NULL && any)
 	{
-		strlcpy(err.provider, queries[0].err.provider, sizeof(err.provider));
-		st = p11_run(p11_op_scan, &call, &err);
+		job->call.nqueries = n;
+		st = p11_dispatch(p11_op_scan, &job, &err);
 		for (int i = 0; i < n; i++)
 		{
-			P11Match   *m = &call.matches[i];
+			P11Match   *m = job ? &job->matches[i] : NULL;
 			ByokKmsStateQuery *q = &queries[i];
-			P11Call		one = {.key_ref = q->key_ref, .nfound = m->nfound};
+			P11Call		one = {.key_ref = q->key_ref};
 
-			if (m->skip)
+			if (q->status != BYOK_KMS_OK || (m && m->skip))
 				continue;
+			if (m)
+				one.nfound = m->nfound;
 			q->status = st;
-			if (st != BYOK_KMS_OK)
+			if (st != BYOK_KMS_OK || m == NULL)
 				q->err = err;
 			else if (m->nfound == 0)
 				q->state = BYOK_KEY_DESTROYED;
@@ -1076,7 +1332,8 @@ p11_key_state_many(ByokKmsStateQuery *queries, int n)
 				q->state = (m->can_encrypt && m->can_decrypt) ? BYOK_KEY_ENABLED : BYOK_KEY_DISABLED;
 		}
 	}
-	pfree(call.matches);
+	if (job != NULL)
+		p11_job_free(job);
 	INSTR_TIME_SET_CURRENT(took);
 	INSTR_TIME_SUBTRACT(took, start);
 	for (int i = 0; i < n; i++)
@@ -1087,8 +1344,8 @@ static ByokKmsStatus
 p11_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int plain_len,
 		 uint8 *out, int *out_len, ByokKmsError *err)
 {
-	uint8		aad[64 + NAMEDATALEN];
-	P11Call		call = {.key_ref = key_ref};
+	P11Job	   *job;
+	ByokKmsStatus st = BYOK_KMS_OK;
 
 	if (plain_len <= 0 || 1 + P11_IV_LEN + plain_len + P11_TAG_LEN > BYOK_MAX_WRAPPED)
 	{
@@ -1098,27 +1355,36 @@ p11_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int
 	if (p11_check_key_ref(key_ref, err) != BYOK_KMS_OK ||
 		p11_check_context(ctx, err) != BYOK_KMS_OK)
 		return err->status;
-	call.aad = aad;
-	call.aad_len = p11_aad(ctx, aad);
-	call.in = plain;
-	call.in_len = plain_len;
-	call.out = out + 1;
-	call.out_len = BYOK_MAX_WRAPPED - 1;
-	if (p11_run(p11_op_wrap, &call, err) != BYOK_KMS_OK)
+	if ((job = p11_job_new(key_ref, 0, err)) == NULL)
 		return err->status;
-	if (call.nfound != 1)
-		return p11_not_one(&call, err);
-	out[0] = P11_WRAP_FORMAT;
-	*out_len = 1 + (int) call.out_len;
-	return BYOK_KMS_OK;
+	job->call.aad = job->aad;
+	job->call.aad_len = p11_aad(ctx, job->aad);
+	memcpy(job->in, plain, plain_len);
+	job->call.in = job->in;
+	job->call.in_len = plain_len;
+	job->call.out = job->out;
+	job->call.out_len = BYOK_MAX_WRAPPED - 1;
+	if (p11_dispatch(p11_op_wrap, &job, err) != BYOK_KMS_OK)
+		st = err->status;
+	else if (job->call.nfound != 1)
+		st = p11_not_one(&job->call, err);
+	else
+	{
+		out[0] = P11_WRAP_FORMAT;
+		memcpy(out + 1, job->out, job->call.out_len);
+		*out_len = 1 + (int) job->call.out_len;
+	}
+	if (job != NULL)
+		p11_job_free(job);
+	return st;
 }
 
 static ByokKmsStatus
 p11_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, int wrapped_len,
 		   uint8 *out, int *out_len, ByokKmsError *err)
 {
-	uint8		aad[64 + NAMEDATALEN];
-	P11Call		call = {.key_ref = key_ref};
+	P11Job	   *job;
+	ByokKmsStatus st = BYOK_KMS_OK;
 
 	if (wrapped_len < 1 + P11_IV_LEN + 1 + P11_TAG_LEN || wrapped_len > BYOK_MAX_WRAPPED ||
 		wrapped[0] != P11_WRAP_FORMAT)
@@ -1130,28 +1396,33 @@ p11_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped,
 	if (p11_check_key_ref(key_ref, err) != BYOK_KMS_OK ||
 		p11_check_context(ctx, err) != BYOK_KMS_OK)
 		return err->status;
-	call.aad = aad;
-	call.aad_len = p11_aad(ctx, aad);
-	call.in = wrapped + 1;
-	call.in_len = wrapped_len - 1;
-	call.out = out;
-	call.out_len = BYOK_MAX_WRAPPED;
-	if (p11_run(p11_op_unwrap, &call, err) != BYOK_KMS_OK)
-	{
-		explicit_bzero(out, BYOK_MAX_WRAPPED);
+	if ((job = p11_job_new(key_ref, 0, err)) == NULL)
 		return err->status;
-	}
-	if (call.nfound != 1)
-		return p11_not_one(&call, err);
-	if (call.out_len != (CK_ULONG) (wrapped_len - 1 - P11_IV_LEN - P11_TAG_LEN))
+	job->call.aad = job->aad;
+	job->call.aad_len = p11_aad(ctx, job->aad);
+	memcpy(job->in, wrapped + 1, wrapped_len - 1);
+	job->call.in = job->in;
+	job->call.in_len = wrapped_len - 1;
+	job->call.out = job->out;
+	job->call.out_len = BYOK_MAX_WRAPPED;
+	if (p11_dispatch(p11_op_unwrap, &job, err) != BYOK_KMS_OK)
+		st = err->status;
+	else if (job->call.nfound != 1)
+		st = p11_not_one(&job->call, err);
+	else if (job->call.out_len != (CK_ULONG) (wrapped_len - 1 - P11_IV_LEN - P11_TAG_LEN))
 	{
-		explicit_bzero(out, BYOK_MAX_WRAPPED);
 		byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_LENGTH",
 						   "C_Decrypt returned a key of unexpected length.");
-		return err->status;
+		st = err->status;
 	}
-	*out_len = (int) call.out_len;
-	return BYOK_KMS_OK;
+	else
+	{
+		memcpy(out, job->out, job->call.out_len);
+		*out_len = (int) job->call.out_len;
+	}
+	if (job != NULL)
+		p11_job_free(job);
+	return st;
 }
 
 static const ByokKmsRoutine pkcs11_routine = {

@@ -95,6 +95,9 @@ unset so_pin user_pin
 # the helper, built where postgres can run it
 cc -O2 -Wall -I/usr/include/p11-kit-1 -o "$dir/p11ctl" "$here/p11ctl.c" -ldl
 chmod 0755 "$dir/p11ctl"
+# a module that forwards to SoftHSM2 and stalls while $P11SLOW_FLAG exists (a hung HSM)
+cc -O2 -Wall -shared -fPIC -I/usr/include/p11-kit-1 -o "$dir/p11slow.so" "$here/p11slow.c" -ldl
+chmod 0755 "$dir/p11slow.so"
 
 # sanity check: postgres sees the token and can log in
 if ! as_pg env SOFTHSM2_CONF="$SOFTHSM2_CONF" "$dir/p11ctl" --module "$module" \

@@ -24,10 +24,12 @@ my @p11ctl = ("$dir/p11ctl", '--module', '/usr/lib/softhsm/libsofthsm2.so', '--t
 	'--pin-file', "$dir/pin");
 sub p11 { system(@p11ctl, @_) == 0 or die "p11ctl @_ failed"; }
 
+$ENV{P11SLOW_FLAG} = "$dir/stall";	# p11slow.so stalls while this file exists
 p11('keygen', 'hsm-cmk');
 p11('keygen', 'other-cmk');
 my $node = byok_node('pkcs11', poll_interval => '200ms', conf => [
-	"byok.pkcs11_token_label = 'byoktest'", "byok.pkcs11_pin_file = '$dir/pin'" ]);
+	"byok.pkcs11_token_label = 'byoktest'", "byok.pkcs11_pin_file = '$dir/pin'",
+	"byok.kms_timeout = '1s'" ]);
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 
 sq(q{SELECT byok_create_tenant('hsm', 'pkcs11', 'hsm-cmk')});
@@ -79,6 +81,61 @@ isnt(sq(q{SELECT state FROM byok_stats() WHERE tenant = 'other'}), 'cmk_destroye
 rename("$tokens.away", $tokens) or die;
 ok($node->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM t WHERE tenant = 'other'}),
 	'the token is back: the tenant reads again');
+
+# a module that hangs (p11slow.so in front of SoftHSM2, stalled on demand):
+# every call is bounded by byok.kms_timeout and can be cancelled; a process
+# does not call the module again until its stuck call returns; the poller
+# keeps going; all is well again when the module answers
+sub set_module
+{
+	sq("ALTER SYSTEM SET byok.pkcs11_module = '$_[0]'");
+	sq('SELECT pg_reload_conf()');
+	sleep 0.3;
+}
+set_module("$dir/p11slow.so");
+sq(q{SELECT byok_cache_flush('other')});
+is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'}), '20', 'through the forwarding module');
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+$bg->query_safe(q{SELECT 1});
+open($fh, '>', "$dir/stall") or die;
+close $fh;
+sq(q{SELECT byok_cache_flush('other')});
+sleep 1.1;
+my $rounds = sq(q{SELECT rounds FROM byok_poller_status()});
+$t0 = time();
+($ret, $out, $err) = $node->psql('postgres', q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'});
+$took = time() - $t0;
+like($err, qr/key provider is unavailable.*did not answer within byok.kms_timeout/s, 'a hung module: YK005 naming the timeout');
+cmp_ok($took, '<', 1.0 + 0.5, sprintf('after byok.kms_timeout (%.0f ms)', $took * 1000));
+sleep 1.1;	# past the 1 s negative cache
+$t0 = time();
+($ret, $out, $err) = $node->psql('postgres', q{SET statement_timeout = '300ms'; SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'});
+$took = time() - $t0;
+like($err, qr/canceling statement due to statement timeout/, 'statement_timeout cancels a hung PKCS#11 call');
+cmp_ok($took, '<', 0.3 + 0.4, sprintf('promptly (%.0f ms)', $took * 1000));
+sleep 1.1;	# past the 1 s negative cache
+$bg->query(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'});
+like($bg->{stderr}, qr/did not answer within byok.kms_timeout/, 'a session\'s call into the hung module times out');
+$bg->{stderr} = '';
+$t0 = time();
+$bg->query(q{SELECT pg_sleep(1.1); SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'});
+$took = time() - $t0;
+like($bg->{stderr}, qr/has not returned yet/, 'the same process does not call a module whose call is still stuck');
+$bg->{stderr} = '';
+cmp_ok($took, '<', 1.1 + 0.3, sprintf('and says so at once (%.0f ms with a 1.1 s sleep)', $took * 1000));
+ok($node->poll_query_until('postgres', "SELECT rounds >= $rounds + 3 FROM byok_poller_status()"),
+	'the poller keeps polling while the module hangs');
+isnt(sq(q{SELECT state FROM byok_stats() WHERE tenant = 'other'}), 'cmk_destroyed', 'and a hung module is not a destroyed key');
+unlink("$dir/stall");
+ok($node->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM t WHERE tenant = 'other'}),
+	'the module answers again: the tenant reads again');
+ok($node->poll_query_until('postgres', q{SELECT state = 'active' AND kms_status = 'ok' FROM byok_stats() WHERE tenant = 'other'}),
+	'and the poller sees the key again');
+$bg->query_safe(q{SELECT byok_cache_flush('other')});
+is($bg->query_safe(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'}), '20',
+	'the process whose call was stuck uses the module again');
+$bg->quit;
+set_module('/usr/lib/softhsm/libsofthsm2.so');
 
 # destroyed: final
 p11('destroy', 'hsm-cmk');

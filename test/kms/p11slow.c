@@ -1,0 +1,69 @@
+/*
+ * p11slow.c -- a PKCS#11 module for byok's tests: it forwards every call to
+ * a real module (SoftHSM2 unless $P11SLOW_MODULE names another) and stalls
+ * C_FindObjectsInit, C_Encrypt and C_Decrypt for as long as the file named
+ * by $P11SLOW_FLAG exists -- a hung HSM, on demand.  Built by
+ * softhsm_setup.sh next to p11ctl; the variables must be in the server's
+ * environment.
+ */
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <p11-kit/pkcs11.h>
+
+static CK_FUNCTION_LIST_PTR real;
+static CK_FUNCTION_LIST mine;
+
+static void
+stall(void)
+{
+	const char *flag = getenv("P11SLOW_FLAG");
+
+	while (flag != NULL && access(flag, F_OK) == 0)
+		usleep(10000);
+}
+
+static CK_RV
+slow_find_objects_init(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+	stall();
+	return real->C_FindObjectsInit(s, t, n);
+}
+
+static CK_RV
+slow_encrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out,
+			 CK_ULONG_PTR out_len)
+{
+	stall();
+	return real->C_Encrypt(s, in, in_len, out, out_len);
+}
+
+static CK_RV
+slow_decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out,
+			 CK_ULONG_PTR out_len)
+{
+	stall();
+	return real->C_Decrypt(s, in, in_len, out, out_len);
+}
+
+CK_RV
+C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
+{
+	if (real == NULL)
+	{
+		const char *path = getenv("P11SLOW_MODULE");
+		void	   *dl = dlopen(path ? path : "/usr/lib/softhsm/libsofthsm2.so", RTLD_NOW | RTLD_LOCAL);
+		CK_C_GetFunctionList get;
+
+		if (dl == NULL || (get = (CK_C_GetFunctionList) dlsym(dl, "C_GetFunctionList")) == NULL ||
+			get(&real) != CKR_OK || real == NULL)
+			return CKR_GENERAL_ERROR;
+		mine = *real;
+		mine.C_FindObjectsInit = slow_find_objects_init;
+		mine.C_Encrypt = slow_encrypt;
+		mine.C_Decrypt = slow_decrypt;
+	}
+	*list = &mine;
+	return CKR_OK;
+}
