@@ -162,6 +162,8 @@ hc_start(ByokHttpCall *call, int64 remaining_us)
 	call->status = 0;
 	call->retry_after_us = 0;
 
+	call->errbuf[0] = '\0';
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
 	curl_easy_setopt(e, CURLOPT_URL, call->url);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -253,8 +255,13 @@ hc_finish(ByokHttpCall *call, CURLcode rc, int64 now, int64 deadline)
 			st = BYOK_KMS_CONFIG;
 			code = "TLS";
 		}
-		byok_kms_set_error(&call->err, st, code, "%s.", call->too_big ?
-						   "The answer is larger than 1 MiB" : curl_easy_strerror(rc));
+		if (st == BYOK_KMS_CONFIG)
+			byok_kms_set_error(&call->err, st, code,
+							   "%s. byok.kms_ca_file must hold the CA that signed the endpoint's certificate, which must name the endpoint's host.",
+							   call->errbuf[0] ? call->errbuf : curl_easy_strerror(rc));
+		else
+			byok_kms_set_error(&call->err, st, code, "%s.", call->too_big ?
+							   "The answer is larger than 1 MiB" : curl_easy_strerror(rc));
 		call->result = st;
 		retryable = st == BYOK_KMS_UNAVAILABLE && rc != CURLE_OPERATION_TIMEDOUT;
 	}

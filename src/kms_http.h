@@ -49,6 +49,7 @@ struct ByokHttpCall
 	bool		too_big;
 	int64		retry_at;
 	int64		retry_after_us;
+	char		errbuf[256];	/* curl's own error detail (CURL_ERROR_SIZE) */
 };
 
 extern void byok_http_call_init(ByokHttpCall *call, const char *provider);

@@ -65,6 +65,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -1065,11 +1066,28 @@ def main(argv=None):
     ap.add_argument("--max-skew", type=int, default=300, help="SigV4 clock-skew limit in seconds (0 = off)")
     ap.add_argument("--vault-mount", default="transit")
     ap.add_argument("--vault-upsert", action="store_true", help="encrypt creates a missing Vault key")
+    ap.add_argument("--tls-cert", help="also serve the same APIs over HTTPS with this PEM certificate")
+    ap.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    ap.add_argument("--tls-port-file", help="write the HTTPS port here once listening")
     args = ap.parse_args(argv)
 
     server = Server((args.host, args.port), Handler)
     server.app = app = App(args)
     port = server.server_address[1]
+    if args.tls_cert:
+        # a second listener on a free port, TLS only, sharing the keys; the
+        # plain one stays for /__admin (and for tests of the refusal of http://)
+        tls_server = Server((args.host, 0), Handler)
+        tls_server.app = app
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        tls_server.socket = ctx.wrap_socket(tls_server.socket, server_side=True)
+        threading.Thread(target=tls_server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        if args.tls_port_file:
+            with open(args.tls_port_file + ".tmp", "w") as f:
+                f.write("%d\n" % tls_server.server_address[1])
+            os.replace(args.tls_port_file + ".tmp", args.tls_port_file)
+        app.log("HTTPS on %s:%d" % (args.host, tls_server.server_address[1]))
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:
             f.write("%d\n" % port)

@@ -14,11 +14,13 @@ use Time::HiRes qw(usleep);
 
 my $server_py = abs_path(dirname(__FILE__) . '/../kms/http_kms_server.py');
 
-# Start a server with fresh credentials: AWS secret, Vault token.
+# Start a server with fresh credentials: AWS secret, Vault token.  With
+# tls => [cert, key] it also serves HTTPS on a second port ({tls_url});
+# admin calls keep using plain HTTP.
 sub start
 {
-	my ($class, $dir) = @_;
-	my $self = bless { dir => $dir, http => HTTP::Tiny->new(timeout => 30) }, $class;
+	my ($class, $dir, %opts) = @_;
+	my $self = bless { dir => $dir, http => HTTP::Tiny->new(timeout => 30), tls => $opts{tls} }, $class;
 	$self->{akid} = 'AKIDBYOKTEST' . int(rand(1e6));
 	$self->{secret} = 'secret' . join('', map { ('a' .. 'z', 0 .. 9)[rand 36] } 1 .. 32);
 	$self->{token} = 'hvs.' . join('', map { ('a' .. 'z', 'A' .. 'Z')[rand 52] } 1 .. 24);
@@ -39,11 +41,14 @@ sub launch
 {
 	my ($self) = @_;
 	my $dir = $self->{dir};
-	unlink "$dir/port";
+	unlink "$dir/port", "$dir/tls_port";
+	my @tls = $self->{tls}
+	  ? ('--tls-cert', $self->{tls}[0], '--tls-key', $self->{tls}[1], '--tls-port-file', "$dir/tls_port")
+	  : ();
 	$self->{h} = IPC::Run::start(
 		[ '/usr/bin/python3', $server_py, '--port', $self->{port} // 0, '--port-file', "$dir/port",
 		  '--state-file', "$dir/kms_state.json", '--aws-credentials', "$dir/server_aws_credentials",
-		  '--vault-token-file', "$dir/server_vault_tokens", '--log', $self->{log} ],
+		  '--vault-token-file', "$dir/server_vault_tokens", '--log', $self->{log}, @tls ],
 		'>', "$dir/kms_stdout", '2>', "$dir/kms_stderr");
 	for (1 .. 200)
 	{
@@ -54,6 +59,13 @@ sub launch
 	$self->{port} = PostgreSQL::Test::Utils::slurp_file("$dir/port");
 	chomp $self->{port};
 	$self->{url} = "http://127.0.0.1:$self->{port}";
+	if ($self->{tls})
+	{
+		my $tls_port = PostgreSQL::Test::Utils::slurp_file("$dir/tls_port");
+		chomp $tls_port;
+		$self->{tls_port} = $tls_port;
+		$self->{tls_url} = "https://127.0.0.1:$tls_port";
+	}
 }
 
 sub stop

@@ -1,0 +1,102 @@
+# 010_https.pl — the HTTP providers over real TLS: the KMS test server also
+# serves HTTPS with a certificate made here by openssl, and byok verifies it
+# against byok.kms_ca_file (byok.kms_allow_insecure stays off): aws-kms and
+# vault-transit round trips over HTTPS, a DNS name the certificate carries,
+# a CA that did not sign it and a certificate that does not name the host
+# -> YK009 with curl's reason, never a lockout.
+use strict;
+use warnings;
+use Cwd qw(abs_path);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ByokTest;
+use ByokKms;
+
+my $pki = PostgreSQL::Test::Utils::tempdir();
+system('bash', abs_path('test/kms/kmip_certs.sh'), $pki) == 0 or die 'kmip_certs.sh failed';
+my $kms = ByokKms->start(PostgreSQL::Test::Utils::tempdir(), tls => [ "$pki/server.crt", "$pki/server.key" ]);
+like($kms->{tls_url}, qr{^https://127\.0\.0\.1:\d+$}, 'the KMS test server serves HTTPS');
+
+my $node = byok_node('https', conf => [
+	"byok.aws_endpoint = '$kms->{tls_url}/'", "byok.aws_region = 'us-east-1'",
+	"byok.aws_credentials_file = '$kms->{aws_creds}'",
+	"byok.vault_address = '$kms->{tls_url}'", "byok.vault_token_file = '$kms->{vault_token}'",
+	"byok.kms_ca_file = '$pki/ca.crt'", "byok.kms_timeout = '2s'" ]);
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+sub fails
+{
+	my ($ret, $out, $err) = $node->psql('postgres', $_[0]);
+	return $ret == 0 ? '' : $err;
+}
+sub set_conf
+{
+	my ($guc, $value) = @_;
+	sq("ALTER SYSTEM SET $guc = '$value'");
+	sq('SELECT pg_reload_conf()');
+	sleep 0.3;
+}
+# drop the tenants' keys and wait out the 1 s negative cache
+sub fresh
+{
+	sq(q{SELECT byok_cache_flush()});
+	sleep 1.1;
+}
+
+is(sq(q{SHOW byok.kms_allow_insecure}), 'off', 'plain HTTP is not allowed');
+my $aws_key = $kms->create_aws_key;
+my $vault_key = $kms->create_vault_key('tls');
+sq("SELECT byok_create_tenant('aws', 'aws-kms', '$aws_key')");
+sq("SELECT byok_create_tenant('vault', 'vault-transit', '$vault_key')");
+sq(q{CREATE TABLE t AS SELECT i, n AS tenant, byok_encrypt(n, 'value ' || i) AS c
+	FROM generate_series(1, 10) i, (VALUES ('aws'), ('vault')) v(n)});
+fresh();
+is(sq(q{SELECT count(*) FROM t WHERE byok_decrypt_text(c) = 'value ' || i}), '20',
+	'aws-kms and vault-transit round trips over verified HTTPS');
+
+set_conf('byok.aws_endpoint', "https://localhost:$kms->{tls_port}/");
+fresh();
+is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'}), '10', 'a DNS name the certificate carries');
+
+# a CA that did not sign the server's certificate
+set_conf('byok.kms_ca_file', "$pki/rogue-ca.crt");
+fresh();
+my $err = fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'});
+like($err, qr/key provider configuration is invalid/, 'a wrong CA is a configuration error (YK009)');
+like($err, qr/SSL certificate problem: .*byok.kms_ca_file must hold the CA/s, 'with curl\'s reason and what to check');
+$err = fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'vault'});
+like($err, qr/SSL certificate problem/, 'for vault-transit too');
+is(sq(q{SELECT count(*) FROM byok_stats() WHERE state <> 'active'}), '0', 'and no tenant is locked out by it');
+set_conf('byok.kms_ca_file', "$pki/ca.crt");
+
+# a certificate, signed by the right CA, that does not name the host
+my $csr = "$pki/other.csr";
+system('openssl', 'req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+	'-subj', '/CN=kms.example.com', '-keyout', "$pki/other.key", '-out', $csr) == 0 or die 'openssl req';
+open(my $ext, '>', "$pki/other.ext") or die;
+print $ext "subjectAltName = DNS:kms.example.com\nextendedKeyUsage = serverAuth\n";
+close $ext;
+system('openssl', 'x509', '-req', '-in', $csr, '-CA', "$pki/ca.crt", '-CAkey', "$pki/ca.key",
+	'-CAcreateserial', '-days', '2', '-extfile', "$pki/other.ext", '-out', "$pki/other.crt") == 0
+  or die 'openssl x509';
+$kms->stop;
+$kms->{tls} = [ "$pki/other.crt", "$pki/other.key" ];
+$kms->launch;
+set_conf('byok.aws_endpoint', "$kms->{tls_url}/");
+fresh();
+$err = fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'});
+like($err, qr/key provider configuration is invalid/, 'a certificate that does not name the host: YK009');
+like($err, qr/(subject name|does not match).*127\.0\.0\.1/s, 'naming the mismatch');
+is(sq(q{SELECT count(*) FROM byok_stats() WHERE state <> 'active'}), '0', 'and no tenant is locked out by it');
+
+$kms->stop;
+$kms->{tls} = [ "$pki/server.crt", "$pki/server.key" ];
+$kms->launch;
+set_conf('byok.aws_endpoint', "$kms->{tls_url}/");
+set_conf('byok.vault_address', $kms->{tls_url});
+fresh();
+is(sq(q{SELECT count(*) FROM t WHERE byok_decrypt_text(c) = 'value ' || i}), '20', 'the right certificate again: both read');
+
+$node->stop;
+$kms->stop;
+done_testing();
