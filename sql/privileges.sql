@@ -51,3 +51,30 @@ REVOKE ALL ON SCHEMA byok FROM byok_ops;
 REVOKE ALL ON byok.key_events FROM byok_ops;
 DROP ROLE byok_app;
 DROP ROLE byok_ops;
+
+-- the roles byok makes: byok_auditor reads (never a wrapped key) and cannot
+-- act; byok_admin acts without being a superuser
+SELECT rolname, rolcanlogin, rolsuper FROM pg_roles WHERE rolname IN ('byok_admin', 'byok_auditor') ORDER BY 1;
+CREATE ROLE byok_aud LOGIN IN ROLE byok_auditor;
+CREATE ROLE byok_adm LOGIN IN ROLE byok_admin;
+SET ROLE byok_aud;
+SELECT count(*) > 0 AS sees_tenants FROM byok.tenants;
+SELECT count(*) > 0 AS sees_events FROM byok.key_events;
+SELECT count(fingerprint) > 0 AS sees_fingerprints FROM byok.data_keys;
+SELECT count(*) > 0 AS sees_health FROM byok.tenant_status;
+SELECT count(*) >= 0 AS sees_stats FROM byok.stats;
+SELECT try($$SELECT count(wrapped_key) FROM byok.data_keys$$);
+SELECT try($$SELECT count(wrapped_key) FROM byok.tenant_keys$$);
+SELECT try($$SELECT byok_revoke_tenant('globex')$$);
+SELECT try($$SELECT byok_create_tenant('audtest', 'local', 'acme-cmk')$$);
+SELECT try($$SELECT byok_cache_flush()$$);
+RESET ROLE;
+SET ROLE byok_adm;
+SELECT byok_revoke_tenant('globex');
+SELECT byok_reinstate_tenant('globex');
+SELECT count(wrapped_key) > 0 AS sees_wrapped_keys FROM byok.data_keys;
+SELECT byok_rotate_data_key('globex', 'adm-scope') AS new_version;
+SELECT event, actor FROM byok.key_events WHERE tenant = 'globex' AND actor = 'byok_adm' ORDER BY event_id;
+RESET ROLE;
+DROP ROLE byok_aud;
+DROP ROLE byok_adm;
