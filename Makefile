@@ -4,6 +4,7 @@ MODULE_big = byok
 OBJS = \
 	src/byok.o \
 	src/envelope.o \
+	src/format.o \
 	src/keycache.o \
 	src/keystore.o \
 	src/ledger.o \

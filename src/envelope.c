@@ -138,18 +138,7 @@ byok_algorithm_name(int algorithm)
 bool
 byok_envelope_try_parse(const uint8 *data, int len, ByokHeader *hdr)
 {
-	uint64		id;
-
-	if (len < BYOK_OVERHEAD)
-		return false;
-	hdr->version = data[0];
-	hdr->algorithm = data[1];
-	if (hdr->version != BYOK_FORMAT_V1 || hdr->algorithm < 1 || hdr->algorithm > BYOK_ALG_COUNT)
-		return false;
-	memcpy(&id, data + 2, sizeof(id));
-	hdr->dek_id = (int64) pg_ntoh64(id);
-	hdr->body_len = len - BYOK_OVERHEAD;
-	return hdr->dek_id > 0;
+	return len >= 0 && byok_format_parse(data, (size_t) len, hdr) == BYOK_FMT_OK;
 }
 
 /*
@@ -159,45 +148,36 @@ byok_envelope_try_parse(const uint8 *data, int len, ByokHeader *hdr)
 void
 byok_envelope_parse(const uint8 *data, int len, ByokHeader *hdr)
 {
-	if (byok_envelope_try_parse(data, len, hdr))
-		return;
-	if (len < BYOK_OVERHEAD)
-		ereport(ERROR,
-				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
-				 errmsg("malformed byok ciphertext"),
-				 errdetail("The value is %d bytes long; a byok ciphertext has at least %d.",
-						   len, BYOK_OVERHEAD)));
-	if (data[0] != BYOK_FORMAT_V1)
-		ereport(ERROR,
-				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
-				 errmsg("malformed byok ciphertext"),
-				 errdetail("The format version is not one this server reads.")));
-	if (data[1] < 1 || data[1] > BYOK_ALG_COUNT)
-		ereport(ERROR,
-				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
-				 errmsg("malformed byok ciphertext"),
-				 errdetail("The algorithm is not one this server knows.")));
+	const char *why;
+
+	switch (byok_format_parse(data, (size_t) Max(len, 0), hdr))
+	{
+		case BYOK_FMT_OK:
+			return;
+		case BYOK_FMT_TOO_SHORT:
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
+					 errmsg("malformed byok ciphertext"),
+					 errdetail("The value is %d bytes long; a byok ciphertext has at least %d.",
+							   len, BYOK_OVERHEAD)));
+			break;
+		case BYOK_FMT_BAD_VERSION:
+			why = "The format version is not one this server reads.";
+			break;
+		case BYOK_FMT_BAD_ALGORITHM:
+			why = "The algorithm is not one this server knows.";
+			break;
+		case BYOK_FMT_BAD_DEK_ID:
+			why = "The data key id is not positive.";
+			break;
+		default:
+			why = "The value is too long to be a byok ciphertext.";
+			break;
+	}
 	ereport(ERROR,
 			(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
 			 errmsg("malformed byok ciphertext"),
-			 errdetail("The data key id is not positive.")));
-}
-
-/* AAD tail shared by seal and open: tenant id, then the caller's AAD */
-static inline bool
-env_feed_aad(EVP_CIPHER_CTX *ctx, const uint8 *header, int32 tenant_id,
-			 const char *aad, int aad_len)
-{
-	uint32		tid = pg_hton32((uint32) tenant_id);
-	int			n;
-
-	if (EVP_CipherUpdate(ctx, NULL, &n, header, BYOK_HEADER_LEN) != 1 ||
-		EVP_CipherUpdate(ctx, NULL, &n, (const uint8 *) &tid, sizeof(tid)) != 1)
-		return false;
-	if (aad_len > 0 &&
-		EVP_CipherUpdate(ctx, NULL, &n, (const uint8 *) aad, aad_len) != 1)
-		return false;
-	return true;
+			 errdetail_internal("%s", why)));
 }
 
 /*
@@ -211,36 +191,21 @@ byok_envelope_seal(EVP_CIPHER_CTX *ctx, int algorithm, int64 dek_id, int32 tenan
 {
 	Size		total = (Size) plain_len + BYOK_OVERHEAD;
 	bytea	   *result;
-	uint8	   *out;
-	uint64		id = pg_hton64((uint64) dek_id);
-	int			n;
+	uint8		nonce[BYOK_GCM_NONCE_LEN];
 
-	if (total > MaxAllocSize - VARHDRSZ)
+	if (total > MaxAllocSize - VARHDRSZ || total > BYOK_FMT_MAX_LEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("value too large to encrypt")));
 	result = (bytea *) palloc(VARHDRSZ + total);
 	SET_VARSIZE(result, VARHDRSZ + total);
-	out = (uint8 *) VARDATA(result);
-	out[0] = BYOK_FORMAT_V1;
-	out[1] = (uint8) algorithm;
-	memcpy(out + 2, &id, sizeof(id));
-	env_next_nonce(out + 10);
-
-	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, out + 10) != 1 ||
-		!env_feed_aad(ctx, out, tenant_id, aad, aad_len) ||
-		(plain_len > 0 &&
-		 EVP_EncryptUpdate(ctx, out + BYOK_HEADER_LEN, &n,
-						   (const uint8 *) plain, plain_len) != 1) ||
-		EVP_EncryptFinal_ex(ctx, out + BYOK_HEADER_LEN + plain_len, &n) != 1 ||
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, BYOK_GCM_TAG_LEN,
-							out + BYOK_HEADER_LEN + plain_len) != 1)
-	{
-		explicit_bzero(out, total);
+	env_next_nonce(nonce);
+	if (!byok_format_seal(ctx, algorithm, dek_id, nonce, tenant_id,
+						  (const uint8 *) plain, plain_len,
+						  (const uint8 *) aad, aad_len, (uint8 *) VARDATA(result)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("%s encryption failed", byok_algorithm_name(algorithm))));
-	}
 	return result;
 }
 
@@ -248,7 +213,7 @@ byok_envelope_seal(EVP_CIPHER_CTX *ctx, int algorithm, int64 dek_id, int32 tenan
  * Open a v1 ciphertext (already parsed, so at least BYOK_OVERHEAD long) with
  * the DEK expanded in 'ctx' (a decryption context).  Returns the plaintext
  * as a palloc'd varlena; raises ERRCODE_BYOK_AUTH_FAILED when the tag does
- * not verify, wiping whatever was decrypted first.
+ * not verify (byok_format_open has wiped whatever was decrypted).
  */
 bytea *
 byok_envelope_open(EVP_CIPHER_CTX *ctx, const uint8 *data, int len,
@@ -256,23 +221,12 @@ byok_envelope_open(EVP_CIPHER_CTX *ctx, const uint8 *data, int len,
 {
 	int			body_len = len - BYOK_OVERHEAD;
 	bytea	   *result;
-	uint8	   *out;
-	uint8		tag[BYOK_GCM_TAG_LEN];
-	int			n;
 
 	result = (bytea *) palloc(VARHDRSZ + body_len);
 	SET_VARSIZE(result, VARHDRSZ + body_len);
-	out = (uint8 *) VARDATA(result);
-	memcpy(tag, data + len - BYOK_GCM_TAG_LEN, BYOK_GCM_TAG_LEN);
-
-	if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, data + 10) != 1 ||
-		!env_feed_aad(ctx, data, tenant_id, aad, aad_len) ||
-		(body_len > 0 &&
-		 EVP_DecryptUpdate(ctx, out, &n, data + BYOK_HEADER_LEN, body_len) != 1) ||
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, BYOK_GCM_TAG_LEN, tag) != 1 ||
-		EVP_DecryptFinal_ex(ctx, out + body_len, &n) != 1)
+	if (!byok_format_open(ctx, data, len, tenant_id, (const uint8 *) aad, aad_len,
+						  (uint8 *) VARDATA(result)))
 	{
-		explicit_bzero(out, body_len);
 		pfree(result);
 		ereport(ERROR,
 				(errcode(ERRCODE_BYOK_AUTH_FAILED),

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * envelope.h
- *		The byok ciphertext format (v1) and the AES-256-GCM primitives.
+ *		Sealing and opening byok values (format.h has the format) and the
+ *		AES-256-GCM key-wrapping primitives.
  *
  *-------------------------------------------------------------------------
  */
@@ -12,29 +13,10 @@
 
 #include "byok.h"
 
-/*
- * Format v1 (DESIGN §3):
- *   0  version (1)   1  algorithm (1 = AES-256-GCM)   2..9  DEK id (BE int8)
- *   10..21 nonce     22..22+n-1 ciphertext            last 16 bytes GCM tag
- * AAD = bytes 0..21 || tenant id (BE int4) || caller AAD.
- */
-#define BYOK_FORMAT_V1			1
-#define BYOK_ALG_AES256GCM		1
-#define BYOK_ALG_CHACHA20POLY1305	2
-#define BYOK_ALG_COUNT			2	/* algorithms are 1 .. BYOK_ALG_COUNT */
-#define BYOK_HEADER_LEN			22
-#define BYOK_OVERHEAD			(BYOK_HEADER_LEN + BYOK_GCM_TAG_LEN)
+#include "format.h"
 
 /* wrapped key made by byok_gcm_wrap: nonce || ciphertext || tag */
 #define BYOK_WRAPPED_LEN(n)		(BYOK_GCM_NONCE_LEN + (n) + BYOK_GCM_TAG_LEN)
-
-typedef struct ByokHeader
-{
-	int			version;		/* format version byte */
-	int			algorithm;		/* algorithm byte */
-	int64		dek_id;			/* data key id */
-	int			body_len;		/* bytes of ciphertext between header and tag */
-} ByokHeader;
 
 extern void byok_envelope_parse(const uint8 *data, int len, ByokHeader *hdr);
 extern bool byok_envelope_try_parse(const uint8 *data, int len, ByokHeader *hdr);

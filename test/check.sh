@@ -56,6 +56,32 @@ else
     echo "not ok - the TTLV fuzzer found a problem"; tail -n 40 "$BUILD_DIR/fuzz.log"; failed=$((failed + 1))
 fi
 
+say "the ciphertext format (src/format.c, standalone, with AddressSanitizer): round trips, every bit flip refused"
+if gcc -Wall -Wextra -g -fsanitize=address,undefined -I"$BUILD_DIR/src" -I"$BUILD_DIR/test/fuzz" \
+        "$BUILD_DIR/test/fuzz/format_test.c" "$BUILD_DIR/src/format.c" -lcrypto -o "$BUILD_DIR/format_test" \
+        >"$BUILD_DIR/format.log" 2>&1 \
+   && "$BUILD_DIR/format_test" >>"$BUILD_DIR/format.log" 2>&1; then :; fi
+line=$(tail -n 1 "$BUILD_DIR/format.log")
+echo "$line"
+if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+    passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
+else
+    cat "$BUILD_DIR/format.log"; failed=$((failed + 1))
+fi
+
+say "fuzzing the ciphertext parser and open for ${BYOK_FORMAT_FUZZ_SECONDS:-30} s (libFuzzer, ASan/UBSan)"
+mkdir -p "$BUILD_DIR/format_corpus" "$BUILD_DIR/format_seeds"
+if clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -I"$BUILD_DIR/src" -I"$BUILD_DIR/test/fuzz" \
+        "$BUILD_DIR/test/fuzz/format_fuzz.c" "$BUILD_DIR/src/format.c" -lcrypto -o "$BUILD_DIR/format_fuzz" \
+        >"$BUILD_DIR/format_fuzz.log" 2>&1 \
+   && "$BUILD_DIR/format_test" --write-corpus "$BUILD_DIR/format_seeds" >>"$BUILD_DIR/format_fuzz.log" 2>&1 \
+   && "$BUILD_DIR/format_fuzz" -max_total_time="${BYOK_FORMAT_FUZZ_SECONDS:-30}" -max_len=4096 \
+        "$BUILD_DIR/format_corpus" "$BUILD_DIR/format_seeds" >>"$BUILD_DIR/format_fuzz.log" 2>&1; then
+    echo "ok - $(grep -E '^Done [0-9]+ runs' "$BUILD_DIR/format_fuzz.log" | tail -n 1)"; passed=$((passed + 1))
+else
+    echo "not ok - the ciphertext fuzzer found a problem"; tail -n 40 "$BUILD_DIR/format_fuzz.log"; failed=$((failed + 1))
+fi
+
 say "the HTTP KMS test server's own self-test (it must speak the real protocols)"
 if /usr/bin/python3 -B "$REPO/test/kms/http_kms_selftest.py" >"$BUILD_DIR/kms_selftest.log" 2>&1; then :; fi
 tail -n 1 "$BUILD_DIR/kms_selftest.log"
