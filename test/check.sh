@@ -29,17 +29,22 @@ count_results() {   # count "... ok" / "... FAILED" lines of a pg_regress run
     passed=$((passed + ok)); failed=$((failed + bad))
 }
 
+add_summary() {    # add the "N passed, N failed" last line of a log; no such line is a failure
+    local log=$1 line
+    line=$(tail -n 1 "$log")
+    echo "$line"
+    if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+        passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
+    else
+        cat "$log"; failed=$((failed + 1))
+    fi
+}
+
 say "the KMIP TTLV codec (standalone, with AddressSanitizer), against messages PyKMIP wrote"
 if gcc -Wall -Wextra -g -fsanitize=address,undefined -I"$BUILD_DIR/src" "$BUILD_DIR/test/fuzz/ttlv_test.c" \
         "$BUILD_DIR/src/kmip_ttlv.c" -o "$BUILD_DIR/ttlv_test" >"$BUILD_DIR/ttlv.log" 2>&1 \
    && "$BUILD_DIR/ttlv_test" "$BUILD_DIR/test/fuzz/corpus" >>"$BUILD_DIR/ttlv.log" 2>&1; then :; fi
-line=$(tail -n 1 "$BUILD_DIR/ttlv.log")
-echo "$line"
-if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
-    passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
-else
-    cat "$BUILD_DIR/ttlv.log"; failed=$((failed + 1))
-fi
+add_summary "$BUILD_DIR/ttlv.log"
 
 say "fuzzing the TTLV decoder for ${BYOK_FUZZ_SECONDS:-60} s (libFuzzer, ASan/UBSan)"
 for p in clang-14 libclang-rt-14-dev; do
@@ -61,13 +66,7 @@ if gcc -Wall -Wextra -g -fsanitize=address,undefined -I"$BUILD_DIR/src" -I"$BUIL
         "$BUILD_DIR/test/fuzz/format_test.c" "$BUILD_DIR/src/format.c" -lcrypto -o "$BUILD_DIR/format_test" \
         >"$BUILD_DIR/format.log" 2>&1 \
    && "$BUILD_DIR/format_test" >>"$BUILD_DIR/format.log" 2>&1; then :; fi
-line=$(tail -n 1 "$BUILD_DIR/format.log")
-echo "$line"
-if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
-    passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
-else
-    cat "$BUILD_DIR/format.log"; failed=$((failed + 1))
-fi
+add_summary "$BUILD_DIR/format.log"
 
 say "fuzzing the ciphertext parser and open for ${BYOK_FORMAT_FUZZ_SECONDS:-30} s (libFuzzer, ASan/UBSan)"
 mkdir -p "$BUILD_DIR/format_corpus" "$BUILD_DIR/format_seeds"
@@ -84,13 +83,7 @@ fi
 
 say "the HTTP KMS test server's own self-test (it must speak the real protocols)"
 if /usr/bin/python3 -B "$REPO/test/kms/http_kms_selftest.py" >"$BUILD_DIR/kms_selftest.log" 2>&1; then :; fi
-tail -n 1 "$BUILD_DIR/kms_selftest.log"
-line=$(tail -n 1 "$BUILD_DIR/kms_selftest.log")
-if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
-    passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
-else
-    cat "$BUILD_DIR/kms_selftest.log"; failed=$((failed + 1))
-fi
+add_summary "$BUILD_DIR/kms_selftest.log"
 
 say "the official AWS KMS and Vault clients (npm) against the same server"
 if ! command -v npm >/dev/null 2>&1; then
@@ -99,13 +92,7 @@ fi
 if (cd "$BUILD_DIR/test/kms/clients" && npm ci --no-audit --no-fund --loglevel=error >"$BUILD_DIR/npm.log" 2>&1); then
     node "$BUILD_DIR/test/kms/clients/official_clients.mjs" >"$BUILD_DIR/clients.log" 2>&1
     grep -E '^(ok|not ok)' "$BUILD_DIR/clients.log" | grep -v '^ok' || true
-    line=$(tail -n 1 "$BUILD_DIR/clients.log")
-    if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
-        echo "$line"
-        passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
-    else
-        cat "$BUILD_DIR/clients.log"; failed=$((failed + 1))
-    fi
+    add_summary "$BUILD_DIR/clients.log"
 else
     echo "npm ci failed:"; cat "$BUILD_DIR/npm.log"; failed=$((failed + 1))
 fi

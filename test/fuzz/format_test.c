@@ -19,24 +19,8 @@
 #include <stdio.h>
 
 #include "format_common.h"
+#include "minicheck.h"
 
-static int	npass;
-static int	nfail;
-
-#define CHECK(cond) check((cond), #cond, __LINE__)
-
-static int
-check(int ok, const char *what, int line)
-{
-	if (ok)
-		npass++;
-	else
-	{
-		nfail++;
-		printf("FAIL line %d: %s\n", line, what);
-	}
-	return ok;
-}
 
 static int
 opens(int algorithm, const uint8_t *v, size_t len, int32_t tenant, const uint8_t *aad,

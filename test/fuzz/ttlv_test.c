@@ -22,25 +22,9 @@
 #include <string.h>
 
 #include "kmip_ttlv.h"
+#include "minicheck.h"
 
-static int	npass;
-static int	nfail;
 static KmipDoc doc;
-
-#define CHECK(cond) check((cond), #cond, __LINE__)
-
-static int
-check(int ok, const char *what, int line)
-{
-	if (ok)
-		npass++;
-	else
-	{
-		nfail++;
-		printf("FAIL line %d: %s\n", line, what);
-	}
-	return ok;
-}
 
 static const uint8_t iv[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
 static const char plain[] = "hello world";
