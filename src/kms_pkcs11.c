@@ -63,7 +63,8 @@
  * Time.  A token call can block (a network HSM that stops answering), so
  * every provider operation runs p11_run() in a helper thread while the
  * backend waits in slices of at most 50 ms for at most byok.kms_timeout,
- * serving a cancel, a termination or a shutdown request (p11_dispatch).  A
+ * serving a cancel, a termination or a shutdown request one slice after it
+ * arrives (p11_dispatch).  A
  * call that outlives the wait is abandoned, not killed: the thread owns all
  * it touches (a malloc'd job with copies of the inputs, the p11 state, the
  * p11cfg copy of the settings) and frees and wipes the job when the module
@@ -358,10 +359,17 @@ p11_drop(bool reinit)
 	}
 }
 
-/* on_proc_exit: close the session and finalise the module */
+/*
+ * on_proc_exit: close the session and finalise the module.  A call still
+ * inside the module (abandoned) gets up to a second to return first, so
+ * the process does not exit under it when it was merely slow; after that
+ * the module is left alone.
+ */
 static void
 p11_proc_exit(int code, Datum arg)
 {
+	for (int i = 0; i < 100 && p11_stuck; i++)
+		pg_usleep(10000L);
 	if (p11.pid == MyProcPid && p11.fn != NULL && !p11_stuck)
 		p11_drop(true);
 }
@@ -871,7 +879,12 @@ p11_dispatch(P11Op op, P11Job **jobp, ByokKmsError *err)
 			break;
 		if (QueryCancelPending || ProcDiePending || ShutdownRequestPending)
 		{
-			interrupted = true;
+			/* one more slice: a call about to return is better not abandoned */
+			if (!interrupted)
+			{
+				interrupted = true;
+				continue;
+			}
 			break;
 		}
 		if (GetCurrentTimestamp() >= deadline)
