@@ -8,8 +8,8 @@
 # customer disabling its key (seen by the poller within a second), a
 # revocation drill, rotation, a protected column behind its view, tenant-key
 # rotation and online re-encryption, certified destruction, a tenant whose
-# key lives on a KMIP server (PyKMIP, mutual TLS) and is revoked there, and
-# the audit trail, and stops the cluster again.  Nothing is left running.
+# key lives on a KMIP server (PyKMIP, mutual TLS) and is revoked there, an
+# auditor's view, and the audit trail, and stops the cluster again.  Nothing is left running.
 set -eu
 . "$(dirname "$0")/lib.sh"
 
@@ -175,6 +175,20 @@ psql_demo <<'SQL'
 SELECT id, tenant, card, total FROM orders_decrypted WHERE tenant = 'initech';
 \set ON_ERROR_STOP 1
 SELECT tenant, live_state, health, round(revocation_lag_ms::numeric) AS seen_after_ms FROM byok.tenant_status WHERE tenant = 'initech';
+SQL
+
+say "separation of duties: a member of byok_auditor reads tenants and fingerprints, never a wrapped key, and cannot act"
+psql_demo <<'SQL'
+CREATE ROLE auditor_anna LOGIN IN ROLE byok_auditor;
+SET ROLE auditor_anna;
+SELECT t.name AS tenant, d.scope, d.version, d.fingerprint FROM byok.data_keys d JOIN byok.tenants t USING (tenant_id)
+WHERE t.name = 'acme' ORDER BY d.scope, d.version;
+\set ON_ERROR_STOP 0
+SELECT wrapped_key FROM byok.data_keys LIMIT 1;
+SELECT byok_revoke_tenant('acme');
+\set ON_ERROR_STOP 1
+RESET ROLE;
+DROP ROLE auditor_anna;
 SQL
 
 say "the audit trail an auditor reads (never any key material)"
