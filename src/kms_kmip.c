@@ -579,36 +579,33 @@ kmip_key_state_many(ByokKmsStateQuery *queries, int n)
 	KmipDoc    *doc = palloc(sizeof(KmipDoc));
 	bool		interrupted = false;
 
+	/* every question is unanswered until its answer arrives */
+	for (int i = 0; i < n; i++)
+	{
+		queries[i].status = BYOK_KMS_UNAVAILABLE;
+		queries[i].us = 0;
+		byok_kms_set_error(&queries[i].err, BYOK_KMS_UNAVAILABLE, "INTERRUPTED",
+						   "The call was interrupted.");
+	}
 	for (int i = 0; i < n && !interrupted; i++)
 	{
 		ByokKmsStateQuery *q = &queries[i];
 		int64		t0 = GetCurrentTimestamp();
+		ByokKmsStatus st = kmip_check_key_ref(q->key_ref, &q->err);
 
-		q->status = kmip_check_key_ref(q->key_ref, &q->err);
-		if (q->status == BYOK_KMS_OK)
+		if (st == BYOK_KMS_OK)
 		{
 			KmipIo		io = kmip_resolve(q->key_ref, uids[i], &q->err);
 
 			interrupted = io == KIO_INTERRUPTED;
-			q->status = io == KIO_OK ? BYOK_KMS_OK : q->err.status;
+			st = io == KIO_OK ? BYOK_KMS_OK : q->err.status;
 		}
 		q->us = GetCurrentTimestamp() - t0;
-		if (q->status == BYOK_KMS_OK)
-		{
-			/* until its answer arrives */
+		if (st == BYOK_KMS_OK)
 			todo[ntodo++] = i;
-			q->status = BYOK_KMS_UNAVAILABLE;
-			byok_kms_set_error(&q->err, BYOK_KMS_UNAVAILABLE, "INTERRUPTED",
-							   "The call was interrupted.");
-		}
+		else
+			q->status = st;
 	}
-	for (int i = 0; i < n; i++)
-		if (interrupted && queries[i].status == BYOK_KMS_OK)
-		{
-			queries[i].status = BYOK_KMS_UNAVAILABLE;
-			byok_kms_set_error(&queries[i].err, BYOK_KMS_UNAVAILABLE, "INTERRUPTED",
-							   "The call was interrupted.");
-		}
 
 	for (int start = 0; start < ntodo && !interrupted; start += byok_kmip_batch_size)
 	{
