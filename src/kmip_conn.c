@@ -17,8 +17,8 @@
  * checking for a cancel, a termination or a shutdown request (KIO_INTERRUPTED:
  * the caller cleans up, then runs CHECK_FOR_INTERRUPTS); the whole call,
  * connect, handshake and reconnect included, is bounded by byok.kms_timeout.
- * Host names are resolved with getaddrinfo, which is not bounded by the
- * timeout: use addresses or a local resolver.
+ * Host names are resolved with getaddrinfo_a (glibc's resolver thread),
+ * bounded and interruptible like the rest.
  *
  * TLS.  1.2 or later; the server certificate is verified against
  * byok.kmip_ca_file and must name the host connected to (IP address or DNS
@@ -403,26 +403,98 @@ ktls_handshake_error(const char *host, ByokKmsError *err)
 	}
 }
 
-/* Connect to one server and handshake; the connection is kept in kconn. */
-static KmipIo
-ktls_connect_one(const char *host, const char *port, TimestampTz deadline, ByokKmsError *err)
+/* one name lookup handed to glibc's resolver thread (getaddrinfo_a) */
+typedef struct KtlsLookup
 {
-	struct addrinfo hints = {0};
-	struct addrinfo *res = NULL;
-	int			rc;
-	KmipIo		io = KIO_FAILED;
-	struct in6_addr a6;
+	struct gaicb cb;			/* points into this struct */
+	struct addrinfo hints;
+	char		host[256];
+	char		port[8];
+} KtlsLookup;
 
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_family = AF_UNSPEC;
-	rc = getaddrinfo(host, port, &hints, &res);
+/*
+ * Resolve host:port without blocking: glibc resolves in its own thread
+ * while we wait in 50 ms slices, serving interrupts, until the deadline.
+ * A lookup given up on is cancelled; one that cannot be cancelled any more
+ * keeps its (small, malloc'd) request, which glibc may still write to.
+ */
+static KmipIo
+ktls_resolve(const char *host, const char *port, TimestampTz deadline,
+			 struct addrinfo **res, ByokKmsError *err)
+{
+	KtlsLookup *l = calloc(1, sizeof(KtlsLookup));
+	struct gaicb *list[1];
+	int			rc;
+
+	*res = NULL;
+	if (l == NULL || strlen(host) >= sizeof(l->host) || strlen(port) >= sizeof(l->port))
+	{
+		free(l);
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_HOST",
+						   "The KMIP server name \"%.64s\" is too long.", host);
+		return KIO_FAILED;
+	}
+	strlcpy(l->host, host, sizeof(l->host));
+	strlcpy(l->port, port, sizeof(l->port));
+	l->hints.ai_socktype = SOCK_STREAM;
+	l->hints.ai_family = AF_UNSPEC;
+	l->cb.ar_name = l->host;
+	l->cb.ar_service = l->port;
+	l->cb.ar_request = &l->hints;
+	list[0] = &l->cb;
+	rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+	if (rc == 0)
+		rc = gai_error(&l->cb);
+	for (; rc == EAI_INPROGRESS; rc = gai_error(&l->cb))
+	{
+		int64		left_ms = (deadline - GetCurrentTimestamp()) / 1000;
+		struct timespec ts = {0, 1000000L * (long) Max(1, Min(left_ms, KMIP_WAIT_SLICE_MS))};
+
+		if (ktls_interrupt_pending() || left_ms <= 0)
+		{
+			bool		interrupted = ktls_interrupt_pending();
+
+			if (gai_cancel(&l->cb) == EAI_CANCELED)
+				free(l);
+			/* else: glibc still owns the request; it is left behind */
+			if (interrupted)
+				byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "INTERRUPTED", "The call was interrupted.");
+			else
+				byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "TIMEOUT",
+								   "Resolving the KMIP server name \"%s\" took longer than byok.kms_timeout (%d ms).",
+								   host, byok_kms_timeout);
+			return interrupted ? KIO_INTERRUPTED : KIO_FAILED;
+		}
+		(void) gai_suspend((const struct gaicb *const *) list, 1, &ts);
+	}
 	if (rc != 0)
 	{
+		if (l->cb.ar_result)
+			freeaddrinfo(l->cb.ar_result);
+		free(l);
 		byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "RESOLVE",
 						   "Could not resolve the KMIP server name \"%s\": %s.",
 						   host, gai_strerror(rc));
 		return KIO_FAILED;
 	}
+	*res = l->cb.ar_result;
+	free(l);
+	return KIO_OK;
+}
+
+/* Connect to one server and handshake; the connection is kept in kconn. */
+static KmipIo
+ktls_connect_one(const char *host, const char *port, TimestampTz deadline, ByokKmsError *err)
+{
+	struct addrinfo *res = NULL;
+	int			rc;
+	KmipIo		io = KIO_FAILED;
+	struct in6_addr a6;
+
+	io = ktls_resolve(host, port, deadline, &res, err);
+	if (io != KIO_OK)
+		return io;
+	io = KIO_FAILED;
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
 	{
 		io = ktls_tcp_connect(ai, host, port, deadline, err);

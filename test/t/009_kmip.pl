@@ -233,6 +233,16 @@ fresh();
 like(fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'beta'}), qr/byok.kmip_host must list one to 8 servers/,
 	'an unusable byok.kmip_host is a configuration error');
 
+# a name that does not resolve: YK005 within byok.kms_timeout, whatever the resolver does
+set_conf('byok.kmip_host', 'kms.byok-test.invalid');
+fresh();
+$t0 = time();
+like(fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'beta'}),
+	qr/key provider is unavailable.*(Could not resolve|took longer than byok.kms_timeout)/s,
+	'an unresolvable server name: YK005');
+$took = time() - $t0;
+cmp_ok($took, '<', 1.5 + 0.5, sprintf('bounded by byok.kms_timeout (%.0f ms)', $took * 1000));
+
 # a DNS name instead of an address: checked against the certificate's DNS SAN
 set_conf('byok.kmip_host', 'localhost');
 fresh();
