@@ -210,6 +210,8 @@ SELECT t.name AS tenant, t.provider, t.key_ref, t.state AS catalog_state,
        s.state_changed_at, s.last_change, s.revocation_lag_ms,
        CASE
            WHEN s.state = 'revoked' OR t.state = 'revoked' THEN 'locked out: revoked by an administrator'
+           WHEN s.state = 'cmk_disabled' AND t.provider = 'kmip'
+               THEN 'locked out for good: the customer revoked its KMIP key (KMIP keys cannot be re-activated)'
            WHEN s.state = 'cmk_disabled' THEN 'locked out: the customer disabled its key'
            WHEN s.state = 'cmk_destroyed' THEN 'locked out for good: the customer destroyed its key'
            WHEN s.state = 'kms_unreachable' THEN 'locked out: key provider unreachable (fail_closed)'

@@ -140,6 +140,8 @@ like(fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'acme'}), qr/di
 is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'beta'}), '20', 'the other tenant carries on');
 sleep 1;
 is(sq(q{SELECT state FROM byok_stats() WHERE tenant = 'acme'}), 'cmk_disabled', 'KMIP cannot re-activate it: still locked out');
+like(sq(q{SELECT health FROM byok.tenant_status WHERE tenant = 'acme'}), qr/locked out for good: the customer revoked its KMIP key/,
+	'and byok.tenant_status says it is for good');
 
 # Destroy: final
 kmipctl($k, 'destroy', $uid_a);
