@@ -461,6 +461,25 @@ END $$;
 -- table is protected.  view_acl: the grants of the view dropped before, or
 -- NULL for a new view, which gets the table's SELECT/INSERT/UPDATE/DELETE
 -- grants.
+-- Create the generated trigger function byok.<fn>() from its plpgsql body,
+-- with a fixed search_path and, when pin_formats, the date, interval and
+-- float formats pinned, so text the body builds reads the same whatever
+-- the session set.
+CREATE FUNCTION byok.create_trigger_function(fn name, pin_formats boolean, body text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE pg_catalog.format(E'CREATE FUNCTION byok.%I() RETURNS trigger\nLANGUAGE plpgsql\n'
+                              'SET search_path = pg_catalog, pg_temp\n%sAS %L',
+        fn,
+        CASE WHEN pin_formats
+             THEN E'SET datestyle = ''ISO, YMD''\nSET intervalstyle = ''postgres''\nSET extra_float_digits = 1\n'
+             ELSE '' END,
+        body);
+END
+$fn$;
+
 CREATE FUNCTION byok.create_table_objects(tschema name, tname name, view_acl aclitem[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -597,11 +616,7 @@ $g$,
             pg_catalog.format('Column "%s" still holds a ciphertext of the old tenant.', r.column_name));
     END LOOP;
 
-    EXECUTE pg_catalog.format($f$
-CREATE FUNCTION byok.%I() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS %L$f$, guard_fn, pg_catalog.format(E'\nDECLARE\n    ct_tenant text;\n    ct_scope text;\nBEGIN%s    RETURN NEW;\nEND\n', body));
+    PERFORM byok.create_trigger_function(guard_fn, false, pg_catalog.format(E'\nDECLARE\n    ct_tenant text;\n    ct_scope text;\nBEGIN%s    RETURN NEW;\nEND\n', body));
     EXECUTE pg_catalog.format('COMMENT ON FUNCTION byok.%I() IS %L', guard_fn,
         pg_catalog.format('byok: the guard of %s (generated; rebuilt by byok_protect_column)', tbl));
     EXECUTE pg_catalog.format('CREATE TRIGGER zzz_byok_guard BEFORE INSERT OR UPDATE ON %I.%I '
@@ -734,14 +749,7 @@ AS %L$f$, guard_fn, pg_catalog.format(E'\nDECLARE\n    ct_tenant text;\n    ct_s
             tschema, tname, expr);
     END IF;
 
-    EXECUTE pg_catalog.format($f$
-CREATE FUNCTION byok.%I() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET datestyle = 'ISO, YMD'
-SET intervalstyle = 'postgres'
-SET extra_float_digits = 1
-AS %L$f$, dml_fn, pg_catalog.format($b$
+    PERFORM byok.create_trigger_function(dml_fn, true, pg_catalog.format($b$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         %1$s
@@ -1018,14 +1026,7 @@ BEGIN
     INSERT INTO byok.protected_columns SELECT r.*;
 
     sync_fn := byok.object_name('sync', r.table_schema, r.table_name);
-    EXECUTE pg_catalog.format($f$
-CREATE FUNCTION byok.%I() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET datestyle = 'ISO, YMD'
-SET intervalstyle = 'postgres'
-SET extra_float_digits = 1
-AS %L$f$, sync_fn, pg_catalog.format($b$
+    PERFORM byok.create_trigger_function(sync_fn, true, pg_catalog.format($b$
 BEGIN
     IF NEW.%1$I IS NULL THEN
         NEW.%2$I := NULL;
@@ -1286,6 +1287,7 @@ CREATE EVENT TRIGGER byok_sql_drop ON sql_drop
 
 -- Internal helpers: not for direct use.
 REVOKE ALL ON FUNCTION byok.caller_role(), byok.check_table_owner(regclass),
+    byok.create_trigger_function(name, boolean, text),
     byok.object_name(text, name, name), byok.shadow_name(name), byok.base_type(oid), byok.is_bytea_type(text),
     byok.aad_sql(name[], text), byok.enc_sql(byok.protected_columns, text),
     byok.dec_sql(byok.protected_columns, text), byok.apply_acl(regclass, aclitem[], boolean),

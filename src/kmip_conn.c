@@ -54,7 +54,6 @@
 #include <openssl/x509v3.h>
 
 #include "miscadmin.h"
-#include "postmaster/interrupt.h"
 #include "utils/timestamp.h"
 
 #include "kmip_conn.h"
@@ -276,12 +275,6 @@ done:
 
 /* ------------------------------------------------------------ I/O */
 
-static bool
-ktls_interrupt_pending(void)
-{
-	return QueryCancelPending || ProcDiePending || ShutdownRequestPending;
-}
-
 /*
  * Wait until fd is ready for 'events', in slices of at most 50 ms, checking
  * for interrupts and the deadline.
@@ -295,7 +288,7 @@ ktls_wait(int fd, short events, TimestampTz deadline, ByokKmsError *err)
 		int64		left_ms = (deadline - GetCurrentTimestamp()) / 1000;
 		int			rc;
 
-		if (ktls_interrupt_pending())
+		if (byok_kms_interrupt_pending())
 		{
 			byok_kms_set_error(err, BYOK_KMS_UNAVAILABLE, "INTERRUPTED", "The call was interrupted.");
 			return KIO_INTERRUPTED;
@@ -450,9 +443,9 @@ ktls_resolve(const char *host, const char *port, TimestampTz deadline,
 		int64		left_ms = (deadline - GetCurrentTimestamp()) / 1000;
 		struct timespec ts = {0, 1000000L * (long) Max(1, Min(left_ms, KMIP_WAIT_SLICE_MS))};
 
-		if (ktls_interrupt_pending() || left_ms <= 0)
+		if (byok_kms_interrupt_pending() || left_ms <= 0)
 		{
-			bool		interrupted = ktls_interrupt_pending();
+			bool		interrupted = byok_kms_interrupt_pending();
 
 			if (gai_cancel(&l->cb) == EAI_CANCELED)
 				free(l);

@@ -18,8 +18,10 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "portability/instr_time.h"
+#include "postmaster/interrupt.h"
 
 #include "kms.h"
 
@@ -199,6 +201,31 @@ byok_kms_set_error(ByokKmsError *err, ByokKmsStatus status, const char *remote_c
 	va_start(ap, fmt);
 	vsnprintf(err->message, sizeof(err->message), fmt, ap);
 	va_end(ap);
+}
+
+/*
+ * Should a provider call in flight stop now?  A cancel (pg_cancel_backend,
+ * statement_timeout), a termination or a shutdown request is pending.  The
+ * provider then cleans up and runs CHECK_FOR_INTERRUPTS.
+ */
+bool
+byok_kms_interrupt_pending(void)
+{
+	return QueryCancelPending || ProcDiePending || ShutdownRequestPending;
+}
+
+/*
+ * A provider's own text made fit for errdetail: printable ASCII only (other
+ * bytes become '?'), at most outlen - 1 bytes, NUL-terminated.
+ */
+void
+byok_kms_sanitise(const char *in, size_t inlen, char *out, size_t outlen)
+{
+	size_t		n = 0;
+
+	for (size_t i = 0; in != NULL && i < inlen && n < outlen - 1; i++)
+		out[n++] = (in[i] >= 0x20 && in[i] < 0x7f) ? in[i] : '?';
+	out[n] = '\0';
 }
 
 const char *

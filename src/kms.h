@@ -133,6 +133,8 @@ extern void byok_kms_set_error(ByokKmsError *err, ByokKmsStatus status,
 			pg_attribute_printf(4, 5);
 extern void byok_kms_throw(const ByokKmsError *err, const char *tenant) pg_attribute_noreturn();
 extern const char *byok_kms_status_name(ByokKmsStatus status);
+extern bool byok_kms_interrupt_pending(void);
+extern void byok_kms_sanitise(const char *in, size_t inlen, char *out, size_t outlen);
 extern int	byok_kms_context_aad(const char *label, const ByokKmsContext *ctx, uint8 *out);
 
 /* provider install functions */

@@ -142,17 +142,6 @@ aws_endpoint(char *buf, size_t len)
 	return buf;
 }
 
-/* Sanitise a provider message for errdetail: printable ASCII, bounded. */
-static void
-aws_sanitise(const char *in, char *out, int outlen)
-{
-	int			n = 0;
-
-	for (; in && *in && n < outlen - 1; in++)
-		out[n++] = (*in >= 0x20 && *in < 0x7f) ? *in : '?';
-	out[n] = '\0';
-}
-
 static ByokKmsStatus
 aws_classify(ByokHttpCall *call, ByokKmsError *err)
 {
@@ -171,7 +160,8 @@ aws_classify(ByokHttpCall *call, ByokKmsError *err)
 			type = strrchr(pick.values[0], '#');
 			type = type ? type + 1 : pick.values[0];
 		}
-		aws_sanitise(pick.values[1], msg, sizeof(msg));
+		byok_kms_sanitise(pick.values[1], pick.values[1] ? strlen(pick.values[1]) : 0,
+						  msg, sizeof(msg));
 	}
 	if (call->status == 429 || strcmp(type, "ThrottlingException") == 0 ||
 		strcmp(type, "LimitExceededException") == 0)

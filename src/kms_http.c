@@ -41,7 +41,6 @@
 #include "common/pg_prng.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "postmaster/interrupt.h"
 #include "utils/timestamp.h"
 
 #include "kms_http.h"
@@ -364,7 +363,7 @@ byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms)
 			}
 			(void) curl_multi_poll(hc_multi, NULL, 0,
 								   (int) Max(1, Min(50, (wake - now) / 1000 + 1)), NULL);
-			if (QueryCancelPending || ProcDiePending || ShutdownRequestPending)
+			if (byok_kms_interrupt_pending())
 			{
 				hc_abort(calls, n, "INTERRUPTED", "The call was interrupted.");
 				CHECK_FOR_INTERRUPTS();

@@ -112,17 +112,6 @@ kmip_reason_name(uint32 reason)
 	return "Unknown";
 }
 
-/* Printable ASCII only, bounded. */
-static void
-kmip_sanitise(const char *in, size_t inlen, char *out, size_t outlen)
-{
-	size_t		n = 0;
-
-	for (size_t i = 0; i < inlen && n < outlen - 1; i++)
-		out[n++] = (in[i] >= 0x20 && in[i] < 0x7f) ? in[i] : '?';
-	out[n] = '\0';
-}
-
 /* Turn a failed batch item into an error class. */
 static ByokKmsStatus
 kmip_item_error(const KmipItem *it, const char *op, ByokKmsError *err)
@@ -299,7 +288,7 @@ kmip_read_item(const KmipDoc *doc, int node, KmipItem *it)
 		size_t		len;
 
 		if (kmip_get_text(doc, m, &s, &len) == KMIP_OK)
-			kmip_sanitise(s, len, it->message, sizeof(it->message));
+			byok_kms_sanitise(s, len, it->message, sizeof(it->message));
 	}
 	it->payload = kmip_find_child(doc, node, KMIP_TAG_RESPONSE_PAYLOAD);
 }

@@ -99,7 +99,6 @@
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "portability/instr_time.h"
-#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "utils/timestamp.h"
 
@@ -877,7 +876,7 @@ p11_dispatch(P11Op op, P11Job **jobp, ByokKmsError *err)
 		(void) pthread_cond_timedwait(&job->cond, &job->lock, &ts);
 		if (job->done)
 			break;
-		if (QueryCancelPending || ProcDiePending || ShutdownRequestPending)
+		if (byok_kms_interrupt_pending())
 		{
 			/* one more slice: a call about to return is better not abandoned */
 			if (!interrupted)

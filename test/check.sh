@@ -40,6 +40,20 @@ add_summary() {    # add the "N passed, N failed" last line of a log; no such li
     fi
 }
 
+fuzz() {   # fuzz NAME SECONDS SEEDS SOURCE...: build NAME with libFuzzer, run it; one result
+    local name=$1 seconds=$2 seeds=$3 log="$BUILD_DIR/$1.log"
+    shift 3
+    mkdir -p "$BUILD_DIR/${name}_corpus"
+    if clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -I"$BUILD_DIR/src" -I"$BUILD_DIR/test/fuzz" \
+            "$@" -o "$BUILD_DIR/$name" >"$log" 2>&1 \
+       && "$BUILD_DIR/$name" -max_total_time="$seconds" -max_len=4096 \
+            "$BUILD_DIR/${name}_corpus" "$seeds" >>"$log" 2>&1; then
+        echo "ok - $(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1)"; passed=$((passed + 1))
+    else
+        echo "not ok - $name found a problem"; tail -n 40 "$log"; failed=$((failed + 1))
+    fi
+}
+
 say "the KMIP TTLV codec (standalone, with AddressSanitizer), against messages PyKMIP wrote"
 if gcc -Wall -Wextra -g -fsanitize=address,undefined -I"$BUILD_DIR/src" "$BUILD_DIR/test/fuzz/ttlv_test.c" \
         "$BUILD_DIR/src/kmip_ttlv.c" -o "$BUILD_DIR/ttlv_test" >"$BUILD_DIR/ttlv.log" 2>&1 \
@@ -51,15 +65,8 @@ for p in clang-14 libclang-rt-14-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
         || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null 2>&1
 done
-mkdir -p "$BUILD_DIR/fuzz_corpus"
-if clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -I"$BUILD_DIR/src" "$BUILD_DIR/test/fuzz/ttlv_fuzz.c" \
-        "$BUILD_DIR/src/kmip_ttlv.c" -o "$BUILD_DIR/ttlv_fuzz" >"$BUILD_DIR/fuzz.log" 2>&1 \
-   && "$BUILD_DIR/ttlv_fuzz" -max_total_time="${BYOK_FUZZ_SECONDS:-60}" -max_len=4096 \
-        "$BUILD_DIR/fuzz_corpus" "$BUILD_DIR/test/fuzz/corpus" >>"$BUILD_DIR/fuzz.log" 2>&1; then
-    echo "ok - $(grep -E '^Done [0-9]+ runs' "$BUILD_DIR/fuzz.log" | tail -n 1)"; passed=$((passed + 1))
-else
-    echo "not ok - the TTLV fuzzer found a problem"; tail -n 40 "$BUILD_DIR/fuzz.log"; failed=$((failed + 1))
-fi
+fuzz ttlv_fuzz "${BYOK_FUZZ_SECONDS:-60}" "$BUILD_DIR/test/fuzz/corpus" \
+    "$BUILD_DIR/test/fuzz/ttlv_fuzz.c" "$BUILD_DIR/src/kmip_ttlv.c"
 
 say "the ciphertext format (src/format.c, standalone, with AddressSanitizer): round trips, every bit flip refused"
 if gcc -Wall -Wextra -g -fsanitize=address,undefined -I"$BUILD_DIR/src" -I"$BUILD_DIR/test/fuzz" \
@@ -69,17 +76,10 @@ if gcc -Wall -Wextra -g -fsanitize=address,undefined -I"$BUILD_DIR/src" -I"$BUIL
 add_summary "$BUILD_DIR/format.log"
 
 say "fuzzing the ciphertext parser and open for ${BYOK_FORMAT_FUZZ_SECONDS:-30} s (libFuzzer, ASan/UBSan)"
-mkdir -p "$BUILD_DIR/format_corpus" "$BUILD_DIR/format_seeds"
-if clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -I"$BUILD_DIR/src" -I"$BUILD_DIR/test/fuzz" \
-        "$BUILD_DIR/test/fuzz/format_fuzz.c" "$BUILD_DIR/src/format.c" -lcrypto -o "$BUILD_DIR/format_fuzz" \
-        >"$BUILD_DIR/format_fuzz.log" 2>&1 \
-   && "$BUILD_DIR/format_test" --write-corpus "$BUILD_DIR/format_seeds" >>"$BUILD_DIR/format_fuzz.log" 2>&1 \
-   && "$BUILD_DIR/format_fuzz" -max_total_time="${BYOK_FORMAT_FUZZ_SECONDS:-30}" -max_len=4096 \
-        "$BUILD_DIR/format_corpus" "$BUILD_DIR/format_seeds" >>"$BUILD_DIR/format_fuzz.log" 2>&1; then
-    echo "ok - $(grep -E '^Done [0-9]+ runs' "$BUILD_DIR/format_fuzz.log" | tail -n 1)"; passed=$((passed + 1))
-else
-    echo "not ok - the ciphertext fuzzer found a problem"; tail -n 40 "$BUILD_DIR/format_fuzz.log"; failed=$((failed + 1))
-fi
+mkdir -p "$BUILD_DIR/format_seeds"
+"$BUILD_DIR/format_test" --write-corpus "$BUILD_DIR/format_seeds" >/dev/null 2>&1 || true
+fuzz format_fuzz "${BYOK_FORMAT_FUZZ_SECONDS:-30}" "$BUILD_DIR/format_seeds" \
+    "$BUILD_DIR/test/fuzz/format_fuzz.c" "$BUILD_DIR/src/format.c" -lcrypto
 
 say "the HTTP KMS test server's own self-test (it must speak the real protocols)"
 if /usr/bin/python3 -B "$REPO/test/kms/http_kms_selftest.py" >"$BUILD_DIR/kms_selftest.log" 2>&1; then :; fi
