@@ -49,7 +49,11 @@ my $writer = IPC::Run::start(
 	      COMMIT; PERFORM pg_sleep(0.005); END LOOP; END $$} ],
 	'>', \$wout, '2>', \$werr);
 
-# the first run is cancelled part-way
+# the first run is cancelled part-way: a session holds the row with id
+# 16000 (one the writer never touches), so the run waits there, part done,
+# however fast it goes, and the cancel finds it waiting
+my $locker = $node->background_psql('postgres');
+$locker->query_safe(q{BEGIN; SELECT id FROM big WHERE id = 16000 FOR UPDATE});
 my ($out, $err) = ('', '');
 my $run = IPC::Run::start(
 	[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr('postgres'), '-c',
@@ -58,6 +62,8 @@ $node->poll_query_until('postgres', q{SELECT done >= 3000 FROM byok.reencrypt_pr
   or die 'the re-encryption made no progress';
 sq(q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL byok_reencrypt%'});
 $run->finish;
+$locker->query_safe('COMMIT');
+$locker->quit;
 like($err, qr/canceling statement due to user request/, 'the first run was interrupted');
 my $left = sq(q{SELECT count(*) FROM big WHERE byok_needs_reencrypt(secret)});
 ok($left > 0 && $left < 20000, "part done, part left ($left values left)");
