@@ -2,11 +2,14 @@
 
 MODULE_big = byok
 OBJS = \
+	src/asowner.o \
 	src/byok.o \
 	src/envelope.o \
+	src/extdrop.o \
 	src/format.o \
 	src/keycache.o \
 	src/keystore.o \
+	src/keyrow.o \
 	src/ledger.o \
 	src/localkeys.o \
 	src/kms.o \
@@ -23,7 +26,7 @@ OBJS = \
 	src/worker.o
 
 EXTENSION = byok
-DATA = byok--1.0.sql
+DATA = byok--1.0.sql byok--1.0--1.1.sql
 PGFILEDESC = "byok - bring-your-own-key envelope encryption"
 
 PG_CPPFLAGS = -I$(srcdir)/src -I/usr/include/p11-kit-1
@@ -31,7 +34,7 @@ PG_CPPFLAGS = -I$(srcdir)/src -I/usr/include/p11-kit-1
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
 SHLIB_LINK += -lssl -lcrypto -lcurl -ldl
 
-REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info destroy columns algorithm reencrypt limits
+REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info destroy columns algorithm reencrypt limits security privilege_matrix
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)
 ISOLATION = revoke_running first_dek_race rotation_race
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check_iso

@@ -25,6 +25,7 @@
 
 #include "byok.h"
 #include "envelope.h"
+#include "extdrop.h"
 #include "keycache.h"
 #include "keystore.h"
 #include "kms.h"
@@ -358,6 +359,7 @@ _PG_init(void)
 
 	RegisterXactCallback(byok_xact_callback, NULL);
 	RegisterSubXactCallback(byok_subxact_callback, NULL);
+	byok_extdrop_install();
 }
 
 /* Raise a clear error unless byok was preloaded. */

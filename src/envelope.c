@@ -272,7 +272,7 @@ byok_gcm_wrap(const uint8 *key, const uint8 *aad, int aad_len,
  */
 bool
 byok_gcm_unwrap(const uint8 *key, const uint8 *aad, int aad_len,
-				const uint8 *in, int in_len, uint8 *out, int *out_len)
+				const uint8 *in, int in_len, uint8 *out, int out_cap, int *out_len)
 {
 	EVP_CIPHER_CTX *ctx;
 	int			body = in_len - BYOK_GCM_NONCE_LEN - BYOK_GCM_TAG_LEN;
@@ -280,7 +280,7 @@ byok_gcm_unwrap(const uint8 *key, const uint8 *aad, int aad_len,
 	int			n;
 	bool		ok;
 
-	if (body <= 0 || body > BYOK_MAX_WRAPPED)
+	if (body <= 0 || body > out_cap)
 		return false;
 	memcpy(tag, in + in_len - BYOK_GCM_TAG_LEN, BYOK_GCM_TAG_LEN);
 	ctx = byok_aead_context(BYOK_ALG_AES256GCM, key, false);

@@ -32,7 +32,7 @@ extern void byok_random_bytes(uint8 *out, int len);
 extern int	byok_gcm_wrap(const uint8 *key, const uint8 *aad, int aad_len,
 						  const uint8 *plain, int plain_len, uint8 *out);
 extern bool byok_gcm_unwrap(const uint8 *key, const uint8 *aad, int aad_len,
-							const uint8 *in, int in_len, uint8 *out, int *out_len);
+							const uint8 *in, int in_len, uint8 *out, int out_cap, int *out_len);
 extern void byok_key_fingerprint(const uint8 *key, int len, char *out);
 
 #define BYOK_FINGERPRINT_LEN	17	/* 16 hex digits and a terminator */

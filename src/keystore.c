@@ -48,11 +48,13 @@
 #include "portability/instr_time.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 #include "envelope.h"
 #include "keycache.h"
+#include "keyrow.h"
 #include "keystore.h"
 #include "kms.h"
 #include "ledger.h"
@@ -87,6 +89,7 @@ typedef struct KsAccess
 {
 	Oid			userid;
 	int			sec_context;
+	int			nestlevel;		/* GUC nest level holding the pinned search_path */
 } KsAccess;
 
 static Oid	ks_caller = InvalidOid;	/* user who called byok, for the audit log */
@@ -138,6 +141,10 @@ ks_enter(KsAccess *acc)
 	ks_caller = acc->userid;
 	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
 						   acc->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	/* nothing of the caller's search_path reaches a query run as superuser */
+	acc->nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 }
@@ -146,6 +153,7 @@ static void
 ks_leave(KsAccess *acc)
 {
 	SPI_finish();
+	AtEOXact_GUC(false, acc->nestlevel);
 	SetUserIdAndSecContext(acc->userid, acc->sec_context);
 }
 
@@ -188,16 +196,42 @@ ks_get(int row, int col, bool *isnull)
 	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
 }
 
+/* A catalog field that fails its bounds: the catalog is untrusted input. */
+static void
+ks_corrupt_field(int col, int len, int max)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("byok catalog row is corrupt"),
+			 errdetail("Field \"%s\" holds %d bytes; at most %d are allowed.",
+					   SPI_fname(SPI_tuptable->tupdesc, col), len, max),
+			 errhint("Restore the byok catalog from a backup; byok never writes such a value.")));
+}
+
+/*
+ * A text field into 'out' (outlen bytes with the terminator).  NULL gives
+ * "".  A longer value is corrupt (XX001), never truncated: two values that
+ * differ after the limit must never read the same.
+ */
 static void
 ks_get_text(int row, int col, char *out, int outlen)
 {
 	bool		isnull;
 	Datum		d = ks_get(row, col, &isnull);
+	text	   *t;
+	int			len;
 
 	if (isnull)
+	{
 		out[0] = '\0';
-	else
-		text_to_cstring_buffer(DatumGetTextPP(d), out, outlen);
+		return;
+	}
+	t = DatumGetTextPP(d);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len >= outlen || memchr(VARDATA_ANY(t), '\0', len) != NULL)
+		ks_corrupt_field(col, len, outlen - 1);
+	memcpy(out, VARDATA_ANY(t), len);
+	out[len] = '\0';
 }
 
 static int
@@ -213,9 +247,7 @@ ks_get_bytea(int row, int col, uint8 *out, int outlen)
 	b = DatumGetByteaPP(d);
 	len = VARSIZE_ANY_EXHDR(b);
 	if (len > outlen)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("wrapped key in the byok catalog is too long")));
+		ks_corrupt_field(col, len, outlen);
 	memcpy(out, VARDATA_ANY(b), len);
 	return len;
 }
@@ -227,6 +259,11 @@ ks_state_from_text(const char *state)
 		return BYOK_TENANT_REVOKED;
 	if (strcmp(state, "destroyed") == 0)
 		return BYOK_TENANT_CMK_DESTROYED;
+	if (strcmp(state, "active") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("byok catalog row is corrupt"),
+				 errdetail("A tenant's state is \"%s\", not active, revoked or destroyed.", state)));
 	return BYOK_TENANT_ACTIVE;
 }
 
@@ -346,24 +383,29 @@ ks_raise_destroyed(const char *tenant)
 
 /* ---- keys ---- */
 
-/* AAD binding a wrapped DEK to its tenant, scope and version */
+/* A DEK row that cannot give a key: corrupt catalog (XX001), naming the row. */
+static void
+ks_raise_row(ByokRowError e, int64 dek_id, const char *tenant)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("data key " INT64_FORMAT " of tenant \"%s\" failed to unwrap", dek_id, tenant),
+			 errdetail("byok.data_keys row with dek_id " INT64_FORMAT ": %s.", dek_id, byok_row_error_text(e))));
+}
+
+/* AAD binding a wrapped DEK to its tenant, scope and version (keyrow.c) */
 static int
 ks_dek_aad(int32 tenant_id, const char *scope, int32 version, uint8 *aad)
 {
-	static const char label[] = "byok-dek-v1";
-	uint32		t = pg_hton32((uint32) tenant_id);
-	uint32		v = pg_hton32((uint32) version);
-	int			slen = strlen(scope);
-	int			len = 0;
+	size_t		len = 0;
+	ByokRowError e = byok_row_dek_aad(tenant_id, scope, strlen(scope), version, aad, &len);
 
-	memcpy(aad, label, sizeof(label));
-	len += sizeof(label);
-	memcpy(aad + len, &t, 4);
-	len += 4;
-	memcpy(aad + len, &v, 4);
-	len += 4;
-	memcpy(aad + len, scope, slen);
-	return len + slen;
+	if (e != BYOK_ROW_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("byok catalog row is corrupt"),
+				 errdetail("A data key of tenant id %d: %s.", tenant_id, byok_row_error_text(e))));
+	return (int) len;
 }
 
 /* Attach the tenant's shared slot; raise if it is locked out. */
@@ -631,11 +673,10 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 	uint8		wrapped[BYOK_MAX_WRAPPED];
 	int			wrapped_len;
 	uint8		tk[BYOK_KEY_LEN];
-	uint8		aad[16 + BYOK_MAX_SCOPE + 8];
-	int			aad_len;
-	int			len = 0;
+	uint8		aad[BYOK_ROW_AAD_MAX];
+	size_t		aad_len;
 	bool		isnull;
-	bool		ok;
+	ByokRowError e;
 
 	ks_enter(&acc);
 	ks_exec(&plan_load_dek,
@@ -651,11 +692,24 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 				 errmsg("malformed byok ciphertext"),
 				 errdetail("No data key with id " INT64_FORMAT " exists in this database.", dek_id)));
 	ks_read_tenant(0, 1, &t);
+	byok_local_check_bound(t.name);	/* nothing more of another tenant */
 	ks_get_text(0, 8, scope, sizeof(scope));
 	version = DatumGetInt32(ks_get(0, 9, &isnull));
+	if (isnull)
+		version = 0;
 	wrapped_len = ks_get_bytea(0, 10, wrapped, sizeof(wrapped));
-	ref->used = (uint64) DatumGetInt64(ks_get(0, 11, &isnull));
+	{
+		int64		used = DatumGetInt64(ks_get(0, 11, &isnull));
+
+		ref->used = (isnull || used < 0) ? 0 : (uint64) used;
+	}
 	ks_leave(&acc);
+	/* the row's fields, checked before any provider call */
+	e = byok_row_dek_aad(t.tenant_id, scope, strlen(scope), version, aad, &aad_len);
+	if (e == BYOK_ROW_OK && wrapped_len != 0 && wrapped_len != BYOK_ROW_WRAPPED_LEN)
+		e = BYOK_ROW_BAD_WRAPPED_LEN;
+	if (e != BYOK_ROW_OK)
+		ks_raise_row(e, dek_id, t.name);
 	if (t.state == BYOK_TENANT_CMK_DESTROYED || t.wrapped_len == 0)
 		ks_raise_destroyed(t.name);
 	if (wrapped_len == 0)
@@ -665,25 +719,19 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 				 errdetail("byok_retire_data_key() destroyed it; values sealed under it can no longer be decrypted.")));
 
 	ks_attach(&t);
-	aad_len = ks_dek_aad(t.tenant_id, scope, version, aad);
 	PG_TRY();
 	{
 		ks_tenant_key(&t, tk);
-		ok = byok_gcm_unwrap(tk, aad, aad_len, wrapped, wrapped_len, key, &len);
+		e = byok_row_unwrap_dek(tk, t.tenant_id, scope, strlen(scope), version, wrapped, wrapped_len, key);
 	}
 	PG_FINALLY();
 	{
 		explicit_bzero(tk, sizeof(tk));
+		explicit_bzero(wrapped, sizeof(wrapped));
 	}
 	PG_END_TRY();
-	if (!ok || len != BYOK_KEY_LEN)
-	{
-		explicit_bzero(key, BYOK_KEY_LEN);
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("data key " INT64_FORMAT " of tenant \"%s\" failed to unwrap", dek_id, t.name),
-				 errdetail("The wrapped data key in byok.data_keys does not authenticate under the tenant key.")));
-	}
+	if (e != BYOK_ROW_OK)
+		ks_raise_row(e, dek_id, t.name);
 
 	ref->dek_id = dek_id;
 	ref->tenant_id = t.tenant_id;
@@ -740,7 +788,7 @@ ks_insert_dek(KsTenant *t, const char *scope, int32 version, const uint8 *tk, bo
 			  const char *detail)
 {
 	uint8		wrapped[BYOK_WRAPPED_LEN(BYOK_KEY_LEN)];
-	uint8		aad[16 + BYOK_MAX_SCOPE + 8];
+	uint8		aad[BYOK_ROW_AAD_MAX];
 	char		fp[BYOK_FINGERPRINT_LEN];
 	bytea	   *wb;
 	Oid			types[6] = {INT4OID, TEXTOID, INT4OID, INT4OID, BYTEAOID, TEXTOID};
@@ -1388,11 +1436,11 @@ byok_keystore_destroy(const char *tenant)
 		"     'dek_id', d.dek_id, 'scope', d.scope, 'version', d.version, 'fingerprint', d.fingerprint,"
 		"     'wrapped_key_sha256', pg_catalog.encode(pg_catalog.sha256(d.wrapped_key), 'hex')) ORDER BY d.dek_id), '[]')"
 		"   FROM byok.data_keys d WHERE d.tenant_id OPERATOR(pg_catalog.=) $1 AND d.wrapped_key IS NOT NULL),"
-		" 'destruction_ledger', NULLIF($4, ''),"
-		" 'what_remains', $5)::text,"
+		" 'destruction_ledger', CASE WHEN $4 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $4 END,"
+		" 'what_remains', $5)::pg_catalog.text,"
 		" (SELECT pg_catalog.string_agg(pg_catalog.encode(pg_catalog.sha256(k.wrapped_key), 'hex') OPERATOR(pg_catalog.||) ' '"
-		"     OPERATOR(pg_catalog.||) pg_catalog.date_part('epoch', pg_catalog.now())::bigint::text OPERATOR(pg_catalog.||) ' '"
-		"     OPERATOR(pg_catalog.||) (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())::text"
+		"     OPERATOR(pg_catalog.||) pg_catalog.date_part('epoch', pg_catalog.now())::pg_catalog.int8::pg_catalog.text OPERATOR(pg_catalog.||) ' '"
+		"     OPERATOR(pg_catalog.||) (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())::pg_catalog.text"
 		"     OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) $2 OPERATOR(pg_catalog.||) E'\\n', '')"
 		"   FROM byok.tenant_keys k WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.wrapped_key IS NOT NULL)"
 		" FROM byok.tenants t WHERE t.tenant_id OPERATOR(pg_catalog.=) $1 AND $6 IS NOT NULL",
@@ -1537,25 +1585,32 @@ byok_keystore_rotate_tenant_key(const char *tenant)
 
 			for (uint64 i = 0; i < n; i++)
 			{
-				bool		isnull;
-				int64		dek_id = DatumGetInt64(SPI_getbinval(deks->vals[i], deks->tupdesc, 1, &isnull));
-				char	   *scope = TextDatumGetCString(SPI_getbinval(deks->vals[i], deks->tupdesc, 2, &isnull));
-				int32		dver = DatumGetInt32(SPI_getbinval(deks->vals[i], deks->tupdesc, 3, &isnull));
-				bytea	   *w = DatumGetByteaPP(SPI_getbinval(deks->vals[i], deks->tupdesc, 4, &isnull));
-				uint8		aad[16 + BYOK_MAX_SCOPE + 8];
-				int			aad_len = ks_dek_aad(t.tenant_id, scope, dver, aad);
-				uint8		dek[BYOK_MAX_WRAPPED];
+				bool		n1, n2, n3, n4;
+				int64		dek_id = DatumGetInt64(SPI_getbinval(deks->vals[i], deks->tupdesc, 1, &n1));
+				Datum		sd = SPI_getbinval(deks->vals[i], deks->tupdesc, 2, &n2);
+				int32		dver = DatumGetInt32(SPI_getbinval(deks->vals[i], deks->tupdesc, 3, &n3));
+				Datum		wd = SPI_getbinval(deks->vals[i], deks->tupdesc, 4, &n4);
+				text	   *st = n2 ? NULL : DatumGetTextPP(sd);
+				bytea	   *w = n4 ? NULL : DatumGetByteaPP(wd);
+				const char *scope = st ? VARDATA_ANY(st) : NULL;
+				size_t		slen = st ? VARSIZE_ANY_EXHDR(st) : 0;
+				uint8		aad[BYOK_ROW_AAD_MAX];
+				size_t		aad_len;
+				uint8		dek[BYOK_KEY_LEN];
 				uint8		rew[BYOK_WRAPPED_LEN(BYOK_KEY_LEN)];
-				int			dlen = 0;
 				Oid			utypes[3] = {INT8OID, BYTEAOID, INT4OID};
 				Datum		uvalues[3];
+				ByokRowError e;
 
-				if (!byok_gcm_unwrap(old_tk, aad, aad_len, (uint8 *) VARDATA_ANY(w), VARSIZE_ANY_EXHDR(w),
-									 dek, &dlen) || dlen != BYOK_KEY_LEN)
-					ereport(ERROR,
-							(errcode(ERRCODE_DATA_CORRUPTED),
-							 errmsg("data key " INT64_FORMAT " of tenant \"%s\" failed to unwrap", dek_id, t.name)));
-				byok_gcm_wrap(new_tk, aad, aad_len, dek, BYOK_KEY_LEN, rew);
+				if (n1 || n3)
+					ks_raise_row(BYOK_ROW_BAD_VERSION, n1 ? 0 : dek_id, t.name);
+				e = byok_row_unwrap_dek(old_tk, t.tenant_id, scope, slen, dver,
+										w ? (uint8 *) VARDATA_ANY(w) : NULL, w ? VARSIZE_ANY_EXHDR(w) : 0, dek);
+				if (e == BYOK_ROW_OK)
+					e = byok_row_dek_aad(t.tenant_id, scope, slen, dver, aad, &aad_len);
+				if (e != BYOK_ROW_OK)
+					ks_raise_row(e, dek_id, t.name);
+				byok_gcm_wrap(new_tk, aad, (int) aad_len, dek, BYOK_KEY_LEN, rew);
 				explicit_bzero(dek, sizeof(dek));
 				uvalues[0] = Int64GetDatum(dek_id);
 				uvalues[1] = PointerGetDatum(ks_bytea(rew, sizeof(rew)));
@@ -1642,7 +1697,7 @@ byok_keystore_rewrap(const char *tenant, const char *provider, const char *key_r
 	values[2] = CStringGetTextDatum(key_ref);
 	values[3] = PointerGetDatum(ks_bytea(wrapped, wlen));
 	ks_exec_once("UPDATE byok.tenant_keys SET provider = $2, key_ref = $3, wrapped_key = $4 "
-				 "WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND version = "
+				 "WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) "
 				 "(SELECT tk_version FROM byok.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1)",
 				 4, types, values, NULL);
 	ks_exec_once("UPDATE byok.tenants SET provider = $2, key_ref = $3 WHERE tenant_id OPERATOR(pg_catalog.=) $1",
@@ -1730,8 +1785,16 @@ byok_keystore_rotate_for_limit(const char *tenant, const char *scope, int64 dek_
 	values[1] = CStringGetTextDatum(scope);
 	ks_exec_once("SELECT dek_id, version FROM byok.data_keys WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
 				 "AND scope OPERATOR(pg_catalog.=) $2 ORDER BY version DESC LIMIT 1", 2, types, values, NULL);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("byok catalog row is corrupt"),
+				 errdetail("Tenant \"%s\" has no data key row for scope \"%s\" any more.", tenant, scope)));
 	current = DatumGetInt64(ks_get(0, 1, &isnull));
-	version = DatumGetInt32(ks_get(0, 2, &isnull)) + 1;
+	version = DatumGetInt32(ks_get(0, 2, &isnull));
+	if (isnull || version <= 0 || version == PG_INT32_MAX)
+		ks_raise_row(BYOK_ROW_BAD_VERSION, current, tenant);
+	version++;
 	if (current == dek_id)
 	{
 		ks_attach(&t);

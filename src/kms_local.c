@@ -267,7 +267,7 @@ kl_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, 
 	aad_len = kl_aad(ctx, aad);
 	PG_TRY();
 	{
-		ok = byok_gcm_unwrap(cmk, aad, aad_len, wrapped + 1, wrapped_len - 1, out, out_len);
+		ok = byok_gcm_unwrap(cmk, aad, aad_len, wrapped + 1, wrapped_len - 1, out, BYOK_MAX_WRAPPED, out_len);
 	}
 	PG_FINALLY();
 	{

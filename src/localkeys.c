@@ -150,6 +150,7 @@ byok_local_dek_slow(int64 dek_id)
 			{
 				ts = byok_tenant_slot(ref.slot);
 				ref.tenant_id = ts->tenant_id;
+				byok_local_check_bound(ts->name);
 			}
 			else
 				byok_keystore_load_dek(dek_id, key, &ref);
@@ -348,6 +349,44 @@ lk_scope(int64 dek_id)
 }
 
 /*
+ * A session bound to a tenant (byok.tenant) learns nothing of the others:
+ * the DEK of another tenant looks like one this database does not have.
+ */
+static LkScope *
+lk_scope_visible(int64 dek_id)
+{
+	LkScope    *sc = lk_scope(dek_id);
+
+	if (sc != NULL && !byok_local_bound_to(sc->tenant))
+		return NULL;
+	return sc;
+}
+
+/*
+ * Whether this session may use the keys of 'tenant': it is not bound
+ * (byok.tenant empty), or bound to exactly that tenant.
+ */
+bool
+byok_local_bound_to(const char *tenant)
+{
+	return byok_tenant == NULL || byok_tenant[0] == '\0' || strcmp(tenant, byok_tenant) == 0;
+}
+
+/*
+ * Raise the binding error when this session is bound to another tenant
+ * than 'tenant' (before anything else about that tenant is looked at).
+ */
+void
+byok_local_check_bound(const char *tenant)
+{
+	if (!byok_local_bound_to(tenant))
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_TENANT_MISMATCH),
+				 errmsg("this session is bound to tenant \"%s\"", byok_tenant),
+				 errdetail("The value belongs to another tenant.")));
+}
+
+/*
  * Does this ciphertext need re-encrypting: sealed under a DEK that is no
  * longer its scope's current one, or under another algorithm than
  * byok.algorithm?  Raises the malformed error for a value that is not a
@@ -360,9 +399,9 @@ byok_local_needs_reencrypt(const uint8 *data, int len)
 	LkScope    *sc;
 
 	byok_envelope_parse(data, len, &hdr);
+	sc = lk_scope_visible(hdr.dek_id);
 	if (hdr.algorithm != byok_algorithm)
 		return true;
-	sc = lk_scope(hdr.dek_id);
 	return sc == NULL || sc->current != hdr.dek_id;
 }
 
@@ -382,7 +421,7 @@ byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
 	bytea	   *result;
 
 	byok_envelope_parse(data, len, &hdr);
-	sc = lk_scope(hdr.dek_id);
+	sc = lk_scope_visible(hdr.dek_id);
 	if (sc != NULL && hdr.algorithm == byok_algorithm && sc->current == hdr.dek_id)
 		return NULL;			/* already current: nothing to change */
 	if (sc == NULL)
@@ -425,6 +464,29 @@ byok_local_pre_commit(void)
 
 	if (lk_keys == NULL || lk_nkeys == 0)
 		return;
+
+	/*
+	 * The commit re-check: a transaction that used a tenant's keys does not
+	 * commit once that tenant is locked out (revoked, disabled, destroyed,
+	 * unreachable under fail_closed), even if it touched only other tenants
+	 * since.  Raising here aborts the transaction: nothing it sealed lands.
+	 */
+	hash_seq_init(&scan, lk_keys);
+	while ((lk = hash_seq_search(&scan)) != NULL)
+	{
+		ByokTenantSlot *ts = byok_tenant_slot(lk->slot);
+		ByokTenantState st = pg_atomic_read_u32(&ts->state);
+
+		if (ts->tenant_id == lk->tenant_id && st != BYOK_TENANT_ACTIVE)
+		{
+			char		name[NAMEDATALEN];
+
+			strlcpy(name, ts->name, sizeof(name));
+			hash_seq_term(&scan);
+			byok_raise_tenant_state(st, name);
+		}
+	}
+
 	hash_seq_init(&scan, lk_keys);
 	while ((lk = hash_seq_search(&scan)) != NULL)
 	{
@@ -471,7 +533,7 @@ byok_local_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len
 bool
 byok_local_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version)
 {
-	LkScope    *sc = lk_scope(dek_id);
+	LkScope    *sc = lk_scope_visible(dek_id);
 
 	if (sc == NULL)
 		return false;

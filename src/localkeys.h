@@ -40,6 +40,8 @@ extern ByokLocalKey *byok_local_rotate_for_limit(ByokLocalKey *lk, const char *t
 												 const char *scope, int scope_len);
 extern bool byok_local_needs_reencrypt(const uint8 *data, int len);
 extern bool byok_local_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version);
+extern bool byok_local_bound_to(const char *tenant);
+extern void byok_local_check_bound(const char *tenant);
 extern bytea *byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len);
 extern void byok_local_forget_current(void);
 

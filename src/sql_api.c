@@ -24,6 +24,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 
 #include "envelope.h"
 #include "keystore.h"
@@ -32,6 +33,7 @@
 PG_FUNCTION_INFO_V1(byok_encrypt);
 PG_FUNCTION_INFO_V1(byok_decrypt);
 PG_FUNCTION_INFO_V1(byok_decrypt_text);
+PG_FUNCTION_INFO_V1(byok_decrypt_as);
 PG_FUNCTION_INFO_V1(byok_ciphertext_info);
 PG_FUNCTION_INFO_V1(byok_create_tenant);
 PG_FUNCTION_INFO_V1(byok_rotate_data_key);
@@ -148,6 +150,82 @@ byok_decrypt_text(PG_FUNCTION_ARGS)
 				 errhint("Use byok_decrypt() for binary values.")));
 	}
 	PG_RETURN_TEXT_P((text *) plain);
+}
+
+/*
+ * byok_decrypt_as(ciphertext bytea, aad bytea, like anyelement) -> anyelement
+ *
+ * Decrypts a value of a protected column and reads it with the input
+ * function of like's type (the column's original type; the generated views
+ * pass NULL::type).  A plaintext that type refuses is an error with the
+ * input function's SQLSTATE whose text never shows the value: the input
+ * function's own message (e.g. invalid input syntax for type integer:
+ * "...") would put the plaintext into the client's error and the server
+ * log.  Cancellation and resource errors pass through unchanged.
+ */
+Datum
+byok_decrypt_as(PG_FUNCTION_ARGS)
+{
+	Oid			typ = get_fn_expr_argtype(fcinfo->flinfo, 2);
+	bytea	   *plain;
+	char	   *str;
+	int			len;
+	Oid			typinput;
+	Oid			typioparam;
+	Datum		result = (Datum) 0;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	if (!OidIsValid(typ))
+		elog(ERROR, "byok_decrypt_as: could not determine the result type");
+	plain = sa_decrypt(fcinfo);
+	len = VARSIZE(plain) - VARHDRSZ;
+	str = palloc(len + 1);
+	memcpy(str, VARDATA(plain), len);
+	str[len] = '\0';
+	explicit_bzero(VARDATA(plain), len);
+	pfree(plain);
+	if (!pg_verifymbstr(str, len, true) || strlen(str) != (size_t) len)
+	{
+		explicit_bzero(str, len);
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("decrypted value is not valid text in encoding \"%s\"",
+						GetDatabaseEncodingName())));
+	}
+	getTypeInputInfo(typ, &typinput, &typioparam);
+	PG_TRY();
+	{
+		result = OidInputFunctionCall(typinput, str, typioparam, -1);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *ed;
+		int			category;
+
+		MemoryContextSwitchTo(cxt);
+		explicit_bzero(str, len);
+		ed = CopyErrorData();
+		category = ERRCODE_TO_CATEGORY(ed->sqlerrcode);
+		if (category == ERRCODE_OPERATOR_INTERVENTION || category == ERRCODE_INSUFFICIENT_RESOURCES)
+			PG_RE_THROW();
+		FlushErrorState();
+		/* the refused message quotes the plaintext: wipe the copy */
+		if (ed->message)
+			explicit_bzero(ed->message, strlen(ed->message));
+		if (ed->detail)
+			explicit_bzero(ed->detail, strlen(ed->detail));
+		ereport(ERROR,
+				(errcode(ed->sqlerrcode),
+				 errmsg("a decrypted value is not a valid %s", format_type_be(typ)),
+				 errdetail("The input function of type %s refused the plaintext; byok does not show it.",
+						   format_type_be(typ))));
+	}
+	PG_END_TRY();
+	explicit_bzero(str, len);
+	pfree(str);
+	PG_RETURN_DATUM(result);
 }
 
 /*

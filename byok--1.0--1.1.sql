@@ -1,0 +1,508 @@
+/* byok--1.0--1.1.sql */
+
+\echo Use "ALTER EXTENSION byok UPDATE TO '1.1'" to load this file. \quit
+
+-- 1.1: byok's trust boundary.  Work on a user table runs as the table's
+-- owner in a restricted security context (byok.exec_as_owner); only
+-- ordinary tables are accepted where a table is expected; protected tables
+-- and columns cannot be renamed behind byok's back.
+
+-- Run one query on an ordinary table as its owner, with
+-- SECURITY_RESTRICTED_OPERATION and search_path = pg_catalog, pg_temp (see
+-- src/asowner.c).  Only byok's SECURITY DEFINER functions call it.
+CREATE FUNCTION byok.exec_as_owner(tbl regclass, query text) RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'byok_exec_as_owner'
+LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION byok.exec_as_owner(regclass, text) FROM PUBLIC;
+
+-- The ordinary table a registry row names, or an error: a view or any other
+-- relation at that name is never taken for the protected table.
+CREATE FUNCTION byok.registered_table(tschema name, tname name) RETURNS regclass
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rel regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', tschema, tname));
+BEGIN
+    IF rel IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) rel)
+                      OPERATOR(pg_catalog.<>) 'r' THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX001',
+            MESSAGE = pg_catalog.format('byok.protected_columns names %I.%I, which is not an ordinary table',
+                                        tschema, tname),
+            HINT = 'A protected table cannot be renamed or replaced; restore it under its name.';
+    END IF;
+    RETURN rel;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.registered_table(name, name) FROM PUBLIC;
+
+-- Refuse a DDL command that leaves byok.protected_columns naming something
+-- other than what was protected: a protected table renamed or moved to
+-- another schema (or its schema renamed), a protected or tenant column
+-- renamed.  Runs at the end of every ALTER; fast exit
+-- when nothing is protected.
+CREATE FUNCTION byok.on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    p record;
+    rel regclass;
+BEGIN
+    IF NOT EXISTS (SELECT FROM byok.protected_columns) THEN
+        RETURN;
+    END IF;
+    FOR p IN SELECT * FROM byok.protected_columns ORDER BY table_schema, table_name, column_name LOOP
+        rel := pg_catalog.to_regclass(pg_catalog.format('%I.%I', p.table_schema, p.table_name));
+        IF rel IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) rel)
+                          OPERATOR(pg_catalog.<>) 'r' THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = pg_catalog.format('table %I.%I has columns protected by byok and cannot be renamed or moved',
+                                            p.table_schema, p.table_name),
+                HINT = 'Unprotect its columns with byok_unprotect_column() first, or keep its name.';
+        END IF;
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                       WHERE a.attrelid OPERATOR(pg_catalog.=) rel AND a.attname OPERATOR(pg_catalog.=) p.column_name
+                         AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid OPERATOR(pg_catalog.=) rel AND a.attname OPERATOR(pg_catalog.=) p.tenant_column
+                            AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)
+           OR EXISTS (SELECT FROM pg_catalog.unnest(p.key_columns) AS k(k)
+                      WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                                        WHERE a.attrelid OPERATOR(pg_catalog.=) rel
+                                          AND a.attname OPERATOR(pg_catalog.=) k.k
+                                          AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)) THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = pg_catalog.format('column "%s", its tenant column "%s" or a key column of %I.%I is used by byok and cannot be renamed',
+                                            p.column_name, p.tenant_column, p.table_schema, p.table_name),
+                HINT = 'Unprotect the column with byok_unprotect_column() first.';
+        END IF;
+    END LOOP;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.on_ddl_end() FROM PUBLIC;
+CREATE EVENT TRIGGER byok_ddl_end ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'ALTER VIEW', 'ALTER INDEX', 'ALTER SEQUENCE',
+                 'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE')
+    EXECUTE FUNCTION byok.on_ddl_end();
+
+-- Drop a table's view (only byok's own: a view with byok's INSTEAD OF
+-- trigger), guard trigger and generated functions.
+CREATE OR REPLACE FUNCTION byok.drop_table_objects(tschema name, tname name) RETURNS aclitem[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    vs name;
+    vn name;
+    v regclass;
+    acl aclitem[];
+BEGIN
+    SELECT p.view_schema, p.view_name INTO vs, vn FROM byok.protected_columns p
+    WHERE p.table_schema OPERATOR(pg_catalog.=) tschema AND p.table_name OPERATOR(pg_catalog.=) tname LIMIT 1;
+    IF vs IS NOT NULL THEN
+        v := pg_catalog.to_regclass(pg_catalog.format('%I.%I', vs, vn));
+        IF v IS NOT NULL AND (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) v) OPERATOR(pg_catalog.=) 'v'
+           AND EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                       WHERE g.tgrelid OPERATOR(pg_catalog.=) v AND g.tgname OPERATOR(pg_catalog.=) 'byok_dml'
+                         AND g.tgfoid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure(
+                             pg_catalog.format('byok.%I()', byok.object_name('dml', tschema, tname)))) THEN
+            SELECT c.relacl INTO acl FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) v;
+            EXECUTE pg_catalog.format('DROP VIEW %I.%I', vs, vn);
+        END IF;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_trigger g
+               WHERE g.tgrelid OPERATOR(pg_catalog.=) byok.registered_table(tschema, tname)
+                 AND g.tgname OPERATOR(pg_catalog.=) 'zzz_byok_guard') THEN
+        EXECUTE pg_catalog.format('DROP TRIGGER zzz_byok_guard ON %I.%I', tschema, tname);
+    END IF;
+    PERFORM byok.drop_function(byok.object_name('guard', tschema, tname));
+    PERFORM byok.drop_function(byok.object_name('dml', tschema, tname));
+    RETURN acl;
+END $$;
+
+-- Protect a column in one transaction.  The rewrite and the counts run as
+-- the table's owner (byok.exec_as_owner): its triggers, domains and casts
+-- never run with byok's rights.
+CREATE OR REPLACE FUNCTION byok_protect_column(tbl regclass, col name, tenant_col name,
+                                               scope text DEFAULT NULL, view_name name DEFAULT NULL,
+                                               bind_row boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
+SET intervalstyle = 'postgres'
+SET extra_float_digits = 1
+AS $fn$
+DECLARE
+    r byok.protected_columns;
+    acl aclitem[];
+    counts bigint[];
+BEGIN
+    r := byok.plan_protection(tbl, col, tenant_col, scope, view_name, bind_row);
+    counts := byok.exec_as_owner(tbl, pg_catalog.format(
+        'SELECT pg_catalog.count(*) FILTER (WHERE %1$I IS NOT NULL), '
+        'pg_catalog.count(*) FILTER (WHERE %1$I IS NOT NULL AND %2$I IS NULL) FROM %3$I.%4$I',
+        r.column_name, r.tenant_column, r.table_schema, r.table_name));
+    IF counts[2] OPERATOR(pg_catalog.>) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '23502',
+            MESSAGE = pg_catalog.format('%s row(s) of %s have a value in column "%s" but no tenant', counts[2], tbl, col);
+    END IF;
+    acl := byok.drop_table_objects(r.table_schema, r.table_name);
+    IF r.original_default IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I DROP DEFAULT', r.table_schema, r.table_name, col);
+    END IF;
+    PERFORM byok.exec_as_owner(tbl, pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I TYPE pg_catalog.bytea USING %s',
+                                                      r.table_schema, r.table_name, col, byok.enc_sql(r, '')));
+    INSERT INTO byok.protected_columns SELECT r.*;
+    PERFORM byok.create_table_objects(r.table_schema, r.table_name, acl);
+    RAISE NOTICE 'byok: % value(s) of column "%" of % encrypted', counts[1], col, tbl;
+END $fn$;
+
+CREATE OR REPLACE FUNCTION byok.online_plan(tbl regclass, col name, batch_size integer,
+                                            OUT pages bigint, OUT pages_per_batch bigint, OUT total bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    counts bigint[];
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    pages := pg_catalog.pg_relation_size(tbl) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::pg_catalog.int8;
+    counts := byok.exec_as_owner(tbl, pg_catalog.format(
+        'SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE %I IS NOT NULL AND %I IS NULL) FROM %s',
+        col, byok.shadow_name(col), tbl));
+    total := counts[2];
+    pages_per_batch := GREATEST(1, batch_size::pg_catalog.int8 OPERATOR(pg_catalog.*) GREATEST(pages, 1)
+                                   OPERATOR(pg_catalog./) GREATEST(counts[1], 1));
+END $fn$;
+
+-- One batch of the online conversion, as the table's owner: the sync
+-- trigger (and the owner's own triggers) fire with the owner's rights.
+CREATE OR REPLACE FUNCTION byok.online_batch(tbl regclass, col name, first_page bigint, pages bigint)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    sh name := byok.shadow_name(col);
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
+        'UPDATE %s SET %I = NULL WHERE ctid OPERATOR(pg_catalog.>=) %L::pg_catalog.tid '
+        'AND ctid OPERATOR(pg_catalog.<) %L::pg_catalog.tid AND %I IS NOT NULL AND %I IS NULL',
+        tbl, sh, pg_catalog.format('(%s,0)', first_page), pg_catalog.format('(%s,0)', first_page OPERATOR(pg_catalog.+) pages),
+        col, sh)))[1];
+END $fn$;
+
+CREATE OR REPLACE FUNCTION byok.online_validate(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    PERFORM byok.exec_as_owner(tbl, pg_catalog.format('ALTER TABLE %s VALIDATE CONSTRAINT byok_converting', tbl));
+EXCEPTION WHEN check_violation THEN
+    RAISE EXCEPTION USING ERRCODE = '55000',
+        MESSAGE = pg_catalog.format('some values of column "%s" of %s are not encrypted yet', col, tbl),
+        HINT = 'Call byok_protect_column_online again: it resumes.';
+END $fn$;
+
+-- The last step of the online conversion; the registry row is out of the
+-- way while the plaintext column is dropped and the shadow column renamed
+-- (byok.on_ddl_end refuses renames of registered columns).
+CREATE OR REPLACE FUNCTION byok.online_finish(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r byok.protected_columns;
+    acl aclitem[];
+    sh name := byok.shadow_name(col);
+    col_not_null boolean;
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+    SELECT p.* INTO r FROM byok.protected_columns p, pg_catalog.pg_class c, pg_catalog.pg_namespace n
+    WHERE c.oid OPERATOR(pg_catalog.=) tbl AND n.oid OPERATOR(pg_catalog.=) c.relnamespace
+      AND p.state OPERATOR(pg_catalog.=) 'converting'
+      AND p.table_schema OPERATOR(pg_catalog.=) n.nspname AND p.table_name OPERATOR(pg_catalog.=) c.relname
+      AND p.column_name OPERATOR(pg_catalog.=) col
+    FOR UPDATE OF p;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = pg_catalog.format('column "%s" of %s is not being converted', col, tbl);
+    END IF;
+    acl := byok.drop_table_objects(r.table_schema, r.table_name);
+    EXECUTE pg_catalog.format('DROP TRIGGER zzz_byok_sync ON %s', tbl);
+    EXECUTE pg_catalog.format('DROP FUNCTION byok.%I()', byok.object_name('sync', r.table_schema, r.table_name));
+    SELECT a.attnotnull INTO col_not_null FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) col;
+    DELETE FROM byok.protected_columns p
+    WHERE p.table_schema OPERATOR(pg_catalog.=) r.table_schema AND p.table_name OPERATOR(pg_catalog.=) r.table_name
+      AND p.column_name OPERATOR(pg_catalog.=) col;
+    IF col_not_null THEN     -- proved by the validated check: no scan
+        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, sh);
+    END IF;
+    EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT byok_converting', tbl);
+    EXECUTE pg_catalog.format('ALTER TABLE %s DROP COLUMN %I', tbl, col);
+    EXECUTE pg_catalog.format('ALTER TABLE %s RENAME COLUMN %I TO %I', tbl, sh, col);
+    r.state := 'protected';
+    r.protected_at := pg_catalog.now();
+    INSERT INTO byok.protected_columns SELECT r.*;
+    PERFORM byok.create_table_objects(r.table_schema, r.table_name, acl);
+END $fn$;
+
+-- Reverse byok_protect_column; the rewrite runs as the table's owner.
+CREATE OR REPLACE FUNCTION byok_unprotect_column(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
+SET intervalstyle = 'postgres'
+SET extra_float_digits = 1
+AS $fn$
+DECLARE
+    r byok.protected_columns;
+    s name;
+    t name;
+    acl aclitem[];
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    SELECT n.nspname, c.relname INTO s, t FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+    WHERE c.oid OPERATOR(pg_catalog.=) tbl AND c.relkind OPERATOR(pg_catalog.=) 'r';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42809',
+            MESSAGE = pg_catalog.format('"%s" is not an ordinary table', tbl);
+    END IF;
+    EXECUTE pg_catalog.format('LOCK TABLE %I.%I IN ACCESS EXCLUSIVE MODE', s, t);
+    SELECT p.* INTO r FROM byok.protected_columns p
+    WHERE p.table_schema OPERATOR(pg_catalog.=) s AND p.table_name OPERATOR(pg_catalog.=) t
+      AND p.column_name OPERATOR(pg_catalog.=) col FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = pg_catalog.format('column "%s" of %s is not protected by byok', col, tbl);
+    END IF;
+    IF r.state OPERATOR(pg_catalog.=) 'converting' THEN
+        EXECUTE pg_catalog.format('DROP TRIGGER zzz_byok_sync ON %I.%I', s, t);
+        PERFORM byok.drop_function(byok.object_name('sync', s, t));
+        EXECUTE pg_catalog.format('ALTER TABLE %I.%I DROP CONSTRAINT byok_converting', s, t);
+        DELETE FROM byok.protected_columns p
+        WHERE p.table_schema OPERATOR(pg_catalog.=) s AND p.table_name OPERATOR(pg_catalog.=) t
+          AND p.column_name OPERATOR(pg_catalog.=) col;
+        EXECUTE pg_catalog.format('ALTER TABLE %I.%I DROP COLUMN %I', s, t, byok.shadow_name(col));
+        RAISE NOTICE 'byok: conversion of column "%" of % cancelled', col, tbl;
+        RETURN;
+    END IF;
+    acl := byok.drop_table_objects(s, t);
+    PERFORM byok.exec_as_owner(tbl, pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I TYPE %s USING %s',
+                                                      s, t, col, r.original_type, byok.dec_sql(r, '')));
+    IF r.original_default IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I SET DEFAULT %s', s, t, col, r.original_default);
+    END IF;
+    DELETE FROM byok.protected_columns p
+    WHERE p.table_schema OPERATOR(pg_catalog.=) s AND p.table_name OPERATOR(pg_catalog.=) t
+      AND p.column_name OPERATOR(pg_catalog.=) col;
+    PERFORM byok.create_table_objects(s, t, acl);
+END $fn$;
+
+-- Re-encryption: every step that reads or writes the table runs as its
+-- owner; a view or any other relation is refused.
+CREATE OR REPLACE FUNCTION byok.reencrypt_begin(tbl regclass, col name, OUT aad_sql text, OUT total bigint,
+                                                OUT pages bigint, OUT step bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sch name;
+    rel name;
+    r byok.protected_columns;
+    tuples float8;
+BEGIN
+    SELECT n.nspname, c.relname, c.reltuples, c.relpages INTO sch, rel, tuples, pages
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+    WHERE c.oid OPERATOR(pg_catalog.=) tbl AND c.relkind OPERATOR(pg_catalog.=) 'r';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '"%" is not an ordinary table', tbl USING ERRCODE = '42809',
+            DETAIL = 'byok re-encrypts columns of ordinary tables only.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) tbl
+                   AND a.attname OPERATOR(pg_catalog.=) col AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = '42703';
+    END IF;
+    PERFORM byok.check_table_owner(tbl);
+    SELECT * INTO r FROM byok.protected_columns p
+    WHERE p.table_schema OPERATOR(pg_catalog.=) sch AND p.table_name OPERATOR(pg_catalog.=) rel
+      AND p.column_name OPERATOR(pg_catalog.=) col;
+    aad_sql := CASE WHEN r.bind_row THEN byok.aad_sql(r.key_columns, '') ELSE 'NULL::pg_catalog.bytea' END;
+    total := (byok.exec_as_owner(tbl, pg_catalog.format(
+        'SELECT pg_catalog.count(*) FROM %I.%I WHERE %I IS NOT NULL AND @extschema@.byok_needs_reencrypt(%I)',
+        sch, rel, col, col)))[1];
+    pages := GREATEST(pg_catalog.pg_relation_size(tbl) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::pg_catalog.int8, 1);
+    step := GREATEST(1, pg_catalog.floor(1000.0 OPERATOR(pg_catalog./)
+                        GREATEST(tuples OPERATOR(pg_catalog./) GREATEST(pages, 1), 1))::pg_catalog.int8);
+    INSERT INTO byok.reencrypt_runs VALUES (tbl::pg_catalog.text, col, pg_catalog.clock_timestamp(),
+                                            pg_catalog.clock_timestamp(), NULL, total, 0)
+    ON CONFLICT (table_name, column_name) DO UPDATE
+        SET started_at = EXCLUDED.started_at, updated_at = EXCLUDED.updated_at, finished_at = NULL,
+            total = EXCLUDED.total, done = 0;
+END $$;
+
+-- One batch of byok_reencrypt: pages [first_page, first_page + pages).
+CREATE FUNCTION byok.reencrypt_batch(tbl regclass, col name, first_page bigint, pages bigint) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r byok.protected_columns;
+    aad text;
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    SELECT p.* INTO r FROM byok.protected_columns p, pg_catalog.pg_class c, pg_catalog.pg_namespace n
+    WHERE c.oid OPERATOR(pg_catalog.=) tbl AND n.oid OPERATOR(pg_catalog.=) c.relnamespace
+      AND p.table_schema OPERATOR(pg_catalog.=) n.nspname AND p.table_name OPERATOR(pg_catalog.=) c.relname
+      AND p.column_name OPERATOR(pg_catalog.=) col;
+    aad := CASE WHEN r.bind_row THEN byok.aad_sql(r.key_columns, '') ELSE 'NULL::pg_catalog.bytea' END;
+    RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
+        'UPDATE %s SET %I = @extschema@.byok_reencrypt_value(%I, %s) '
+        'WHERE ctid OPERATOR(pg_catalog.>=) %L::pg_catalog.tid AND ctid OPERATOR(pg_catalog.<) %L::pg_catalog.tid '
+        'AND %I IS NOT NULL AND @extschema@.byok_needs_reencrypt(%I)',
+        tbl, col, col, aad, pg_catalog.format('(%s,0)', first_page),
+        pg_catalog.format('(%s,0)', first_page OPERATOR(pg_catalog.+) pages), col, col)))[1];
+END $$;
+REVOKE ALL ON FUNCTION byok.reencrypt_batch(regclass, name, bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION byok.reencrypt_batch(regclass, name, bigint, bigint) TO byok_admin;
+
+CREATE OR REPLACE PROCEDURE byok_reencrypt(tbl regclass, col name, batch_size integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    plan record;
+    p bigint := 0;
+    n bigint;
+    done bigint := 0;
+    step bigint;
+BEGIN
+    IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO plan FROM byok.reencrypt_begin(tbl, col);
+    step := GREATEST(1, (plan.step OPERATOR(pg_catalog.*) batch_size) OPERATOR(pg_catalog./) 1000);
+    COMMIT;
+    WHILE p OPERATOR(pg_catalog.<) plan.pages LOOP
+        n := byok.reencrypt_batch(tbl, col, p, step);
+        done := done OPERATOR(pg_catalog.+) n;
+        p := p OPERATOR(pg_catalog.+) step;
+        PERFORM byok.reencrypt_note(tbl, col, done, false);
+        RAISE NOTICE 'byok_reencrypt %.%: % of % values re-encrypted', tbl, col, done, plan.total;
+        COMMIT;
+    END LOOP;
+    PERFORM byok.reencrypt_note(tbl, col, done, true);
+    COMMIT;
+END $$;
+
+-- Versions below below_version stop decrypting; their wrapped keys are
+-- destroyed.  The count of values still sealed under them runs as each
+-- table's owner, on the ordinary table the registry names (never a view).
+CREATE OR REPLACE FUNCTION byok_retire_data_key(tenant text, scope text, below_version integer, force boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tid integer;
+    cur integer;
+    ids bigint[];
+    r byok.protected_columns;
+    n bigint;
+BEGIN
+    SELECT t.tenant_id INTO tid FROM byok.tenants t
+    WHERE t.name OPERATOR(pg_catalog.=) byok_retire_data_key.tenant FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', byok_retire_data_key.tenant USING ERRCODE = 'YK001';
+    END IF;
+    SELECT pg_catalog.max(d.version) INTO cur FROM byok.data_keys d
+    WHERE d.tenant_id OPERATOR(pg_catalog.=) tid AND d.scope OPERATOR(pg_catalog.=) byok_retire_data_key.scope;
+    IF cur IS NULL THEN
+        RAISE EXCEPTION 'tenant "%" has no data key for scope "%"', byok_retire_data_key.tenant, byok_retire_data_key.scope
+            USING ERRCODE = '22023';
+    END IF;
+    IF below_version OPERATOR(pg_catalog.>) cur THEN
+        RAISE EXCEPTION 'cannot retire the current data key version % of scope "%"', cur, byok_retire_data_key.scope
+            USING ERRCODE = '22023', HINT = 'Rotate it first with byok_rotate_data_key().';
+    END IF;
+    SELECT pg_catalog.array_agg(d.dek_id ORDER BY d.dek_id) INTO ids FROM byok.data_keys d
+    WHERE d.tenant_id OPERATOR(pg_catalog.=) tid AND d.scope OPERATOR(pg_catalog.=) byok_retire_data_key.scope
+      AND d.version OPERATOR(pg_catalog.<) below_version AND d.wrapped_key IS NOT NULL;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF NOT force THEN
+        FOR r IN SELECT * FROM byok.protected_columns p WHERE p.scope OPERATOR(pg_catalog.=) byok_retire_data_key.scope LOOP
+            n := (byok.exec_as_owner(byok.registered_table(r.table_schema, r.table_name), pg_catalog.format(
+                     'SELECT pg_catalog.count(*) FROM %I.%I WHERE %I IS NOT NULL '
+                     'AND (''x'' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr(%I, 3, 8), ''hex''))'
+                     '::pg_catalog.bit(64)::pg_catalog.int8 OPERATOR(pg_catalog.=) ANY (%L::pg_catalog.int8[])',
+                     r.table_schema, r.table_name, r.column_name, r.column_name, ids)))[1];
+            IF n OPERATOR(pg_catalog.>) 0 THEN
+                RAISE EXCEPTION 'cannot retire data key versions below % of scope "%"', below_version, byok_retire_data_key.scope
+                    USING ERRCODE = '55000',
+                          DETAIL = pg_catalog.format('%s.%s.%s still holds %s values sealed under them.',
+                                                     r.table_schema, r.table_name, r.column_name, n),
+                          HINT = pg_catalog.format('Run CALL byok_reencrypt(%L, %L) first, or pass force => true.',
+                                                   pg_catalog.format('%I.%I', r.table_schema, r.table_name), r.column_name);
+            END IF;
+        END LOOP;
+    END IF;
+    INSERT INTO byok.key_events (tenant_id, tenant, event, key_kind, key_version, scope, fingerprint, detail, actor)
+    SELECT tid, byok_retire_data_key.tenant, 'data_key_retired', 'dek', d.version, d.scope, d.fingerprint,
+           CASE WHEN force THEN 'wrapped key destroyed (forced)' ELSE 'wrapped key destroyed' END, SESSION_USER
+    FROM byok.data_keys d WHERE d.dek_id OPERATOR(pg_catalog.=) ANY (ids) ORDER BY d.version;
+    UPDATE byok.data_keys d SET wrapped_key = NULL WHERE d.dek_id OPERATOR(pg_catalog.=) ANY (ids);
+    RETURN pg_catalog.cardinality(ids);
+END $$;
+
+-- Decrypt a protected value into its column's type.  A plaintext the type
+-- refuses is an error that never shows the value (src/sql_api.c).
+CREATE FUNCTION byok_decrypt_as(ciphertext bytea, aad bytea, "like" anyelement)
+RETURNS anyelement
+AS 'MODULE_PATHNAME', 'byok_decrypt_as'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+-- SQL text decrypting column r.column_name of a row back to its original
+-- type: bytea as is, every other type through byok_decrypt_as (the cast
+-- afterwards applies the column's typmod and domain).
+CREATE OR REPLACE FUNCTION byok.dec_sql(r byok.protected_columns, rowref text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN byok.is_bytea_type(r.original_type)
+        THEN pg_catalog.format('@extschema@.byok_decrypt(%s%I, %s)::%s',
+                               rowref, r.column_name, byok.aad_sql(r.key_columns, rowref), r.original_type)
+        ELSE pg_catalog.format('@extschema@.byok_decrypt_as(%s%I, %s, NULL::%s)::%s',
+                               rowref, r.column_name, byok.aad_sql(r.key_columns, rowref), r.original_type,
+                               r.original_type)
+    END
+$$;
+
+-- Rebuild the guard, view and generated functions of every protected
+-- table with this version's code (they are not members of the extension).
+CREATE FUNCTION byok.rebuild_table_objects(in_update boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t record;
+    acl aclitem[];
+    fn name;
+    v regclass;
+BEGIN
+    FOR t IN SELECT DISTINCT p.table_schema, p.table_name, p.view_schema, p.view_name
+             FROM byok.protected_columns p WHERE p.state OPERATOR(pg_catalog.=) 'protected'
+             ORDER BY 1, 2 LOOP
+        acl := byok.drop_table_objects(t.table_schema, t.table_name);
+        PERFORM byok.create_table_objects(t.table_schema, t.table_name, acl);
+        -- made inside ALTER EXTENSION: not members of it, as when made by byok_protect_column
+        IF in_update THEN
+            FOREACH fn IN ARRAY ARRAY[byok.object_name('guard', t.table_schema, t.table_name),
+                                      byok.object_name('dml', t.table_schema, t.table_name)] LOOP
+                EXECUTE pg_catalog.format('ALTER EXTENSION byok DROP FUNCTION byok.%I()', fn);
+            END LOOP;
+            v := pg_catalog.format('%I.%I', t.view_schema, t.view_name)::pg_catalog.regclass;
+            EXECUTE pg_catalog.format('ALTER EXTENSION byok DROP VIEW %s', v);
+        END IF;
+    END LOOP;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.rebuild_table_objects(boolean) FROM PUBLIC;
+SELECT byok.rebuild_table_objects(true);
