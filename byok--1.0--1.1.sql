@@ -146,6 +146,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '23502',
             MESSAGE = pg_catalog.format('%s row(s) of %s have a value in column "%s" but no tenant', counts[2], tbl, col);
     END IF;
+    -- the column's scope is declared before the rewrite seals under it
+    IF r.scope OPERATOR(pg_catalog.<>) 'default' THEN
+        INSERT INTO byok.scopes (scope, declared_by) VALUES (r.scope, r.protected_by) ON CONFLICT DO NOTHING;
+    END IF;
     acl := byok.drop_table_objects(r.table_schema, r.table_name);
     IF r.original_default IS NOT NULL THEN
         EXECUTE pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I DROP DEFAULT', r.table_schema, r.table_name, col);
@@ -452,6 +456,60 @@ BEGIN
     UPDATE byok.data_keys d SET wrapped_key = NULL WHERE d.dek_id OPERATOR(pg_catalog.=) ANY (ids);
     RETURN pg_catalog.cardinality(ids);
 END $$;
+
+-- Declared scopes: byok makes data keys only for these (and 'default'),
+-- so no caller of byok_encrypt can make it write a catalog row for every
+-- string it invents.  byok_protect_column declares its column's scope, an
+-- administrator declares others; the scopes already in use are declared.
+CREATE TABLE byok.scopes (
+    scope       text PRIMARY KEY
+                CHECK (pg_catalog.octet_length(scope) OPERATOR(pg_catalog.<=) 255
+                       AND pg_catalog.octet_length(scope) OPERATOR(pg_catalog.>=) 1
+                       AND scope OPERATOR(pg_catalog.!~) '[[:cntrl:]]'),
+    declared_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    declared_by name NOT NULL
+);
+COMMENT ON TABLE byok.scopes IS 'byok: the scopes data keys may be made for (''default'' always may)';
+REVOKE ALL ON byok.scopes FROM PUBLIC;
+GRANT SELECT ON byok.scopes TO byok_auditor;
+SELECT pg_catalog.pg_extension_config_dump('byok.scopes', '');
+INSERT INTO byok.scopes (scope, declared_by)
+SELECT s.scope, SESSION_USER FROM (SELECT d.scope FROM byok.data_keys d
+                                   UNION SELECT p.scope FROM byok.protected_columns p) AS s
+WHERE s.scope OPERATOR(pg_catalog.<>) 'default';
+
+CREATE FUNCTION byok_declare_scope(scope text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF scope IS NULL OR pg_catalog.octet_length(scope) OPERATOR(pg_catalog.<) 1
+       OR pg_catalog.octet_length(scope) OPERATOR(pg_catalog.>) 255 OR scope OPERATOR(pg_catalog.~) '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'invalid scope' USING ERRCODE = '22023',
+            DETAIL = 'A scope is 1 to 255 bytes without control characters.';
+    END IF;
+    IF scope OPERATOR(pg_catalog.=) 'default' THEN
+        RETURN;
+    END IF;
+    INSERT INTO byok.scopes (scope, declared_by) VALUES (byok_declare_scope.scope, byok.caller_role())
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        INSERT INTO byok.key_events (event, scope, actor) VALUES ('scope_declared', byok_declare_scope.scope, byok.caller_role());
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION byok_declare_scope(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION byok_declare_scope(text) TO byok_admin;
+
+-- a protected column's scope is declared with it
+CREATE FUNCTION byok.declare_column_scope() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.scope OPERATOR(pg_catalog.<>) 'default' THEN
+        INSERT INTO byok.scopes (scope, declared_by) VALUES (NEW.scope, NEW.protected_by) ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NEW;
+END $$;
+REVOKE ALL ON FUNCTION byok.declare_column_scope() FROM PUBLIC;
+CREATE TRIGGER declare_scope AFTER INSERT ON byok.protected_columns
+    FOR EACH ROW EXECUTE FUNCTION byok.declare_column_scope();
 
 -- Decrypt a protected value into its column's type.  A plaintext the type
 -- refuses is an error that never shows the value (src/sql_api.c).

@@ -211,6 +211,26 @@ SELECT try($$SELECT sh('f=$(ls ../../log/postmaster.log ../log/postmaster.log 2>
                         'test -n "$f" && grep -q "a decrypted value is not a valid integer" "$f" && ! grep -q TOPSECRET "$f"')$$)
     AS log_has_errors_not_plaintext;
 
+-- 12. no unbounded writes by application roles: a scope must be declared
+--     before byok makes a data key for it; 300 invented scopes write nothing
+CREATE ROLE sec_app;
+SELECT count(*) AS deks_before FROM byok.data_keys \gset
+SET ROLE sec_app;
+SELECT count(*) AS refused, min(r) = max(r) AS all_alike, min(r) AS error
+FROM (SELECT regexp_replace(try(format($$SELECT byok_encrypt('sec1', 'x', 'junk-%s')$$, i)), 'junk-[0-9]+', 'junk-N') AS r
+      FROM generate_series(1, 300) i) AS x;
+SELECT try($$SELECT byok_declare_scope('mine')$$);
+RESET ROLE;
+SELECT count(*) - :deks_before AS deks_written, (SELECT count(*) FROM byok.scopes WHERE scope LIKE 'junk-%') AS scopes_written
+FROM byok.data_keys;
+SELECT byok_declare_scope('declared-for-app');
+SET ROLE sec_app;
+SELECT byok_decrypt_text(byok_encrypt('sec1', 'now allowed', 'declared-for-app'));
+RESET ROLE;
+SELECT event, scope FROM byok.key_events WHERE event = 'scope_declared' AND scope = 'declared-for-app';
+SELECT try($$SELECT byok_declare_scope(repeat('s', 256))$$);
+DROP ROLE sec_app;
+
 -- 11. DROP EXTENSION is refused while tenants hold keys
 SELECT try($$DROP EXTENSION byok$$) ~ '^2BP01: cannot drop extension byok because other objects depend on it' AS needs_cascade;
 SELECT try($$DROP EXTENSION byok CASCADE$$);

@@ -59,6 +59,11 @@ FROM byok.tenants t ORDER BY t.tenant_id;
 SELECT tenant, event, key_kind, key_version, scope, fingerprint ~ '^[0-9a-f]{16}$' AS fp_ok
 FROM byok.key_events ORDER BY event_id;
 
+-- the scopes the suites seal values under (byok makes data keys only for
+-- declared scopes; 'default' always is)
+SELECT count(*) AS declared FROM (SELECT byok_declare_scope(s) FROM unnest(ARRAY['big', 'public.users.email', 'rolled-back-scope', 'sub-scope',
+    'fresh-scope', 's0', 's1', 's2', 's3', 's4', 'shred.data', 'new-scope', 'info-scope', 'limit.scope', 'sp-scope',
+    'plain.scope', 'never-used-scope']) AS s) AS d;
 -- duplicate tenant, bad names, unknown provider
 SELECT try($$SELECT byok_create_tenant('acme', 'local', 'acme-cmk')$$);
 SELECT try($$SELECT byok_create_tenant('', 'local', 'acme-cmk')$$);

@@ -38,6 +38,7 @@
 #define ERRCODE_BYOK_AUTH_FAILED			MAKE_SQLSTATE('Y','K','0','1','1')
 #define ERRCODE_BYOK_TENANT_MISMATCH		MAKE_SQLSTATE('Y','K','0','1','2')
 #define ERRCODE_BYOK_NOT_LOADED				MAKE_SQLSTATE('Y','K','0','1','3')
+#define ERRCODE_BYOK_UNDECLARED_SCOPE		MAKE_SQLSTATE('Y','K','0','1','4')
 
 /*
  * A tenant's state as the shared-memory tenant slot records it.  Only

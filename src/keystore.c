@@ -49,6 +49,7 @@
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
@@ -110,6 +111,7 @@ static SPIPlanPtr plan_tenant_lock = NULL;
 static SPIPlanPtr plan_tenant_rekey = NULL;
 static SPIPlanPtr plan_tenant_share = NULL;
 static SPIPlanPtr plan_event = NULL;
+static SPIPlanPtr plan_scope = NULL;
 
 /* ---- catalog access ---- */
 
@@ -835,6 +837,41 @@ ks_insert_dek(KsTenant *t, const char *scope, int32 version, const uint8 *tk, bo
 }
 
 /*
+ * Whether 'scope' is declared in byok.scopes (inside ks_enter).  A
+ * database still on the 1.0 catalog has no such table: every scope is.
+ */
+static bool
+ks_scope_declared(const char *scope)
+{
+	Oid			nsp = get_namespace_oid("byok", true);
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(scope)};
+
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("scopes", nsp)))
+		return true;
+	ks_exec(&plan_scope,
+			"SELECT 1 FROM byok.scopes WHERE scope OPERATOR(pg_catalog.=) $1",
+			1, types, values, NULL, false);
+	return SPI_processed > 0;
+}
+
+/* Declare 'scope' (an administrator rotating a new scope's key declares it). */
+static void
+ks_declare_scope(const char *scope)
+{
+	Oid			nsp = get_namespace_oid("byok", true);
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	if (strcmp(scope, "default") == 0 || !OidIsValid(nsp) || !OidIsValid(get_relname_relid("scopes", nsp)))
+		return;
+	values[0] = CStringGetTextDatum(scope);
+	values[1] = CStringGetTextDatum(GetUserNameFromId(ks_caller, false));
+	ks_exec_once("INSERT INTO byok.scopes (scope, declared_by) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+				 2, types, values, NULL);
+}
+
+/*
  * The DEK id that new encryptions for (tenant, scope) use: the scope's
  * highest version, or a version 1 made now if the scope is new.  Raises
  * ERRCODE_BYOK_UNKNOWN_TENANT for an unknown tenant and the tenant's state
@@ -887,7 +924,19 @@ byok_keystore_current_dek(const char *tenant, const char *scope)
 			"SELECT 1 FROM byok.tenants WHERE name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
 			1, types, values, NULL, false);
 	ks_find_tenant(tenant, KS_LOCK_NONE, &t);
-	ks_attach(&t);
+	ks_attach(&t);				/* a locked-out tenant says so first */
+	/*
+	 * A new scope for this tenant: only a declared one (byok.scopes, made by
+	 * byok_declare_scope or byok_protect_column; 'default' always is), so
+	 * no caller of byok_encrypt can make byok write a catalog row for every
+	 * string it invents.
+	 */
+	if (strcmp(scope, "default") != 0 && !ks_scope_declared(scope))
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_UNDECLARED_SCOPE),
+				 errmsg("scope \"%s\" is not declared", scope),
+				 errdetail("byok makes data keys only for declared scopes."),
+				 errhint("An administrator declares it with byok_declare_scope(); byok_protect_column declares its own.")));
 	PG_TRY();
 	{
 		ks_tenant_key(&t, tk);
@@ -1033,6 +1082,7 @@ byok_keystore_rotate_data_key(const char *tenant, const char *scope)
 	ks_enter(&acc);
 	ks_find_tenant(tenant, KS_LOCK_CHANGE, &t);
 	ks_attach(&t);
+	ks_declare_scope(scope);
 	values[0] = Int32GetDatum(t.tenant_id);
 	values[1] = CStringGetTextDatum(scope);
 	ks_exec_once("SELECT COALESCE(pg_catalog.max(version), 0) OPERATOR(pg_catalog.+) 1 FROM byok.data_keys "

@@ -43,6 +43,8 @@ SQL
 say "the application writes rows; only ciphertext is stored"
 psql_demo <<'SQL'
 CREATE TABLE customers (id serial PRIMARY KEY, tenant text NOT NULL, email bytea NOT NULL);
+-- an administrator declares the scope once; byok makes data keys only for declared scopes
+SELECT byok_declare_scope('public.customers.email');
 INSERT INTO customers (tenant, email) VALUES
   ('acme',   byok_encrypt('acme',   'alice@acme.example',   'public.customers.email')),
   ('acme',   byok_encrypt('acme',   'bob@acme.example',     'public.customers.email')),

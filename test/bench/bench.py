@@ -271,7 +271,8 @@ sql("DROP TABLE big1")
 log("== 3 pgbench read/write, two encrypted columns vs plaintext")
 NACC = 10000
 sql("DROP TABLE IF EXISTS acct, acct_plain")
-sql("""CREATE TABLE acct (id int PRIMARY KEY, tenant text, name bytea, email bytea);
+sql("""SELECT byok_declare_scope('acct.name'), byok_declare_scope('acct.email');
+       CREATE TABLE acct (id int PRIMARY KEY, tenant text, name bytea, email bytea);
        INSERT INTO acct SELECT i, 't' || (i %% 10), byok_encrypt('t' || (i %% 10), 'name ' || i, 'acct.name'),
               byok_encrypt('t' || (i %% 10), 'user' || i || '@example.com', 'acct.email') FROM generate_series(1, %d) i;
        CREATE TABLE acct_plain (id int PRIMARY KEY, tenant text, name text, email text);

@@ -69,6 +69,8 @@ SELECT line FROM (
     SELECT 'row key_events ' || row(event_id, tenant_id, tenant, event, key_kind, key_version, scope, actor)::text
     FROM byok.key_events
     UNION ALL
+    SELECT 'row scopes ' || scope FROM byok.scopes
+    UNION ALL
     SELECT 'row protected_columns ' || row(table_schema, table_name, column_name, tenant_column, scope,
                                            original_type, original_default, view_schema, view_name, bind_row,
                                            key_columns, state, protected_by)::text FROM byok.protected_columns

@@ -28,6 +28,7 @@ my @tenants = qw(acme globex initech umbrella);
 create_tenant($src, $_, "$_-cmk") for @tenants;
 $src->safe_psql('postgres', q{
 	CREATE TABLE customers (id int PRIMARY KEY, tenant text NOT NULL, email bytea, note bytea);
+	SELECT byok_declare_scope('public.customers.email'), byok_declare_scope('public.customers.note');
 	INSERT INTO customers
 	SELECT i, t, byok_encrypt(t, 'MARKER-' || t || '-' || i || '@example.com', 'public.customers.email'),
 	       byok_encrypt(t, ('MARKER-' || t || '-note-' || i)::bytea, 'public.customers.note')
