@@ -146,17 +146,14 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '23502',
             MESSAGE = pg_catalog.format('%s row(s) of %s have a value in column "%s" but no tenant', counts[2], tbl, col);
     END IF;
-    -- the column's scope is declared before the rewrite seals under it
-    IF r.scope OPERATOR(pg_catalog.<>) 'default' THEN
-        INSERT INTO byok.scopes (scope, declared_by) VALUES (r.scope, r.protected_by) ON CONFLICT DO NOTHING;
-    END IF;
     acl := byok.drop_table_objects(r.table_schema, r.table_name);
     IF r.original_default IS NOT NULL THEN
         EXECUTE pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I DROP DEFAULT', r.table_schema, r.table_name, col);
     END IF;
+    -- registered before the rewrite: the row declares the scope it seals under
+    INSERT INTO byok.protected_columns SELECT r.*;
     PERFORM byok.exec_as_owner(tbl, pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I TYPE pg_catalog.bytea USING %s',
                                                       r.table_schema, r.table_name, col, byok.enc_sql(r, '')));
-    INSERT INTO byok.protected_columns SELECT r.*;
     PERFORM byok.create_table_objects(r.table_schema, r.table_name, acl);
     RAISE NOTICE 'byok: % value(s) of column "%" of % encrypted', counts[1], col, tbl;
 END $fn$;
@@ -459,8 +456,9 @@ END $$;
 
 -- Declared scopes: byok makes data keys only for these (and 'default'),
 -- so no caller of byok_encrypt can make it write a catalog row for every
--- string it invents.  byok_protect_column declares its column's scope, an
--- administrator declares others; the scopes already in use are declared.
+-- string it invents.  A protected column's scope is declared by its row in
+-- byok.protected_columns; an administrator declares others; the scopes
+-- already in use are declared.
 CREATE TABLE byok.scopes (
     scope       text PRIMARY KEY
                 CHECK (pg_catalog.octet_length(scope) OPERATOR(pg_catalog.<=) 255
@@ -474,9 +472,9 @@ REVOKE ALL ON byok.scopes FROM PUBLIC;
 GRANT SELECT ON byok.scopes TO byok_auditor;
 SELECT pg_catalog.pg_extension_config_dump('byok.scopes', '');
 INSERT INTO byok.scopes (scope, declared_by)
-SELECT s.scope, SESSION_USER FROM (SELECT d.scope FROM byok.data_keys d
-                                   UNION SELECT p.scope FROM byok.protected_columns p) AS s
-WHERE s.scope OPERATOR(pg_catalog.<>) 'default';
+SELECT DISTINCT d.scope, SESSION_USER FROM byok.data_keys d
+WHERE d.scope OPERATOR(pg_catalog.<>) 'default'
+  AND NOT EXISTS (SELECT FROM byok.protected_columns p WHERE p.scope OPERATOR(pg_catalog.=) d.scope);
 
 CREATE FUNCTION byok_declare_scope(scope text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -498,18 +496,6 @@ END $$;
 REVOKE ALL ON FUNCTION byok_declare_scope(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION byok_declare_scope(text) TO byok_admin;
 
--- a protected column's scope is declared with it
-CREATE FUNCTION byok.declare_column_scope() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NEW.scope OPERATOR(pg_catalog.<>) 'default' THEN
-        INSERT INTO byok.scopes (scope, declared_by) VALUES (NEW.scope, NEW.protected_by) ON CONFLICT DO NOTHING;
-    END IF;
-    RETURN NEW;
-END $$;
-REVOKE ALL ON FUNCTION byok.declare_column_scope() FROM PUBLIC;
-CREATE TRIGGER declare_scope AFTER INSERT ON byok.protected_columns
-    FOR EACH ROW EXECUTE FUNCTION byok.declare_column_scope();
 
 -- Decrypt a protected value into its column's type.  A plaintext the type
 -- refuses is an error that never shows the value (src/sql_api.c).

@@ -837,7 +837,8 @@ ks_insert_dek(KsTenant *t, const char *scope, int32 version, const uint8 *tk, bo
 }
 
 /*
- * Whether 'scope' is declared in byok.scopes (inside ks_enter).  A
+ * Whether 'scope' is declared: in byok.scopes, or as the scope of a
+ * protected column (byok.protected_columns) (inside ks_enter).  A
  * database still on the 1.0 catalog has no such table: every scope is.
  */
 static bool
@@ -850,7 +851,8 @@ ks_scope_declared(const char *scope)
 	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("scopes", nsp)))
 		return true;
 	ks_exec(&plan_scope,
-			"SELECT 1 FROM byok.scopes WHERE scope OPERATOR(pg_catalog.=) $1",
+			"SELECT 1 FROM byok.scopes WHERE scope OPERATOR(pg_catalog.=) $1 UNION ALL "
+			"SELECT 1 FROM byok.protected_columns WHERE scope OPERATOR(pg_catalog.=) $1 LIMIT 1",
 			1, types, values, NULL, false);
 	return SPI_processed > 0;
 }

@@ -63,7 +63,7 @@ $standby->promote;
 $standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()');
 is($standby->safe_psql('postgres', q{SELECT count(byok_decrypt(c)) FROM t}), '40', 'after promotion: old rows decrypt');
 is($standby->safe_psql('postgres',
-		q{SELECT byok_declare_scope('promoted-scope');
+		q{DO $$ BEGIN PERFORM byok_declare_scope('promoted-scope'); END $$;
 		  INSERT INTO t SELECT 100, 'acme', byok_encrypt('acme', 'after promotion', 'promoted-scope') RETURNING byok_decrypt_text(c)}),
 	'after promotion', 'the new primary encrypts, even under a new scope');
 is($standby->safe_psql('postgres', q{SELECT byok_rotate_data_key('globex')}), '2', 'and rotates keys');
