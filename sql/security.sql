@@ -187,6 +187,14 @@ SELECT byok_needs_reencrypt(theirs) AS looks_unknown FROM bound;
 SELECT try_ids($$SELECT byok_reencrypt_value(theirs) FROM bound$$);
 SELECT byok_decrypt_text(mine) FROM bound;
 RESET byok.tenant;
+-- nor its state: the other tenant revoked, a bound session is told only that
+-- the value is not its own
+SELECT byok_revoke_tenant('sec2');
+SET byok.tenant = 'sec1';
+SELECT try($$SELECT byok_decrypt_text(theirs) FROM bound$$);
+RESET byok.tenant;
+SELECT try($$SELECT byok_decrypt_text(theirs) FROM bound$$);
+SELECT byok_reinstate_tenant('sec2');
 DROP TABLE bound;
 
 -- 10. a value that does not fit its column's type: the decrypted plaintext

@@ -11,6 +11,7 @@
 #     the pkcs11 provider against SoftHSM2
 #   - the HTTP KMS test server's self-test, and the official AWS KMS and
 #     Vault clients from npm driving it
+#   - the mutants of test/mutants (every one must be caught)
 #   - the benchmark harness in --quick mode (it must run; figures not judged)
 #   - the KMIP TTLV codec's standalone test (AddressSanitizer) and 60 s of
 #     libFuzzer on its decoder (BYOK_FUZZ_SECONDS changes the budget), 30 s on
@@ -112,6 +113,15 @@ if [ $rc -ne 0 ]; then
         [ -f "$f" ] && { echo "---- $f"; head -n 300 "$f"; }
     done
     [ $failed -eq 0 ] && failed=1
+fi
+
+say "mutants (test/mutants/run.sh): each one-line break of a guarantee, built into a private server copy, must be caught"
+bash "$REPO/test/mutants/run.sh" >"$BUILD_DIR/mutants.log" 2>&1
+grep -E '^(caught|SURVIVED|control|the unmutated)' "$BUILD_DIR/mutants.log"
+if [[ $(tail -n 1 "$BUILD_DIR/mutants.log") =~ ^([0-9]+)\ caught,\ 0\ survived$ ]] && [ "${BASH_REMATCH[1]}" -gt 0 ]; then
+    echo "ok - $(tail -n 1 "$BUILD_DIR/mutants.log")"; passed=$((passed + 1))
+else
+    echo "not ok - $(tail -n 1 "$BUILD_DIR/mutants.log")"; tail -n 40 "$BUILD_DIR/mutants.log"; failed=$((failed + 1))
 fi
 
 say "the benchmark harness, quick mode (proves it works; the figures are not judged here)"
