@@ -44,7 +44,32 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
+#include "asowner.h"
+
 PG_FUNCTION_INFO_V1(byok_exec_as_owner);
+
+/*
+ * Become 'user', adding 'add_sec_context' to the security context, with a
+ * new GUC nest level in which search_path is pg_catalog, pg_temp: nothing
+ * of the caller's search_path reaches the queries that follow.  Undone by
+ * byok_switch_back, or by (sub)transaction abort on an error.
+ */
+void
+byok_switch_user(Oid user, int add_sec_context, ByokUserSwitch *sw)
+{
+	GetUserIdAndSecContext(&sw->userid, &sw->sec_context);
+	SetUserIdAndSecContext(user, sw->sec_context | add_sec_context);
+	sw->nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+void
+byok_switch_back(ByokUserSwitch *sw)
+{
+	AtEOXact_GUC(false, sw->nestlevel);
+	SetUserIdAndSecContext(sw->userid, sw->sec_context);
+}
 
 /*
  * The owner of ordinary table 'relid'; raises 42P01 if there is no such
@@ -87,10 +112,7 @@ byok_exec_as_owner(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	Oid			owner;
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
+	ByokUserSwitch sw;
 	int			rc;
 	int			natts = 0;
 	Datum	   *elems = NULL;
@@ -105,13 +127,7 @@ byok_exec_as_owner(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for function exec_as_owner"),
 				 errdetail("Only byok's own functions run queries as a table's owner.")));
-	owner = ao_table_owner(relid);
-
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	byok_switch_user(ao_table_owner(relid), SECURITY_RESTRICTED_OPERATION, &sw);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -141,8 +157,7 @@ byok_exec_as_owner(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 
-	AtEOXact_GUC(false, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	byok_switch_back(&sw);
 
 	if (natts == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));

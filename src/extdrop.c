@@ -32,10 +32,10 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
+#include "asowner.h"
 #include "extdrop.h"
 #include "keystore.h"
 
@@ -46,9 +46,7 @@ static bool
 ed_keys_remain(const char *table)
 {
 	char		query[128];
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
+	ByokUserSwitch sw;
 	bool		remain = false;
 	bool		pushed = false;
 	int			rc;
@@ -58,11 +56,7 @@ ed_keys_remain(const char *table)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pushed = true;
 	}
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	byok_switch_user(BOOTSTRAP_SUPERUSERID, SECURITY_LOCAL_USERID_CHANGE, &sw);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	snprintf(query, sizeof(query), "SELECT EXISTS (SELECT FROM byok.%s WHERE wrapped_key IS NOT NULL)", table);
@@ -75,8 +69,7 @@ ed_keys_remain(const char *table)
 		remain = !isnull && DatumGetBool(d);
 	}
 	SPI_finish();
-	AtEOXact_GUC(false, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	byok_switch_back(&sw);
 	if (pushed)
 		PopActiveSnapshot();
 	return remain;

@@ -48,11 +48,11 @@
 #include "portability/instr_time.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
+#include "asowner.h"
 #include "envelope.h"
 #include "keycache.h"
 #include "keyrow.h"
@@ -86,12 +86,7 @@ typedef struct KsPending
 	SubTransactionId subid;
 } KsPending;
 
-typedef struct KsAccess
-{
-	Oid			userid;
-	int			sec_context;
-	int			nestlevel;		/* GUC nest level holding the pinned search_path */
-} KsAccess;
+typedef ByokUserSwitch KsAccess;
 
 static Oid	ks_caller = InvalidOid;	/* user who called byok, for the audit log */
 static List *ks_pending = NIL;	/* KsPending, in TopTransactionContext */
@@ -139,14 +134,9 @@ byok_keystore_catalog(void)
 static void
 ks_enter(KsAccess *acc)
 {
-	GetUserIdAndSecContext(&acc->userid, &acc->sec_context);
+	/* as superuser, and nothing of the caller's search_path reaches a query */
+	byok_switch_user(BOOTSTRAP_SUPERUSERID, SECURITY_LOCAL_USERID_CHANGE, acc);
 	ks_caller = acc->userid;
-	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
-						   acc->sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	/* nothing of the caller's search_path reaches a query run as superuser */
-	acc->nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 }
@@ -155,8 +145,7 @@ static void
 ks_leave(KsAccess *acc)
 {
 	SPI_finish();
-	AtEOXact_GUC(false, acc->nestlevel);
-	SetUserIdAndSecContext(acc->userid, acc->sec_context);
+	byok_switch_back(acc);
 }
 
 /* Run a saved plan (prepared on first use).  Returns SPI_processed. */
