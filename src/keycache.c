@@ -21,6 +21,11 @@
  * first, then call byok_cache_put(), which installs it only if the tenant's
  * generation is still the one the caller saw before fetching.
  *
+ * Fairness.  When the cache is full, a tenant at its share (the cache size
+ * divided by the tenants holding entries) evicts its own least recently
+ * used entry; only a tenant below its share takes a cell from a tenant
+ * above it (kc_evict_one).
+ *
  * Key lifetime.  Unwrapped key bytes live in vault cells only while their
  * entry exists.  A cell is wiped with explicit_bzero when its entry is
  * evicted, expires (swept at most once a second by a writer), is flushed,
@@ -339,18 +344,46 @@ kc_sweep(TimestampTz now, int slot, Oid dboid)
 	return removed;
 }
 
-/* Free one vault cell by evicting the least recently used entry.  Exclusive lock held. */
+/*
+ * Free one vault cell for tenant slot 'slot', fairly (exclusive lock held).
+ * Each tenant with cached keys is entitled to an equal share of the cache.
+ * A tenant at or over its share gives up its own least recently used
+ * entry, so one tenant's traffic can never evict another tenant's keys;
+ * below its share, the least recently used entry of a tenant over its
+ * share goes (any entry only if no tenant is over: the cache is then
+ * shared out evenly already).
+ */
 static void
-kc_evict_one(void)
+kc_evict_one(int slot)
 {
 	HASH_SEQ_STATUS scan;
 	ByokCacheEntry *entry;
 	ByokCacheEntry *victim = NULL;
+	ByokCacheEntry *any = NULL;
+	int			tenants = kc_slots[slot].nentries > 0 ? 0 : 1;	/* the newcomer counts */
+	int			share;
+	bool		own;
+
+	for (int i = 0; i < byok_max_tenants; i++)
+		if (kc_slots[i].nentries > 0)
+			tenants++;
+	share = Max(1, byok_cache_size / Max(tenants, 1));
+	own = kc_slots[slot].nentries >= share;
 
 	hash_seq_init(&scan, kc_cache);
 	while ((entry = hash_seq_search(&scan)) != NULL)
-		if (victim == NULL || entry->last_used < victim->last_used)
+	{
+		bool		eligible = own ? entry->slot == slot
+			: (entry->slot >= 0 && entry->slot < byok_max_tenants &&
+			   kc_slots[entry->slot].nentries > share);
+
+		if (eligible && (victim == NULL || entry->last_used < victim->last_used))
 			victim = entry;
+		if (any == NULL || entry->last_used < any->last_used)
+			any = entry;
+	}
+	if (victim == NULL)
+		victim = any;
 	if (victim)
 		kc_remove(victim);
 }
@@ -416,7 +449,7 @@ byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8
 		if (entry == NULL)
 		{
 			if (kc_shared->nfree == 0)
-				kc_evict_one();
+				kc_evict_one(slot);
 			entry = hash_search(kc_cache, key, HASH_ENTER_NULL, &found);
 			if (entry != NULL)
 			{
