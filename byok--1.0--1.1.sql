@@ -119,6 +119,46 @@ BEGIN
     RETURN acl;
 END $$;
 
+-- A scope protects one column at most: the guard refuses a ciphertext of
+-- another scope, so a value moved from one protected column to another
+-- (a swap, a copy) is refused, and that survives dump and restore with the
+-- guard.  The 1.0 checks stay as they are; this adds the scope's.
+ALTER FUNCTION byok.plan_protection(regclass, name, name, text, name, boolean) RENAME TO plan_protection_checks;
+CREATE FUNCTION byok.plan_protection(tbl regclass, col name, tenant_col name,
+                                     scope text, view_name name, bind_row boolean)
+RETURNS byok.protected_columns
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r byok.protected_columns := byok.plan_protection_checks(tbl, col, tenant_col, scope, view_name, bind_row);
+    other byok.protected_columns;
+BEGIN
+    SELECT p.* INTO other FROM byok.protected_columns p WHERE p.scope OPERATOR(pg_catalog.=) r.scope LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42710',
+            MESSAGE = pg_catalog.format('scope %s already protects column "%s" of %I.%I',
+                                        r.scope, other.column_name, other.table_schema, other.table_name),
+            DETAIL = 'A ciphertext copied from one of two columns sharing a scope would read as a value of the other.',
+            HINT = 'Give each protected column its own scope (the default, schema.table.column, is one).';
+    END IF;
+    RETURN r;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.plan_protection(regclass, name, name, text, name, boolean),
+    byok.plan_protection_checks(regclass, name, name, text, name, boolean) FROM PUBLIC;
+DO $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN SELECT p.scope, pg_catalog.string_agg(pg_catalog.format('%I.%I.%I', p.table_schema, p.table_name, p.column_name),
+                                                    ', ' ORDER BY p.table_schema, p.table_name, p.column_name) AS cols
+             FROM byok.protected_columns p GROUP BY p.scope HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LOOP
+        RAISE WARNING 'byok: scope % protects several columns (%): a value moved between them is not refused',
+            s.scope, s.cols
+            USING HINT = 'Unprotect all but one and protect them again, each under its own scope.';
+    END LOOP;
+END $$;
+
 -- Protect a column in one transaction.  The rewrite and the counts run as
 -- the table's owner (byok.exec_as_owner): its triggers, domains and casts
 -- never run with byok's rights.

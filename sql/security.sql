@@ -239,6 +239,19 @@ SELECT event, scope FROM byok.key_events WHERE event = 'scope_declared' AND scop
 SELECT try($$SELECT byok_declare_scope(repeat('s', 256))$$);
 DROP ROLE sec_app;
 
+-- 13. protected columns bind the column: no two share a scope, so a
+--     ciphertext moved from one to another is refused by the guard
+CREATE TABLE twocol (id int PRIMARY KEY, tenant text NOT NULL, ssn text, email text, extra text);
+INSERT INTO twocol VALUES (1, 'sec1', '123-45-6789', 'a@example.com', 'x');
+SELECT byok_protect_column('twocol', 'ssn', 'tenant', scope => 'pii', bind_row => true);
+SELECT try($$SELECT byok_protect_column('twocol', 'email', 'tenant', scope => 'pii', bind_row => true)$$);
+SELECT try($$CALL byok_protect_column_online('twocol', 'extra', 'tenant', scope => 'pii')$$);
+SELECT byok_protect_column('twocol', 'email', 'tenant', bind_row => true);
+SELECT try($$UPDATE twocol SET ssn = email, email = ssn$$);
+SELECT try($$UPDATE twocol SET email = ssn$$);
+SELECT ssn, email FROM twocol_decrypted;
+DROP TABLE twocol CASCADE;
+
 -- 11. DROP EXTENSION is refused while tenants hold keys
 SELECT try($$DROP EXTENSION byok$$) ~ '^2BP01: cannot drop extension byok because other objects depend on it' AS needs_cascade;
 SELECT try($$DROP EXTENSION byok CASCADE$$);
