@@ -1534,12 +1534,13 @@ byok_tenant_rekeyed(int slot, int32 tenant_id)
 }
 
 /*
- * Add 'n' values sealed under the cached DEK 'key'; returns the new total,
+ * Add 'n' values sealed under the cached DEK 'key' (a negative 'n' gives
+ * back reservations left unused); returns the new total,
  * or 'fallback' when the DEK is not cached (then nothing is recorded).
  * Takes the lock exclusive.
  */
 uint64
-byok_cache_add_use(const ByokCacheKey *key, uint64 n, uint64 fallback)
+byok_cache_add_use(const ByokCacheKey *key, int64 n, uint64 fallback)
 {
 	ByokCacheEntry *entry;
 	uint64		total = fallback;
@@ -1548,9 +1549,36 @@ byok_cache_add_use(const ByokCacheKey *key, uint64 n, uint64 fallback)
 	entry = hash_search(kc_cache, key, HASH_FIND, NULL);
 	if (entry)
 	{
-		entry->used += n;
+		if (n >= 0)
+			entry->used += (uint64) n;
+		else
+			entry->used -= Min(entry->used, (uint64) -n);
 		total = entry->used;
 	}
 	LWLockRelease(kc_lock);
 	return total;
+}
+
+/*
+ * Reserve up to 'want' more encryptions under the cached DEK 'key' from
+ * its shared count, which never passes 'limit'.  Returns how many were
+ * granted (0: the DEK is exhausted).  *tracked is false, and nothing is
+ * reserved, when the DEK is not in the cache.  Takes the lock exclusive.
+ */
+uint64
+byok_cache_reserve(const ByokCacheKey *key, uint64 want, uint64 limit, bool *tracked)
+{
+	ByokCacheEntry *entry;
+	uint64		granted = 0;
+
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	entry = hash_search(kc_cache, key, HASH_FIND, NULL);
+	*tracked = entry != NULL;
+	if (entry && entry->used < limit)
+	{
+		granted = Min(want, limit - entry->used);
+		entry->used += granted;
+	}
+	LWLockRelease(kc_lock);
+	return granted;
 }

@@ -77,19 +77,32 @@ lk_init(void)
 							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 }
 
+/*
+ * Bring the DEK's shared count in line with what this handle sealed: add
+ * values sealed without a reservation (the DEK was not in the shared
+ * cache), give back reservations left unused.  Returns the shared count
+ * afterwards (this handle's own view when the DEK is not cached).
+ */
+static uint64
+lk_settle(ByokLocalKey *lk)
+{
+	ByokCacheKey ck;
+	uint64		total;
+
+	byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, lk->dek_id, 0);
+	total = byok_cache_add_use(&ck, (int64) lk->encrypts - (int64) lk->reserved, lk->used + lk->encrypts);
+	lk->reserved = lk->allowed = lk->encrypts;
+	return total;
+}
+
 static void
 lk_drop(ByokLocalKey *lk)
 {
 	int64		id = lk->dek_id;
 
-	if (lk->encrypts > lk->accounted)
-	{
-		ByokCacheKey ck;
-
-		/* sealed in a transaction that aborted: the nonces were used all the same */
-		byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, lk->dek_id, 0);
-		(void) byok_cache_add_use(&ck, lk->encrypts - lk->accounted, 0);
-	}
+	/* an aborted transaction's values count all the same: their nonces were used */
+	if (lk->encrypts != lk->reserved)
+		(void) lk_settle(lk);
 	for (int a = 0; a <= BYOK_ALG_COUNT; a++)
 		for (int e = 0; e < 2; e++)
 			if (lk->ctx[a][e])
@@ -170,7 +183,7 @@ byok_local_dek_slow(int64 dek_id)
 		lk->bind_epoch = 0;
 		lk->encrypts = lk->decrypts = 0;
 		lk->used = ref.used;
-		lk->accounted = 0;
+		lk->reserved = lk->allowed = 0;
 		lk_nkeys++;
 		byok_tenant_handle(lk->slot, +1, 0, 0);
 	}
@@ -301,6 +314,9 @@ typedef struct LkScope
 } LkScope;
 
 static HTAB *lk_scopes = NULL;
+
+static ByokLocalKey *lk_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
+										 const char *scope, int scope_len);
 
 /*
  * The tenant and scope of DEK 'dek_id' and the DEK new encryptions of that
@@ -435,6 +451,8 @@ byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
 	PG_TRY();
 	{
 		to = byok_local_current(sc->tenant, strlen(sc->tenant), sc->scope, strlen(sc->scope));
+		if (unlikely(to->encrypts >= to->allowed))
+			to = byok_local_reserve(to, sc->tenant, strlen(sc->tenant), sc->scope, strlen(sc->scope));
 		result = byok_envelope_seal(byok_local_ctx(to, byok_algorithm, true), byok_algorithm,
 									to->dek_id, to->tenant_id,
 									VARDATA(plain), VARSIZE(plain) - VARHDRSZ, aad, aad_len);
@@ -490,27 +508,70 @@ byok_local_pre_commit(void)
 	hash_seq_init(&scan, lk_keys);
 	while ((lk = hash_seq_search(&scan)) != NULL)
 	{
-		uint64		n = lk->encrypts - lk->accounted;
+		uint64		n = lk->encrypts;	/* sealed by this transaction */
 		uint64		total;
-		ByokCacheKey ck;
 
-		if (n == 0)
+		if (n == 0 && lk->reserved == 0)
 			continue;
-		byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, lk->dek_id, 0);
-		total = byok_cache_add_use(&ck, n, lk->used + lk->encrypts);
-		lk->accounted = lk->encrypts;
-		if (total / step != (total - n) / step)
+		total = lk_settle(lk);
+		if (n > 0 && total / step != (total - Min(n, total)) / step)
 			byok_keystore_save_usage(lk->dek_id, total);
 	}
+}
+
+/*
+ * byok.dek_max_encryptions is one limit for every backend: before sealing
+ * beyond what it may, a handle reserves a small batch from its DEK's count
+ * in the shared cache, and when the DEK is exhausted the scope rotates and
+ * the handle of the next DEK reserves instead.  A DEK that is not in the
+ * shared cache (byok.cache_ttl = 0, evicted, or made by this transaction)
+ * falls back to this backend's own count.  Returns the handle to seal
+ * with; it may seal at least one more value.
+ */
+ByokLocalKey *
+byok_local_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
+				   const char *scope, int scope_len)
+{
+	uint64		limit = (uint64) byok_dek_max_encryptions;
+	uint64		batch = Max(1, Min(64, limit / 1024));
+
+	for (int tries = 0; tries < 8; tries++)
+	{
+		ByokCacheKey ck;
+		bool		tracked;
+		uint64		granted;
+
+		byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, lk->dek_id, 0);
+		granted = byok_cache_reserve(&ck, batch, limit, &tracked);
+		if (tracked)
+			lk->reserved += granted;
+		else
+		{
+			uint64		seen = lk->used + lk->encrypts;
+
+			granted = seen >= limit ? 0 : Min(batch, limit - seen);
+		}
+		lk->allowed = lk->encrypts + granted;
+		if (granted > 0)
+			return lk;
+		lk = lk_rotate_for_limit(lk, tenant, tenant_len, scope, scope_len);
+		if (lk->encrypts < lk->allowed)
+			return lk;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not reserve encryptions under a data key of scope \"%.*s\"", scope_len, scope),
+			 errdetail("Other sessions exhausted every new version at once."),
+			 errhint("Retry the transaction.")));
 }
 
 /*
  * The DEK of 'lk' reached byok.dek_max_encryptions: rotate (unless another
  * session just did) and return the handle of the DEK to use instead.
  */
-ByokLocalKey *
-byok_local_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
-							const char *scope, int scope_len)
+static ByokLocalKey *
+lk_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
+					const char *scope, int scope_len)
 {
 	char	   *t = pnstrdup(tenant, tenant_len);
 	char	   *s = pnstrdup(scope, scope_len);

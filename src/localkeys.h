@@ -23,7 +23,8 @@ typedef struct ByokLocalKey
 	uint8		key[BYOK_KEY_LEN];	/* the DEK, to make contexts from; wiped at drop */
 	EVP_CIPHER_CTX *ctx[BYOK_ALG_COUNT + 1][2];	/* [algorithm][encrypting], made on first use */
 	uint64		used;			/* values sealed under this DEK before this transaction */
-	uint64		accounted;		/* of 'encrypts', already added to the shared count */
+	uint64		reserved;		/* added to the DEK's shared count by this handle */
+	uint64		allowed;		/* encryptions this handle may make (reserved or, untracked, its own count) */
 	uint64		encrypts;		/* values sealed, added to the tenant's stats at drop */
 	uint64		decrypts;		/* values opened, likewise */
 } ByokLocalKey;
@@ -36,8 +37,8 @@ extern ByokLocalKey *byok_local_current(const char *tenant, int tenant_len,
 										const char *scope, int scope_len);
 extern void byok_local_release(void);
 extern void byok_local_pre_commit(void);
-extern ByokLocalKey *byok_local_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
-												 const char *scope, int scope_len);
+extern ByokLocalKey *byok_local_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
+										const char *scope, int scope_len);
 extern bool byok_local_needs_reencrypt(const uint8 *data, int len);
 extern bool byok_local_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version);
 extern bool byok_local_bound_to(const char *tenant);

@@ -83,9 +83,9 @@ byok_encrypt(PG_FUNCTION_ARGS)
 	sa_check_binding(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant));
 	lk = byok_local_current(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
 							VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope));
-	if (unlikely(lk->used + lk->encrypts >= (uint64) byok_dek_max_encryptions))
-		lk = byok_local_rotate_for_limit(lk, VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
-										 VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope));
+	if (unlikely(lk->encrypts >= lk->allowed))
+		lk = byok_local_reserve(lk, VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
+								VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope));
 	lk->encrypts++;
 	PG_RETURN_BYTEA_P(byok_envelope_seal(byok_local_ctx(lk, byok_algorithm, true), byok_algorithm,
 										 lk->dek_id, lk->tenant_id,
