@@ -15,6 +15,27 @@ AS 'MODULE_PATHNAME', 'byok_exec_as_owner'
 LANGUAGE C VOLATILE STRICT;
 REVOKE ALL ON FUNCTION byok.exec_as_owner(regclass, text) FROM PUBLIC;
 
+-- Refuse inside a security-restricted operation (src/asowner.c): code that
+-- runs as a table's owner must not act through byok with the session's role.
+CREATE FUNCTION byok.check_not_restricted() RETURNS void
+AS 'MODULE_PATHNAME', 'byok_check_not_restricted'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION byok.check_not_restricted() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION byok.check_table_owner(tbl regclass) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl);
+BEGIN
+    PERFORM byok.check_not_restricted();
+    IF owner IS NULL OR NOT pg_catalog.pg_has_role(byok.caller_role(), owner, 'USAGE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = pg_catalog.format('must be owner of table %s', tbl);
+    END IF;
+END $$;
+
 -- The ordinary table a registry row names, or an error: a view or any other
 -- relation at that name is never taken for the protected table.
 CREATE FUNCTION byok.registered_table(tschema name, tname name) RETURNS regclass
@@ -37,45 +58,59 @@ REVOKE ALL ON FUNCTION byok.registered_table(name, name) FROM PUBLIC;
 
 -- Refuse a DDL command that leaves byok.protected_columns naming something
 -- other than what was protected: a protected table renamed or moved to
--- another schema (or its schema renamed), a protected or tenant column
--- renamed.  Runs at the end of every ALTER; fast exit
--- when nothing is protected.
+-- another schema (or its schema renamed), a protected, tenant or row-key
+-- column renamed.  Runs at the end of every ALTER and looks only at the
+-- relations the command touched (a relation, or those of a schema) that
+-- carry byok's guard or sync trigger, so nothing else in the database can
+-- make it refuse an unrelated command.
 CREATE FUNCTION byok.on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    p record;
-    rel regclass;
+    t record;
+    r record;
 BEGIN
     IF NOT EXISTS (SELECT FROM byok.protected_columns) THEN
         RETURN;
     END IF;
-    FOR p IN SELECT * FROM byok.protected_columns ORDER BY table_schema, table_name, column_name LOOP
-        rel := pg_catalog.to_regclass(pg_catalog.format('%I.%I', p.table_schema, p.table_name));
-        IF rel IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) rel)
-                          OPERATOR(pg_catalog.<>) 'r' THEN
+    FOR t IN SELECT DISTINCT c.oid AS rel, n.nspname, c.relname
+             FROM pg_catalog.pg_event_trigger_ddl_commands() AS d
+             JOIN pg_catalog.pg_class c
+               ON (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                   AND c.oid OPERATOR(pg_catalog.=) d.objid)
+               OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                   AND c.relnamespace OPERATOR(pg_catalog.=) d.objid)
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+             WHERE EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                           JOIN pg_catalog.pg_proc f ON f.oid OPERATOR(pg_catalog.=) g.tgfoid
+                           WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid
+                             AND g.tgname OPERATOR(pg_catalog.=) ANY (ARRAY['zzz_byok_guard', 'zzz_byok_sync']::pg_catalog.name[])
+                             AND f.pronamespace OPERATOR(pg_catalog.=) 'byok'::pg_catalog.regnamespace)
+             ORDER BY 2, 3 LOOP
+        IF NOT EXISTS (SELECT FROM byok.protected_columns p
+                       WHERE p.table_schema OPERATOR(pg_catalog.=) t.nspname
+                         AND p.table_name OPERATOR(pg_catalog.=) t.relname) THEN
             RAISE EXCEPTION USING ERRCODE = '0A000',
-                MESSAGE = pg_catalog.format('table %I.%I has columns protected by byok and cannot be renamed or moved',
-                                            p.table_schema, p.table_name),
+                MESSAGE = pg_catalog.format('a table with columns protected by byok cannot be renamed or moved (here to %s)',
+                                            t.rel::pg_catalog.regclass),
                 HINT = 'Unprotect its columns with byok_unprotect_column() first, or keep its name.';
         END IF;
-        IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-                       WHERE a.attrelid OPERATOR(pg_catalog.=) rel AND a.attname OPERATOR(pg_catalog.=) p.column_name
-                         AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)
-           OR NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-                          WHERE a.attrelid OPERATOR(pg_catalog.=) rel AND a.attname OPERATOR(pg_catalog.=) p.tenant_column
-                            AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)
-           OR EXISTS (SELECT FROM pg_catalog.unnest(p.key_columns) AS k(k)
-                      WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-                                        WHERE a.attrelid OPERATOR(pg_catalog.=) rel
-                                          AND a.attname OPERATOR(pg_catalog.=) k.k
-                                          AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)) THEN
-            RAISE EXCEPTION USING ERRCODE = '0A000',
-                MESSAGE = pg_catalog.format('column "%s", its tenant column "%s" or a key column of %I.%I is used by byok and cannot be renamed',
-                                            p.column_name, p.tenant_column, p.table_schema, p.table_name),
-                HINT = 'Unprotect the column with byok_unprotect_column() first.';
-        END IF;
+        FOR r IN SELECT * FROM byok.protected_columns q
+                 WHERE q.table_schema OPERATOR(pg_catalog.=) t.nspname AND q.table_name OPERATOR(pg_catalog.=) t.relname
+                 ORDER BY q.column_name LOOP
+            IF EXISTS (SELECT FROM pg_catalog.unnest(ARRAY[r.column_name, r.tenant_column]
+                                                     OPERATOR(pg_catalog.||) coalesce(r.key_columns, '{}')) AS k(k)
+                       WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                                         WHERE a.attrelid OPERATOR(pg_catalog.=) t.rel
+                                           AND a.attname OPERATOR(pg_catalog.=) k.k
+                                           AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)) THEN
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = pg_catalog.format('column "%s", its tenant column "%s" or a key column of %I.%I is used by byok and cannot be renamed',
+                                                r.column_name, r.tenant_column, r.table_schema, r.table_name),
+                    HINT = 'Unprotect the column with byok_unprotect_column() first.';
+            END IF;
+        END LOOP;
     END LOOP;
 END $fn$;
 REVOKE ALL ON FUNCTION byok.on_ddl_end() FROM PUBLIC;
@@ -134,6 +169,8 @@ DECLARE
     r byok.protected_columns := byok.plan_protection_checks(tbl, col, tenant_col, scope, view_name, bind_row);
     other byok.protected_columns;
 BEGIN
+    -- one protection at a time decides whether a scope is free (held to commit)
+    LOCK TABLE byok.protected_columns IN SHARE ROW EXCLUSIVE MODE;
     SELECT p.* INTO other FROM byok.protected_columns p WHERE p.scope OPERATOR(pg_catalog.=) r.scope LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '42710',

@@ -253,6 +253,43 @@ SELECT try($$UPDATE twocol SET email = ssn$$);
 SELECT ssn, email FROM twocol_decrypted;
 DROP TABLE twocol CASCADE;
 
+-- 14. a confused deputy: owner code that byok runs as the owner (here a
+--     trigger fired by byok_reencrypt's batches) cannot act through byok with
+--     the session's rights on someone else's table
+CREATE TABLE victim (id int PRIMARY KEY, tenant text NOT NULL, v text);
+INSERT INTO victim VALUES (1, 'sec1', 'victim value');
+SELECT byok_protect_column('victim', 'v', 'tenant');
+SET ROLE mallory;
+CREATE TABLE mal.deputy (id int PRIMARY KEY, tenant text NOT NULL, v text);
+INSERT INTO mal.deputy VALUES (1, 'sec1', 'd');
+CREATE FUNCTION mal.deputy_trg() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        PERFORM public.byok_unprotect_column('public.victim', 'v');
+        RAISE NOTICE 'deputy: unprotected public.victim';
+    EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'deputy refused: % %', SQLSTATE, SQLERRM;
+    END;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER deputy BEFORE UPDATE ON mal.deputy FOR EACH ROW EXECUTE FUNCTION mal.deputy_trg();
+RESET ROLE;
+SELECT byok_protect_column('mal.deputy', 'v', 'tenant');
+SELECT byok_rotate_data_key('sec1', 'mal.deputy.v') > 1 AS rotated;
+CALL byok_reencrypt('mal.deputy', 'v');
+SELECT column_name, pg_typeof(v) FROM byok.protected_columns, victim WHERE table_name = 'victim';
+
+-- 15. a row-level security policy of the owner's that would hide rows from
+--     byok's count or rewrite makes it fail instead (row_security = off)
+SET ROLE mallory;
+CREATE TABLE mal.rls (id int PRIMARY KEY, tenant text NOT NULL, v text);
+INSERT INTO mal.rls VALUES (1, 'sec1', 'hidden');
+ALTER TABLE mal.rls ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY none ON mal.rls USING (false);
+RESET ROLE;
+SELECT try($$SELECT byok_protect_column('mal.rls', 'v', 'tenant')$$);
+DROP TABLE victim CASCADE;
+
 -- 11. DROP EXTENSION is refused while tenants hold keys
 SELECT try($$DROP EXTENSION byok$$) ~ '^2BP01: cannot drop extension byok because other objects depend on it' AS needs_cascade;
 SELECT try($$DROP EXTENSION byok CASCADE$$);

@@ -18,7 +18,9 @@
  * SECURITY_RESTRICTED_OPERATION (no SET ROLE, no temporary objects, no
  * session state that outlives the call), opens a GUC nest level with
  * search_path pinned to pg_catalog, pg_temp, runs the one query, and undoes
- * all three on the way out.  An error unwinds them too: (sub)transaction
+ * all three on the way out (row_security is off as well, so a row-level
+ * security policy of the owner's raises an error instead of hiding rows
+ * from a count or a rewrite).  An error unwinds them too: (sub)transaction
  * abort restores the user id and security context and pops GUC nest levels.
  *
  * Only an ordinary table is accepted: a view, foreign table, sequence or
@@ -47,6 +49,7 @@
 #include "asowner.h"
 
 PG_FUNCTION_INFO_V1(byok_exec_as_owner);
+PG_FUNCTION_INFO_V1(byok_check_not_restricted);
 
 /*
  * Become 'user', adding 'add_sec_context' to the security context, with a
@@ -61,6 +64,9 @@ byok_switch_user(Oid user, int add_sec_context, ByokUserSwitch *sw)
 	SetUserIdAndSecContext(user, sw->sec_context | add_sec_context);
 	sw->nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	/* a row-level security policy raises an error instead of hiding rows */
+	(void) set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 }
 
@@ -97,6 +103,27 @@ ao_table_owner(Oid relid)
 				 errmsg("\"%s\" is not an ordinary table", get_rel_name(relid)),
 				 errdetail("byok works only on ordinary tables.")));
 	return owner;
+}
+
+/*
+ * byok.check_not_restricted() -> void
+ *
+ * byok's administrative entry points refuse to run inside a
+ * security-restricted operation: there the code running is not the
+ * session's own (a table owner's trigger fired by byok.exec_as_owner, an
+ * index expression under ANALYZE, a materialized view's query), while the
+ * owner check looks at the session's role, so such code could otherwise
+ * act through byok with the session's rights (a confused deputy).
+ */
+Datum
+byok_check_not_restricted(PG_FUNCTION_ARGS)
+{
+	if (InSecurityRestrictedOperation())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("byok's administrative functions cannot run inside a security-restricted operation"),
+				 errdetail("Code that runs as a table's owner (a trigger, an index expression, a view) cannot act through byok.")));
+	PG_RETURN_VOID();
 }
 
 /*

@@ -132,6 +132,7 @@ byok_xact_callback(XactEvent event, void *arg)
 			byok_keystore_pre_commit();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
+			byok_local_check_lockouts();
 			if (byok_keystore_has_pending())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

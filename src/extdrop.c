@@ -48,14 +48,10 @@ ed_keys_remain(const char *table)
 	char		query[128];
 	ByokUserSwitch sw;
 	bool		remain = false;
-	bool		pushed = false;
 	int			rc;
 
-	if (!ActiveSnapshotSet())
-	{
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pushed = true;
-	}
+	/* the latest snapshot: keys committed while DROP waited for its locks count too */
+	PushActiveSnapshot(GetLatestSnapshot());
 	byok_switch_user(BOOTSTRAP_SUPERUSERID, SECURITY_LOCAL_USERID_CHANGE, &sw);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -70,8 +66,7 @@ ed_keys_remain(const char *table)
 	}
 	SPI_finish();
 	byok_switch_back(&sw);
-	if (pushed)
-		PopActiveSnapshot();
+	PopActiveSnapshot();
 	return remain;
 }
 

@@ -1562,11 +1562,12 @@ byok_cache_add_use(const ByokCacheKey *key, int64 n, uint64 fallback)
 /*
  * Reserve up to 'want' more encryptions under the cached DEK 'key' from
  * its shared count, which never passes 'limit'.  Returns how many were
- * granted (0: the DEK is exhausted).  *tracked is false, and nothing is
- * reserved, when the DEK is not in the cache.  Takes the lock exclusive.
+ * granted (0: the DEK is exhausted) and the count before into *before.
+ * *tracked is false, and nothing is reserved, when the DEK is not in the
+ * cache.  Takes the lock exclusive.
  */
 uint64
-byok_cache_reserve(const ByokCacheKey *key, uint64 want, uint64 limit, bool *tracked)
+byok_cache_reserve(const ByokCacheKey *key, uint64 want, uint64 limit, bool *tracked, uint64 *before)
 {
 	ByokCacheEntry *entry;
 	uint64		granted = 0;
@@ -1574,6 +1575,7 @@ byok_cache_reserve(const ByokCacheKey *key, uint64 want, uint64 limit, bool *tra
 	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
 	entry = hash_search(kc_cache, key, HASH_FIND, NULL);
 	*tracked = entry != NULL;
+	*before = entry ? entry->used : 0;
 	if (entry && entry->used < limit)
 	{
 		granted = Min(want, limit - entry->used);

@@ -194,7 +194,8 @@ extern int	byok_cache_sweep_expired(void);
 extern bool byok_cache_get(const ByokCacheKey *key, uint8 *out, int *slot, uint64 *generation,
 						   uint64 *used);
 extern uint64 byok_cache_add_use(const ByokCacheKey *key, int64 n, uint64 fallback);
-extern uint64 byok_cache_reserve(const ByokCacheKey *key, uint64 want, uint64 limit, bool *tracked);
+extern uint64 byok_cache_reserve(const ByokCacheKey *key, uint64 want, uint64 limit, bool *tracked,
+								 uint64 *before);
 extern bool byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8 *bytes,
 						   uint64 used);
 extern int	byok_cache_flush_database(Oid dboid);

@@ -184,6 +184,7 @@ byok_local_dek_slow(int64 dek_id)
 		lk->encrypts = lk->decrypts = 0;
 		lk->used = ref.used;
 		lk->reserved = lk->allowed = 0;
+		lk->persist = false;
 		lk_nkeys++;
 		byok_tenant_handle(lk->slot, +1, 0, 0);
 	}
@@ -468,27 +469,20 @@ byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
 }
 
 /*
- * Before commit: add the values this transaction sealed to each DEK's
- * shared usage count, and persist the count whenever it crosses another
- * thousandth of byok.dek_max_encryptions (so a restart loses at most that
- * much of it; the limit leaves a factor of four below the 2^32 bound).
+ * The commit re-check (at PRE_COMMIT and PRE_PREPARE): a transaction that
+ * used a tenant's keys does not commit once that tenant is locked out
+ * (revoked, disabled, destroyed, unreachable under fail_closed), even if
+ * it touched only other tenants since.  Raising here aborts the
+ * transaction: nothing it sealed lands.
  */
 void
-byok_local_pre_commit(void)
+byok_local_check_lockouts(void)
 {
 	HASH_SEQ_STATUS scan;
 	ByokLocalKey *lk;
-	uint64		step = Max(1, (uint64) byok_dek_max_encryptions / 1000);
 
 	if (lk_keys == NULL || lk_nkeys == 0)
 		return;
-
-	/*
-	 * The commit re-check: a transaction that used a tenant's keys does not
-	 * commit once that tenant is locked out (revoked, disabled, destroyed,
-	 * unreachable under fail_closed), even if it touched only other tenants
-	 * since.  Raising here aborts the transaction: nothing it sealed lands.
-	 */
 	hash_seq_init(&scan, lk_keys);
 	while ((lk = hash_seq_search(&scan)) != NULL)
 	{
@@ -504,18 +498,39 @@ byok_local_pre_commit(void)
 			byok_raise_tenant_state(st, name);
 		}
 	}
+}
+
+/*
+ * Before commit: add the values this transaction sealed to each DEK's
+ * shared usage count, and persist the count whenever it crosses another
+ * thousandth of byok.dek_max_encryptions (so a restart loses at most that
+ * much of it; the limit leaves a factor of four below the 2^32 bound).
+ */
+void
+byok_local_pre_commit(void)
+{
+	HASH_SEQ_STATUS scan;
+	ByokLocalKey *lk;
+	uint64		step = Max(1, (uint64) byok_dek_max_encryptions / 1000);
+
+	if (lk_keys == NULL || lk_nkeys == 0)
+		return;
+	byok_local_check_lockouts();
 
 	hash_seq_init(&scan, lk_keys);
 	while ((lk = hash_seq_search(&scan)) != NULL)
 	{
-		uint64		n = lk->encrypts;	/* sealed by this transaction */
+		uint64		unreserved;
 		uint64		total;
 
-		if (n == 0 && lk->reserved == 0)
+		if (lk->encrypts == 0 && lk->reserved == 0)
 			continue;
+		/* values sealed without a reservation are added now: did they cross a step? */
+		unreserved = lk->encrypts > lk->reserved ? lk->encrypts - lk->reserved : 0;
 		total = lk_settle(lk);
-		if (n > 0 && total / step != (total - Min(n, total)) / step)
+		if (lk->persist || (unreserved > 0 && total / step != (total - Min(unreserved, total)) / step))
 			byok_keystore_save_usage(lk->dek_id, total);
+		lk->persist = false;
 	}
 }
 
@@ -534,17 +549,23 @@ byok_local_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
 {
 	uint64		limit = (uint64) byok_dek_max_encryptions;
 	uint64		batch = Max(1, Min(64, limit / 1024));
+	uint64		step = Max(1, limit / 1000);
 
 	for (int tries = 0; tries < 8; tries++)
 	{
 		ByokCacheKey ck;
 		bool		tracked;
 		uint64		granted;
+		uint64		before;
 
 		byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, lk->dek_id, 0);
-		granted = byok_cache_reserve(&ck, batch, limit, &tracked);
+		granted = byok_cache_reserve(&ck, batch, limit, &tracked, &before);
 		if (tracked)
+		{
 			lk->reserved += granted;
+			if (before / step != (before + granted) / step)
+				lk->persist = true;
+		}
 		else
 		{
 			uint64		seen = lk->used + lk->encrypts;

@@ -25,6 +25,7 @@ typedef struct ByokLocalKey
 	uint64		used;			/* values sealed under this DEK before this transaction */
 	uint64		reserved;		/* added to the DEK's shared count by this handle */
 	uint64		allowed;		/* encryptions this handle may make (reserved or, untracked, its own count) */
+	bool		persist;		/* a reservation crossed a persistence step: save the count at commit */
 	uint64		encrypts;		/* values sealed, added to the tenant's stats at drop */
 	uint64		decrypts;		/* values opened, likewise */
 } ByokLocalKey;
@@ -37,6 +38,7 @@ extern ByokLocalKey *byok_local_current(const char *tenant, int tenant_len,
 										const char *scope, int scope_len);
 extern void byok_local_release(void);
 extern void byok_local_pre_commit(void);
+extern void byok_local_check_lockouts(void);
 extern ByokLocalKey *byok_local_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
 										const char *scope, int scope_len);
 extern bool byok_local_needs_reencrypt(const uint8 *data, int len);

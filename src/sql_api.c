@@ -163,15 +163,23 @@ byok_decrypt_text(PG_FUNCTION_ARGS)
  * "...") would put the plaintext into the client's error and the server
  * log.  Cancellation and resource errors pass through unchanged.
  */
+/* byok_decrypt_as's per-call-site cache: the result type's input function */
+typedef struct SaInput
+{
+	Oid			typ;
+	Oid			typioparam;
+	FmgrInfo	input;
+	char		typname[NAMEDATALEN * 2 + 4];	/* for the error, named before any input runs */
+} SaInput;
+
 Datum
 byok_decrypt_as(PG_FUNCTION_ARGS)
 {
 	Oid			typ = get_fn_expr_argtype(fcinfo->flinfo, 2);
+	SaInput    *in = (SaInput *) fcinfo->flinfo->fn_extra;
 	bytea	   *plain;
 	char	   *str;
 	int			len;
-	Oid			typinput;
-	Oid			typioparam;
 	Datum		result = (Datum) 0;
 	MemoryContext cxt = CurrentMemoryContext;
 
@@ -179,6 +187,17 @@ byok_decrypt_as(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (!OidIsValid(typ))
 		elog(ERROR, "byok_decrypt_as: could not determine the result type");
+	if (in == NULL || in->typ != typ)
+	{
+		Oid			typinput;
+
+		in = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(SaInput));
+		in->typ = typ;
+		getTypeInputInfo(typ, &typinput, &in->typioparam);
+		fmgr_info_cxt(typinput, &in->input, fcinfo->flinfo->fn_mcxt);
+		strlcpy(in->typname, format_type_be(typ), sizeof(in->typname));
+		fcinfo->flinfo->fn_extra = in;
+	}
 	plain = sa_decrypt(fcinfo);
 	len = VARSIZE(plain) - VARHDRSZ;
 	str = palloc(len + 1);
@@ -194,33 +213,38 @@ byok_decrypt_as(PG_FUNCTION_ARGS)
 				 errmsg("decrypted value is not valid text in encoding \"%s\"",
 						GetDatabaseEncodingName())));
 	}
-	getTypeInputInfo(typ, &typinput, &typioparam);
 	PG_TRY();
 	{
-		result = OidInputFunctionCall(typinput, str, typioparam, -1);
+		result = InputFunctionCall(&in->input, str, in->typioparam, -1);
 	}
 	PG_CATCH();
 	{
 		ErrorData  *ed;
 		int			category;
+		char	   *fields[6];
 
 		MemoryContextSwitchTo(cxt);
 		explicit_bzero(str, len);
-		ed = CopyErrorData();
-		category = ERRCODE_TO_CATEGORY(ed->sqlerrcode);
+		category = ERRCODE_TO_CATEGORY(geterrcode());
 		if (category == ERRCODE_OPERATOR_INTERVENTION || category == ERRCODE_INSUFFICIENT_RESOURCES)
-			PG_RE_THROW();
+			PG_RE_THROW();		/* a cancel or out of memory: no value in it */
+		ed = CopyErrorData();
 		FlushErrorState();
-		/* the refused message quotes the plaintext: wipe the copy */
-		if (ed->message)
-			explicit_bzero(ed->message, strlen(ed->message));
-		if (ed->detail)
-			explicit_bzero(ed->detail, strlen(ed->detail));
+		/* the refused error quotes the plaintext: wipe the copy */
+		fields[0] = ed->message;
+		fields[1] = ed->detail;
+		fields[2] = ed->detail_log;
+		fields[3] = ed->hint;
+		fields[4] = ed->context;
+		fields[5] = ed->internalquery;
+		for (int i = 0; i < (int) lengthof(fields); i++)
+			if (fields[i])
+				explicit_bzero(fields[i], strlen(fields[i]));
 		ereport(ERROR,
 				(errcode(ed->sqlerrcode),
-				 errmsg("a decrypted value is not a valid %s", format_type_be(typ)),
+				 errmsg("a decrypted value is not a valid %s", in->typname),
 				 errdetail("The input function of type %s refused the plaintext; byok does not show it.",
-						   format_type_be(typ))));
+						   in->typname)));
 	}
 	PG_END_TRY();
 	explicit_bzero(str, len);
