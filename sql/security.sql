@@ -300,3 +300,22 @@ DROP SCHEMA mal_other;
 REVOKE CREATE ON DATABASE contrib_regression FROM mallory;
 DROP ROLE mallory;
 DROP FUNCTION try_ids(text);
+
+-- 16. when DROP EXTENSION byok does go ahead (no wrapped key left), every
+--     cached key of the database is wiped at its commit: a flush in a new
+--     install of the same database finds none of the old ones
+CREATE DATABASE byok_dropext;
+\c byok_dropext
+CREATE EXTENSION byok;
+SELECT byok_create_tenant('gone', 'local', 'acme-cmk');
+SELECT byok_decrypt_text(byok_encrypt('gone', 'cached')) AS cached;
+-- the keys vanish from the catalog behind byok's back (no trigger fires)
+UPDATE byok.tenant_keys SET wrapped_key = NULL;
+ALTER TABLE byok.data_keys DISABLE TRIGGER catalog_rewrapped;
+UPDATE byok.data_keys SET wrapped_key = NULL;
+DROP EXTENSION byok;
+CREATE EXTENSION byok;
+SELECT byok_cache_flush() AS old_keys_still_cached;
+DROP EXTENSION byok;
+\c contrib_regression
+DROP DATABASE byok_dropext;
