@@ -96,11 +96,16 @@ def record(fig, series, values, unit):
     raw.flush()
 
 
-def summary(fig, metric, value, unit, target=None, ok=None, note=""):
+def summary(fig, metric, value, unit, target=None, ok=None, note="", gate=False):
+    """One figure.  A target with gate=True is a correctness target (errors,
+    provider calls, the lockout bound): missing it fails the run.  Other
+    targets are timing ratios on a shared, noisy machine: reported, not judged."""
     SUMMARY.append({"figure": fig, "metric": metric, "value": value, "unit": unit,
-                    "target": target or "", "ok": "" if ok is None else ("yes" if ok else "NO"), "note": note})
+                    "target": target or "", "ok": "" if ok is None else ("yes" if ok else "NO"), "note": note,
+                    "gate": bool(gate and ok is not None)})
     log("  %-5s %-62s %12s %-6s %s %s" % (fig, metric, ("%.3f" % value) if isinstance(value, float) else value,
-                                          unit, target or "", "" if ok is None else ("ok" if ok else "MISSED")))
+                                          unit, target or "", "" if ok is None else
+                                          ("ok" if ok else "MISSED") + ("" if gate else " (timing, report only)")))
 
 
 def set_conf(**kv):
@@ -347,7 +352,7 @@ record("9", "kmip_last_success_after_revoke_250ms", res, "ms")
 summary("9", "kmip, poll 250 ms: Revoke -> last successful decrypt, p50 (%d drills)" % NKD,
         statistics.median(res), "ms")
 summary("9", "kmip, poll 250 ms: Revoke -> last successful decrypt, max", max(res), "ms",
-        "<= 350 ms", max(res) <= 350)
+        "<= 350 ms", max(res) <= 350, gate=True)
 set_conf(**{"byok.poll_interval": "1s"})
 
 NK = 100 if QUICK else 1000
@@ -427,7 +432,7 @@ with open(os.path.join(args.out, "coldstart.dat"), "w") as f:
         f.write("%.4f %.3f\n" % (t, ms))
 summary("4", "tenants touched", float(len(touched)), "")
 summary("4", "provider unwrap calls (single flight: = tenants touched)", float(decrypts), "",
-        "= %d" % len(touched), decrypts == len(touched))
+        "= %d" % len(touched), decrypts == len(touched) and len(touched) == NCOLD, gate=True)
 summary("4", "time to warm all tenants (%d clients)" % NCLIENTS, warm_at[0] * 1000, "ms")
 summary("4", "statement latency p50 while warming", pctl([x[1] for x in lat], 50), "ms")
 summary("4", "statement latency p99 while warming", pctl([x[1] for x in lat], 99), "ms")
@@ -472,14 +477,15 @@ with open(os.path.join(args.out, "eviction.dat"), "w") as f:
     for k, (t, ms) in enumerate(sorted(tx)):
         if ms > 1.0 or k % 20 == 0:
             f.write("%.4f %.3f\n" % (t - flush_at[0], ms))
-failed_tx = int(re.search(r"number of failed transactions: (\d+)", r.stdout).group(1)) \
-    if "number of failed transactions" in r.stdout else 0
+# pgbench that did not report its failed transactions did not run: count it as one
+m = re.search(r"number of failed transactions: (\d+)", r.stdout)
+failed_tx = int(m.group(1)) if m and r.returncode == 0 else max(1, int(m.group(1)) if m else 1)
 summary("5", "p99 statement latency before the flush", pctl(before, 99), "ms")
 summary("5", "p99 statement latency in the second after the flush", pctl(after, 99), "ms", "<= 70 ms",
         pctl(after, 99) <= 70)
 summary("5", "max statement latency in the second after the flush", max(after or [0]), "ms")
 summary("5", "statements in that second / those slower than 10 ms", "%d / %d" % (len(after), sum(1 for x in after if x > 10)), "")
-summary("5", "errors", float(failed_tx), "", "= 0", failed_tx == 0)
+summary("5", "errors", float(failed_tx), "", "= 0", failed_tx == 0, gate=True)
 
 # --------------------------------------------------------------------------- 6 revocation lockout
 log("== 6 revocation lockout drills")
@@ -508,7 +514,7 @@ for interval in ((250,) if QUICK else (1000, 250)):
     summary("6", "poll %d ms: disable -> last successful decrypt, p50 (%d drills)" % (interval, NDRILL),
             statistics.median(res), "ms")
     summary("6", "poll %d ms: disable -> last successful decrypt, max" % interval, max(res), "ms",
-            "<= %d ms" % (interval + 100), max(res) <= interval + 100)
+            "<= %d ms" % (interval + 100), max(res) <= interval + 100, gate=True)
 set_conf(**{"byok.poll_interval": "1s"})
 
 # --------------------------------------------------------------------------- 7 poller scale
@@ -535,3 +541,9 @@ log("== done (memory is measured by run.sh, which restarts the server)")
 with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(SUMMARY, f, indent=1)
 raw.close()
+missed = [r for r in SUMMARY if r["gate"] and r["ok"] != "yes"]
+for r in SUMMARY:
+    if r["gate"]:
+        print("%s - benchmark %s: %s %s (target %s)" % ("ok" if r["ok"] == "yes" else "not ok", r["figure"],
+              r["metric"], ("%.1f" % r["value"]) if isinstance(r["value"], float) else r["value"], r["target"]))
+sys.exit(1 if missed else 0)

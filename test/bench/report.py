@@ -11,18 +11,21 @@ rows = json.load(open(os.path.join(out, "summary.json")))
 for line in open(os.path.join(out, "memory.txt")):
     size, mem = line.strip().split("|")
     rows.append({"figure": "8", "metric": "shared memory at byok.cache_size %s (max_tenants 10,000)" % size,
-                 "value": int(mem) / 1048576.0, "unit": "MiB", "target": "", "ok": "", "note": ""})
+                 "value": int(mem) / 1048576.0, "unit": "MiB", "target": "", "ok": "", "note": "", "gate": False})
 rows.sort(key=lambda r: int(r["figure"]))  # stable: each figure's rows keep their order
 with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=["figure", "metric", "value", "unit", "target", "ok", "note"])
+    w = csv.DictWriter(f, fieldnames=["figure", "metric", "value", "unit", "target", "ok", "note", "gate"])
     w.writeheader()
     w.writerows(rows)
 with open(os.path.join(out, "summary.md"), "w") as f:
+    # a gated target fails the run when missed; the others are timing ratios
+    # on a shared machine, reported only
     f.write("| # | measure | value | target | met |\n|---|---|---|---|---|\n")
     for r in rows:
         v = r["value"]
         v = ("%.3f" % v if abs(v) < 10 else "%.1f" % v) if isinstance(v, float) else str(v)
-        f.write("| %s | %s | %s %s | %s | %s |\n" % (r["figure"], r["metric"], v, r["unit"], r["target"], r["ok"]))
+        f.write("| %s | %s | %s %s | %s | %s |\n" % (r["figure"], r["metric"], v, r["unit"], r["target"],
+                r["ok"] + ("" if not r["ok"] or r.get("gate") else " (report only)")))
 print(open(os.path.join(out, "summary.md")).read())
 
 

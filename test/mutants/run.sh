@@ -14,6 +14,7 @@
 #   from   <exact text, once in that file>      (leading tabs kept)
 #   to     <replacement text>
 #   suites regress:setup,security  isolation:revoke_running  tap:test/t/011_upgrade.pl  fuzz:keyrow
+#          standalone:format  (test/fuzz/format_test.c on src/format.c)
 # Run as root; PostgreSQL runs as the postgres OS user.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -49,6 +50,14 @@ run_suites() {
                        && "$t/${list}_fuzz" -max_total_time="${BYOK_MUTANT_FUZZ_SECONDS:-20}" -max_len=4096 \
                            "$t/${list}_corpus" "$t/test/fuzz/${list}_corpus"; } >"$t/fuzz.log" 2>&1; then
                     failed_by="$failed_by fuzz:$list"
+                fi
+                continue ;;
+            standalone) # a standalone test of test/fuzz (NAME_test.c on src/NAME.c), ASan/UBSan
+                if ! { gcc -Wall -Wextra -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+                           -I"$t/src" -I"$t/test/fuzz" "$t/test/fuzz/${list}_test.c" "$t/src/$list.c" -lcrypto \
+                           -o "$t/${list}_test" \
+                       && "$t/${list}_test" "$t/test/fuzz/corpus"; } >"$t/standalone.log" 2>&1; then
+                    failed_by="$failed_by standalone:$list"
                 fi
                 continue ;;
             *) echo "unknown suite kind $kind in $name"; exit 2 ;;
