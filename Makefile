@@ -34,7 +34,7 @@ PG_CPPFLAGS = -I$(srcdir)/src -I/usr/include/p11-kit-1
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
 SHLIB_LINK += -lssl -lcrypto -lcurl -ldl
 
-REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info destroy columns algorithm reencrypt limits security privilege_matrix
+REGRESS = setup roundtrip tamper binding rotate revoke flush privileges local_provider info destroy columns algorithm reencrypt limits security privilege_matrix coverage_cache coverage_errors coverage_auditor coverage_slots
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check --inputdir=$(srcdir)
 ISOLATION = revoke_running first_dek_race rotation_race
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check_iso

@@ -3,10 +3,11 @@ CREATE EXTENSION byok;
 
 -- Test helpers (not part of byok).  sh() runs a shell command as the server's
 -- OS user in the data directory; try() runs SQL and reports SQLSTATE, message
--- and detail.
+-- and detail.  sh() reads COPY's line first: a command that exits before
+-- COPY wrote to it would otherwise fail at random with "Broken pipe".
 CREATE FUNCTION sh(cmd text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', cmd);
+    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'cat >/dev/null; ' || cmd);
 END $$;
 CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE

@@ -14,7 +14,7 @@ say() { printf '\n== %s\n' "$*"; }
 byok_install_packages() {
     local want=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
                 libssl-dev libcurl4-openssl-dev libipc-run-perl libio-pty-perl make gcc bc
-                softhsm2 opensc libp11-kit-dev python3-minimal python3-pykmip openssl)
+                softhsm2 opensc libp11-kit-dev python3-minimal python3-pykmip openssl gdb util-linux)
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

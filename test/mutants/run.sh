@@ -34,7 +34,7 @@ runuser -u postgres -- make -s -C "$W/base" >"$W/base.log" 2>&1 || { cat "$W/bas
 # run_suites TREE SPEC: the suites SPEC names, against TREE's private install
 # (TREE/pg); sets failed_by to the ones that failed
 run_suites() {
-    local t=$1 spec=$2 suite kind list args
+    local t=$1 spec=$2 suite kind list args log
     local bin="$t/pg/usr/lib/postgresql/$PGV/bin"
     failed_by=""
     for suite in $(sed -n 's/^suites //p' "$spec"); do
@@ -62,7 +62,8 @@ run_suites() {
                 continue ;;
             *) echo "unknown suite kind $kind in $name"; exit 2 ;;
         esac
-        if ! runuser -u postgres -- make -C "$t" installcheck bindir="$bin" "${args[@]}" >"$t/$kind.log" 2>&1; then
+        log=$(echo "$kind-$list" | tr -c 'A-Za-z0-9_.\n-' '_')
+        if ! runuser -u postgres -- make -C "$t" installcheck bindir="$bin" "${args[@]}" >"$t/$log.log" 2>&1; then
             failed_by="$failed_by $kind:$list"
         fi
     done
