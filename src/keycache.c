@@ -113,6 +113,8 @@ typedef struct ByokShared
 	ByokEvent	events[BYOK_EVENT_RING];
 	int			poller_procno;	/* pgprocno of the poller, -1 if none */
 	ByokPollerStatus poller;	/* the poller's own figures */
+	int			slow_pid;		/* the slow-key poller, 0 when not running */
+	TimestampTz slow_seen_at;	/* when it last started or ended a round */
 } ByokShared;
 
 typedef struct ByokCacheEntry
@@ -236,6 +238,8 @@ byok_cache_shmem_startup(void)
 		kc_shared->events_dropped = 0;
 		kc_shared->poller_procno = -1;
 		memset(&kc_shared->poller, 0, sizeof(ByokPollerStatus));
+		kc_shared->slow_pid = 0;
+		kc_shared->slow_seen_at = 0;
 		for (int i = 0; i < byok_cache_size; i++)
 			kc_free[i] = byok_cache_size - 1 - i;
 		kc_shared->nfree = byok_cache_size;
@@ -1373,13 +1377,62 @@ kc_release_flights(int code, Datum arg)
 
 /* ---- the poller's place in shared memory ---- */
 
-void
-byok_poller_register(void)
+static void
+kc_slow_lane_exit(int code, Datum arg)
 {
 	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
-	kc_shared->poller_procno = MyProc->pgprocno;
-	kc_shared->poller.pid = MyProcPid;
+	if (kc_shared->slow_pid == MyProcPid)
+		kc_shared->slow_pid = 0;
 	LWLockRelease(kc_lock);
+}
+
+void
+byok_poller_register(bool slow_lane)
+{
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (slow_lane)
+	{
+		kc_shared->slow_pid = MyProcPid;
+		kc_shared->slow_seen_at = GetCurrentTimestamp();
+	}
+	else
+	{
+		kc_shared->poller_procno = MyProc->pgprocno;
+		kc_shared->poller.pid = MyProcPid;
+	}
+	LWLockRelease(kc_lock);
+	if (slow_lane)
+		before_shmem_exit(kc_slow_lane_exit, 0);
+}
+
+/* The slow-key poller is starting or has ended a round (its heartbeat). */
+void
+byok_slow_lane_beat(void)
+{
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	kc_shared->slow_seen_at = GetCurrentTimestamp();
+	LWLockRelease(kc_lock);
+}
+
+/*
+ * Is the slow-key poller running and keeping time?  A round of its is
+ * bounded by byok.kms_timeout, so a heartbeat older than two intervals plus
+ * two timeouts (and a second) means it is gone or stuck: the poller then
+ * asks about every CMK itself.
+ */
+bool
+byok_slow_lane_alive(void)
+{
+	int			pid;
+	TimestampTz seen;
+
+	LWLockAcquire(kc_lock, LW_SHARED);
+	pid = kc_shared->slow_pid;
+	seen = kc_shared->slow_seen_at;
+	LWLockRelease(kc_lock);
+	return pid != 0 &&
+		GetCurrentTimestamp() - seen <
+		((int64) 2 * (byok_poll_interval + byok_kms_timeout) + 1000) * 1000;
 }
 
 /* Wake the poller (new events to write, a state change to look at). */

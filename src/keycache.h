@@ -185,7 +185,9 @@ extern ByokFlightRole byok_flight_begin(const ByokCacheKey *key, uint8 *out, int
 extern void byok_flight_end(int flight, const ByokKmsError *err);
 extern bool byok_flight_wait(int flight, uint64 seq, int timeout_ms, ByokKmsError *err);
 
-extern void byok_poller_register(void);
+extern void byok_poller_register(bool slow_lane);
+extern void byok_slow_lane_beat(void);
+extern bool byok_slow_lane_alive(void);
 extern void byok_poller_wake(void);
 extern void byok_poller_round_done(int64 us, int ncmks);
 extern void byok_poller_get_status(ByokPollerStatus *out);

@@ -13,7 +13,7 @@
  * refusal is reported in preference to an unreachable server.  A forked
  * child never touches its parent's connection.
  *
- * Time.  Sockets are non-blocking and every wait polls for at most 50 ms,
+ * Time.  Sockets are non-blocking and every wait polls for at most 20 ms,
  * checking for a cancel, a termination or a shutdown request (KIO_INTERRUPTED:
  * the caller cleans up, then runs CHECK_FOR_INTERRUPTS); the whole call,
  * connect, handshake and reconnect included, is bounded by byok.kms_timeout.
@@ -59,7 +59,7 @@
 #include "kmip_conn.h"
 #include "kms_http.h"
 
-#define KMIP_WAIT_SLICE_MS	50
+#define KMIP_WAIT_SLICE_MS	20
 #define KMIP_MAX_HOSTS		8
 
 /* the process's connection */
@@ -276,7 +276,7 @@ done:
 /* ------------------------------------------------------------ I/O */
 
 /*
- * Wait until fd is ready for 'events', in slices of at most 50 ms, checking
+ * Wait until fd is ready for 'events', in slices of at most 20 ms, checking
  * for interrupts and the deadline.
  */
 static KmipIo
@@ -407,7 +407,7 @@ typedef struct KtlsLookup
 
 /*
  * Resolve host:port without blocking: glibc resolves in its own thread
- * while we wait in 50 ms slices, serving interrupts, until the deadline.
+ * while we wait in 20 ms slices, serving interrupts, until the deadline.
  * A lookup given up on is cancelled; one that cannot be cancelled any more
  * keeps its (small, malloc'd) request, which glibc may still write to.
  */

@@ -9,7 +9,7 @@
  *     cache per process), at most byok.kms_max_connections per endpoint;
  *   - many calls can run at once (the poller asks about many CMKs in one
  *     round);
- *   - the wait loop wakes at least every 50 ms, so a cancel
+ *   - the wait loop wakes at least every 20 ms, so a cancel
  *     (pg_cancel_backend, statement_timeout) or a shutdown request stops a
  *     call in flight within that time, and byok.kms_timeout bounds every
  *     call including its retries.
@@ -58,6 +58,7 @@ enum
 
 static CURLM *hc_multi = NULL;
 static int	hc_pid = 0;
+static int	hc_limit = 0;		/* byok.kms_max_connections hc_multi was last given */
 
 static void
 hc_setup(void)
@@ -283,6 +284,7 @@ hc_finish(ByokHttpCall *call, CURLcode rc, int64 now, int64 deadline)
 		}
 	}
 	call->state = CALL_DONE;
+	call->done_at = now;
 }
 
 static void
@@ -294,6 +296,7 @@ hc_abort(ByokHttpCall **calls, int n, const char *code, const char *msg)
 			continue;
 		hc_release(calls[i]);
 		calls[i]->state = CALL_DONE;
+		calls[i]->done_at = GetCurrentTimestamp();
 		calls[i]->result = BYOK_KMS_UNAVAILABLE;
 		byok_kms_set_error(&calls[i]->err, BYOK_KMS_UNAVAILABLE, code, "%s", msg);
 	}
@@ -311,6 +314,19 @@ byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms)
 	int64		deadline = GetCurrentTimestamp() + (int64) timeout_ms * 1000;
 
 	hc_setup();
+	/*
+	 * A lower limit (a reload) applies to the connections already open too:
+	 * libcurl would keep reusing every idle connection it has, so start a
+	 * fresh handle (no transfer is attached between calls).
+	 */
+	if (hc_limit > byok_kms_max_connections)
+	{
+		curl_multi_cleanup(hc_multi);
+		hc_multi = curl_multi_init();
+		if (hc_multi == NULL)
+			elog(ERROR, "could not create a libcurl multi handle");
+	}
+	hc_limit = byok_kms_max_connections;
 	curl_multi_setopt(hc_multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) byok_kms_max_connections);
 	PG_TRY();
 	{
@@ -362,7 +378,7 @@ byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms)
 				break;
 			}
 			(void) curl_multi_poll(hc_multi, NULL, 0,
-								   (int) Max(1, Min(50, (wake - now) / 1000 + 1)), NULL);
+								   (int) Max(1, Min(20, (wake - now) / 1000 + 1)), NULL);
 			if (byok_kms_interrupt_pending())
 			{
 				hc_abort(calls, n, "INTERRUPTED", "The call was interrupted.");
@@ -449,7 +465,8 @@ byok_http_key_state_many(ByokKmsStateQuery *queries, int n, const ByokHttpStateQ
 		{
 			if (calls[i].classify != NULL && calls[i].state != 0)
 				queries[i].status = hc_state_read(&calls[i], &queries[i], question);
-			queries[i].us = GetCurrentTimestamp() - start;
+			/* each call's own time: a slow neighbour must not make it look slow */
+			queries[i].us = (calls[i].done_at > 0 ? calls[i].done_at : GetCurrentTimestamp()) - start;
 			byok_http_call_free(&calls[i]);
 		}
 	}

@@ -40,6 +40,7 @@ struct ByokHttpCall
 	long		status;			/* HTTP status, 0 if none */
 	StringInfoData response;	/* body (may hold secrets: wiped) */
 	ByokKmsStatus result;
+	TimestampTz done_at;		/* when the result became final */
 	ByokKmsError err;
 	int			attempts;
 

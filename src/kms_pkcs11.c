@@ -62,7 +62,7 @@
  *
  * Time.  A token call can block (a network HSM that stops answering), so
  * every provider operation runs p11_run() in a helper thread while the
- * backend waits in slices of at most 50 ms for at most byok.kms_timeout,
+ * backend waits in slices of at most 25 ms for at most byok.kms_timeout,
  * serving a cancel, a termination or a shutdown request one slice after it
  * arrives (p11_dispatch).  A
  * call that outlives the wait is abandoned, not killed: the thread owns all
@@ -110,7 +110,7 @@
 #define P11_TOKEN_LABEL_LEN	32	/* CK_TOKEN_INFO.label, blank padded */
 #define P11_MAX_PIN			256
 #define P11_REF_ROOM		(BYOK_MAX_KEY_REF + 1)	/* one label in P11Call.refs */
-#define P11_WAIT_SLICE_MS	50
+#define P11_WAIT_SLICE_MS	25
 
 /* CK_GCM_PARAMS as headers without ulIvBits declare it */
 typedef struct P11GcmParamsNoBits
@@ -717,7 +717,7 @@ p11_run(P11Op op, P11Call *call, ByokKmsError *err)
 
 /*
  * One bounded call: a helper thread runs p11_run() while the backend waits
- * in slices of at most 50 ms, checking for a cancel, a termination or a
+ * in slices of at most 25 ms, checking for a cancel, a termination or a
  * shutdown request, for at most byok.kms_timeout.  Everything the thread
  * touches lives in the job (malloc'd, inputs copied in), in p11 and in
  * p11cfg, so a backend that gives up can simply leave: the abandoned thread

@@ -15,7 +15,11 @@
  * A network provider's CMKs are asked about concurrently (curl multi, at
  * most byok.kms_max_connections per endpoint), the local provider's one
  * after the other, fastest first; every call is bounded by
- * byok.kms_timeout, so a slow or dead KMS delays a round by at most that.
+ * byok.kms_timeout.  CMKs whose last question failed or was slow (wk_slow)
+ * are asked by a second worker, "byok slow-key poller", on its own clock:
+ * a slow or dead KMS delays the round of the healthy CMKs at most once (the
+ * round in which it turns slow), and never again while it stays slow.  If
+ * the slow-key poller is not running, the poller asks about every CMK.
  *
  * State changes go to the server log at once and into a shared-memory
  * event queue; on a primary the poller then starts a short-lived worker
@@ -79,7 +83,27 @@ byok_worker_register(void)
 	strlcpy(worker.bgw_function_name, "byok_poller_main", BGW_MAXLEN);
 	strlcpy(worker.bgw_name, "byok poller", BGW_MAXLEN);
 	strlcpy(worker.bgw_type, "byok poller", BGW_MAXLEN);
+	worker.bgw_main_arg = BoolGetDatum(false);
 	RegisterBackgroundWorker(&worker);
+	/* the same, for the CMKs that are slow or failing (see wk_slow) */
+	strlcpy(worker.bgw_name, "byok slow-key poller", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "byok slow-key poller", BGW_MAXLEN);
+	worker.bgw_main_arg = BoolGetDatum(true);
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * A CMK is slow when its last question failed (timed out, unreachable,
+ * throttled, refused) or took more than half of byok.kms_timeout.  The
+ * slow-key poller asks about those, so a hung or slow KMS never holds up the
+ * round that locks out everyone else's tenants; a slow CMK that answers in
+ * time again moves back.  (A call's time includes its wait for one of the
+ * byok.kms_max_connections, which is why the limit is not the interval.)
+ */
+static bool
+wk_slow(const ByokCmkInfo *c)
+{
+	return c->last_status != BYOK_KMS_OK || c->last_poll_us > (int64) byok_kms_timeout * 500;
 }
 
 /* CMKs grouped by provider, failing ones last, fastest first within a group */
@@ -155,16 +179,26 @@ wk_poll_provider(ByokCmkInfo *cmks, int n, MemoryContext round_cxt)
  * One round: the state of every live CMK, applied to its tenants.
  */
 static void
-wk_poll_round(MemoryContext round_cxt)
+wk_poll_round(bool slow_lane, MemoryContext round_cxt)
 {
 	MemoryContext old = MemoryContextSwitchTo(round_cxt);
 	ByokCmkInfo *cmks;
 	int			n;
+	int			kept = 0;
+	bool		all;
 	instr_time	round_start;
 	instr_time	round_time;
 
 	INSTR_TIME_SET_CURRENT(round_start);
+	if (slow_lane)
+		byok_slow_lane_beat();
 	n = byok_cmk_snapshot(&cmks);
+	/* this lane's CMKs; the poller asks about all of them if the slow lane is gone */
+	all = !slow_lane && !byok_slow_lane_alive();
+	for (int i = 0; i < n; i++)
+		if (all || wk_slow(&cmks[i]) == slow_lane)
+			cmks[kept++] = cmks[i];
+	n = kept;
 	if (n > 0)
 	{
 		char		activity[64];
@@ -173,7 +207,7 @@ wk_poll_round(MemoryContext round_cxt)
 		pgstat_report_activity(STATE_RUNNING, activity);
 	}
 	/* keys the destruction ledger lists are locked out for good */
-	if (byok_ledger_refresh())
+	if (!slow_lane && byok_ledger_refresh())
 	{
 		List	   *changes = byok_tenant_apply_ledger(byok_ledger_listed);
 		ListCell   *lc;
@@ -192,10 +226,16 @@ wk_poll_round(MemoryContext round_cxt)
 		i = j;
 	}
 
-	INSTR_TIME_SET_CURRENT(round_time);
-	INSTR_TIME_SUBTRACT(round_time, round_start);
-	byok_poller_round_done(INSTR_TIME_GET_MICROSEC(round_time), n);
-	byok_cache_sweep_expired();
+	if (slow_lane)
+		byok_slow_lane_beat();
+	else
+	{
+		/* the poller's own figures and the expiry sweep: once, here */
+		INSTR_TIME_SET_CURRENT(round_time);
+		INSTR_TIME_SUBTRACT(round_time, round_start);
+		byok_poller_round_done(INSTR_TIME_GET_MICROSEC(round_time), n);
+		byok_cache_sweep_expired();
+	}
 	if (n > 0)
 		pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -275,6 +315,7 @@ wk_launch_writer(void)
 void
 byok_poller_main(Datum arg)
 {
+	bool		slow_lane = DatumGetBool(arg);
 	MemoryContext round_cxt;
 	TimestampTz next_round = 0;
 
@@ -282,13 +323,13 @@ byok_poller_main(Datum arg)
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
-	pgstat_report_appname("byok poller");
+	pgstat_report_appname(slow_lane ? "byok slow-key poller" : "byok poller");
 
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "byok poller round",
 									  ALLOCSET_DEFAULT_SIZES);
-	byok_poller_register();
-	ereport(LOG,
-			(errmsg("byok poller started"),
+	byok_poller_register(slow_lane);
+	ereport(slow_lane ? DEBUG1 : LOG,
+			(errmsg("%s started", slow_lane ? "byok slow-key poller" : "byok poller"),
 			 errdetail("Polling every %d ms.", byok_poll_interval)));
 
 	while (!ShutdownRequestPending)
@@ -305,9 +346,10 @@ byok_poller_main(Datum arg)
 		if (now >= next_round)
 		{
 			next_round = now + (int64) byok_poll_interval * 1000;
-			wk_poll_round(round_cxt);
+			wk_poll_round(slow_lane, round_cxt);
 		}
-		wk_launch_writer();
+		if (!slow_lane)
+			wk_launch_writer();
 
 		now = GetCurrentTimestamp();
 		wait_ms = next_round > now ? (long) ((next_round - now + 999) / 1000) : 0;
