@@ -1,10 +1,9 @@
 # 001_lockout.pl — a customer disables its key; every session decrypting in
-# an open transaction is refused within byok.poll_interval + 500 ms, none
+# an open transaction is refused within byok.poll_interval + 100 ms, none
 # succeeds afterwards, other tenants carry on, re-enabling brings everyone
 # back, destroying is final.  Ten drills; the lockout figures are printed.
 use strict;
 use warnings;
-use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -23,84 +22,29 @@ $node->safe_psql('postgres', q{
 	CREATE TABLE b AS SELECT i, byok_encrypt('bystander', 'value ' || i) AS c FROM generate_series(1, 100) i;
 });
 
-# One session: a single transaction decrypting drill rows in a loop until
-# refused (or 30 s), then reporting when it last succeeded and when it was
-# refused, as epoch seconds.
-my $loop = q{
-DO $$
-DECLARE
-	last_ok float8 := 0;
-	n int := 0;
-	v bytea;
-BEGIN
-	BEGIN
-		LOOP
-			SELECT c INTO v FROM d WHERE i = 1 + (n % 100);
-			PERFORM byok_decrypt(v);
-			last_ok := extract(epoch FROM clock_timestamp());
-			n := n + 1;
-			IF n = 1 THEN RAISE NOTICE 'started'; END IF;
-			EXIT WHEN clock_timestamp() > now() + interval '30 s';
-			PERFORM pg_sleep(0.002);
-		END LOOP;
-		RAISE NOTICE 'never refused n=%', n;
-	EXCEPTION WHEN OTHERS THEN
-		RAISE NOTICE 'refused state=% last_ok=% at=% n=%', SQLSTATE, last_ok,
-			extract(epoch FROM clock_timestamp()), n;
-	END;
-END $$;
-};
-
-sub start_session
-{
-	my ($out, $err) = ('', '');
-	my $h = IPC::Run::start(
-		[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr('postgres'), '-c', $loop ],
-		'>', \$out, '2>', \$err);
-	return { h => $h, out => \$out, err => \$err };
-}
-
+# Each drill: $sessions sessions, each in one transaction decrypting drill
+# rows every 2 ms; the key is disabled at a random phase of the poll cycle.
+# The bound, per drill: every session refused within poll_interval + 100 ms
+# of the rename (the local provider's call is a stat() of a file: no
+# provider allowance).  A poller that acts one round late needs about
+# interval + 0..interval and crosses it.  Across the drills, the median of
+# the drills' last refusals must lie within poll_interval.
+my $bound_ms = $interval_ms + 100;
 my (@lockouts, @last_success);
 for my $drill (1 .. $drills)
 {
-	my @s = map { start_session() } 1 .. $sessions;
-	# wait until every session is inside its transaction, decrypting
-	my $deadline = time() + 20;
-	while (grep({ ${ $_->{err} } !~ /started/ } @s) && time() < $deadline)
-	{
-		$_->{h}->pump_nb for @s;
-		usleep(10_000);
-	}
-	# a random phase against the poller's rounds
-	usleep(50_000 + int(rand($interval_ms)) * 1000);
-
-	my $t0 = time();
-	disable_key($node, 'drill-cmk');
-	$_->{h}->finish for @s;
-
-	my ($max_refused, $max_last_ok, $refused) = (0, -1e9, 0);
-	for my $s (@s)
-	{
-		if (${ $s->{err} } =~ /refused state=(\w+) last_ok=([\d.]+) at=([\d.]+)/)
-		{
-			$refused++ if $1 eq 'YK003';
-			$max_refused = $3 - $t0 if $3 - $t0 > $max_refused;
-			$max_last_ok = $2 - $t0 if $2 - $t0 > $max_last_ok;
-		}
-		else
-		{
-			diag("session output: " . ${ $s->{err} });
-		}
-	}
-	is($refused, $sessions, "drill $drill: every session refused with YK003");
-	cmp_ok($max_refused * 1000, '<=', $interval_ms + 500,
-		"drill $drill: all refused within poll_interval + 500 ms");
-	push @lockouts, $max_refused * 1000;
-	push @last_success, $max_last_ok * 1000;
+	my $d = lockout_drill(nodes => [$node], sessions => $sessions,
+		perform => 'byok_decrypt(c) FROM d WHERE i = 1 + (n % 100)',
+		phase_ms => $interval_ms,
+		action => sub { disable_key($node, 'drill-cmk') });
+	my $max = lockout_ok($d, 'YK003', $bound_ms, "drill $drill");
+	push @lockouts, $max;
+	push @last_success, (sort { $a <=> $b } map { $_->{last_ok_ms} // 1e9 } @{ $d->{sessions} })[-1];
 
 	# nobody succeeds afterwards, and other tenants carry on
-	my ($ret, $stdout, $stderr) = $node->psql('postgres', 'SELECT count(byok_decrypt(c)) FROM d');
-	like($stderr, qr/customer master key of tenant "drill" is disabled/, "drill $drill: a new session is refused too");
+	my ($state, $stderr) = sql_error($node, 'SELECT count(byok_decrypt(c)) FROM d');
+	is($state, 'YK003', "drill $drill: a new session is refused too (YK003)");
+	like($stderr, qr/customer master key of tenant "drill" is disabled/, "drill $drill: naming the disabled key");
 	is($node->safe_psql('postgres', 'SELECT count(byok_decrypt(c)) FROM b'), '100',
 		"drill $drill: the bystander tenant still works");
 
@@ -110,10 +54,12 @@ for my $drill (1 .. $drills)
 		'100', "drill $drill: every row decrypts again");
 }
 
-my @sorted = sort { $a <=> $b } @lockouts;
+my @sorted = sort { $a <=> $b } grep { defined } @lockouts;
+cmp_ok(median(@sorted) // 1e9, '<=', $interval_ms,
+	"the median of the drills' last refusals is within poll_interval");
 diag(sprintf("lockout after disabling the CMK (poll_interval %d ms, %d sessions, %d drills): "
-	  . "refused median %.0f ms, max %.0f ms; last successful decrypt median %.0f ms, max %.0f ms after the disable",
-	  $interval_ms, $sessions, $drills, median(@lockouts), $sorted[-1], median(@last_success),
+	  . "last session refused median %.0f ms, max %.0f ms; last successful decrypt median %.0f ms, max %.0f ms after the disable",
+	  $interval_ms, $sessions, $drills, median(@sorted) // -1, $sorted[-1] // -1, median(@last_success),
 	  (sort { $a <=> $b } @last_success)[-1]));
 my $stats = $node->safe_psql('postgres',
 	q{SELECT round(revocation_lag_ms::numeric, 3) || ' ms purge, ' || last_purged || ' keys wiped' FROM byok_stats() WHERE tenant = 'drill'});
@@ -121,11 +67,14 @@ diag("last purge by the poller: $stats");
 
 # the audit log recorded each lockout and recovery durably
 ok($node->poll_query_until('postgres',
-		q{SELECT count(*) >= 20 FROM byok.key_events WHERE tenant = 'drill' AND event IN ('cmk_disabled', 'cmk_enabled')}),
-	'every lockout and recovery is in byok.key_events');
-like($node->safe_psql('postgres',
-		q{SELECT detail FROM byok.key_events WHERE tenant = 'drill' AND event = 'cmk_disabled' ORDER BY event_id LIMIT 1}),
-	qr/lockout took [\d.]+ ms/, 'the audit row says how long the purge took');
+		q{SELECT count(*) = 20 FROM byok.key_events WHERE tenant = 'drill' AND event IN ('cmk_disabled', 'cmk_enabled')}),
+	'every lockout and recovery is in byok.key_events (10 + 10)');
+# the audit row's figure runs from the poller's sighting to the end of the
+# purge: a wipe of a few cached keys, well under a millisecond
+my $detail = $node->safe_psql('postgres',
+	q{SELECT detail FROM byok.key_events WHERE tenant = 'drill' AND event = 'cmk_disabled' ORDER BY event_id LIMIT 1});
+my ($took) = $detail =~ /lockout took ([\d.]+) ms/;
+ok(defined $took && $took <= 10, "the audit row says how long the purge took: within 10 ms ($detail)");
 
 # destroyed is final: even if the key file comes back
 my $saved = keyring($node) . '/drill-cmk.saved';
@@ -135,8 +84,9 @@ rename($saved, keyring($node) . '/drill-cmk.key') or die;
 usleep(3 * $interval_ms * 1000);
 is($node->safe_psql('postgres', q{SELECT state FROM byok_stats() WHERE tenant = 'drill'}),
 	'cmk_destroyed', 'destroyed stays destroyed');
-my ($ret, $stdout, $stderr) = $node->psql('postgres', 'SELECT count(byok_decrypt(c)) FROM d');
-like($stderr, qr/destroyed/, 'and nothing decrypts');
+my ($state, $stderr) = sql_error($node, 'SELECT count(byok_decrypt(c)) FROM d');
+is($state, 'YK004', 'and nothing decrypts (YK004)');
+like($stderr, qr/destroyed/, 'naming the destroyed key');
 ok($node->log_contains(qr/byok: tenant "drill" is now cmk_destroyed/), 'the server log says so');
 
 $node->stop;

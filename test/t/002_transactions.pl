@@ -49,7 +49,7 @@ for my $id (1 .. 4)
 	my ($out, $err) = ('', '');
 	my $tenant = $id <= 3 ? 'acme' : 'globex';
 	my $h = IPC::Run::start(
-		[ $node->installed_command('psql'), '-XAq', '-d', $node->connstr('postgres') ],
+		[ $node->installed_command('psql'), '-XAq', '-v', 'VERBOSITY=verbose', '-d', $node->connstr('postgres') ],
 		'<', \writer_sql($id, $tenant), '>', \$out, '2>', \$err);
 	push @writers, { h => $h, err => \$err, tenant => $tenant, id => $id };
 }
@@ -70,8 +70,8 @@ $_->{h}->finish for grep { $_->{tenant} eq 'acme' } @writers;
 
 for my $w (grep { $_->{tenant} eq 'acme' } @writers)
 {
-	like(${ $w->{err} }, qr/customer master key of tenant "acme" is disabled/,
-		"writer $w->{id} was refused");
+	like(${ $w->{err} }, qr/ERROR:  YK003: customer master key of tenant "acme" is disabled/,
+		"writer $w->{id} was refused (YK003)");
 	is($node->safe_psql('postgres', "SELECT count(*) FROM w WHERE writer = $w->{id}"),
 		'0', "writer $w->{id}: its transaction rolled back entirely, no half-written rows");
 }
@@ -79,6 +79,8 @@ my $g = (grep { $_->{tenant} eq 'globex' } @writers)[0];
 $node->safe_psql('postgres',
 	q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%byok_encrypt(''globex''%' AND pid <> pg_backend_pid()});
 $g->{h}->finish;
+like(${ $g->{err} }, qr/ERROR:  57014: canceling statement due to user request/,
+	'the globex writer kept writing until the test cancelled it');
 unlike(${ $g->{err} }, qr/YK0|disabled/, 'the globex writer was never refused');
 
 enable_key($node, 'acme-cmk');

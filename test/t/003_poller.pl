@@ -24,7 +24,7 @@ sub poller_pid
 }
 
 my $pid = poller_pid();
-like($pid, qr/^\d+$/, 'the poller shows in pg_stat_activity as "byok poller"');
+cmp_ok($pid || 0, '>', 0, 'the poller shows in pg_stat_activity as "byok poller"');
 is($node->safe_psql('postgres', 'SELECT pid FROM byok_poller_status()'), $pid,
 	'byok_poller_status() names the same process');
 
@@ -38,11 +38,20 @@ my $new_pid = poller_pid();
 ok($node->poll_query_until('postgres',
 		qq{SELECT rounds > $rounds AND pid = $new_pid FROM byok_poller_status()}),
 	'and it polls again');
-$node->safe_psql('postgres', 'SELECT count(byok_decrypt(c)) FROM t');
-disable_key($node, 'acme-cmk');
-ok(wait_state($node, 'acme', 'cmk_disabled'), 'the restarted poller still locks a tenant out');
-enable_key($node, 'acme-cmk');
-ok(wait_state($node, 'acme', 'active'), 'and lets it back in');
+# three timed drills against the restarted poller: every session decrypting
+# in an open transaction refused within poll_interval + 100 ms of the rename
+# (local provider: no provider allowance)
+my @restart_max;
+for my $drill (1 .. 3)
+{
+	my $d = lockout_drill(nodes => [$node], sessions => 3,
+		perform => 'byok_decrypt(c) FROM t WHERE i = 1 + n % 10',
+		action => sub { disable_key($node, 'acme-cmk') });
+	push @restart_max, lockout_ok($d, 'YK003', 200 + 100, "restarted poller, drill $drill");
+	enable_key($node, 'acme-cmk');
+	ok(wait_state($node, 'acme', 'active'), "restarted poller, drill $drill: and lets it back in");
+}
+diag(lockout_summary('lockout by the restarted poller (poll_interval 200 ms, 3 sessions)', @restart_max));
 
 # SIGHUP: a new interval takes effect
 $node->safe_psql('postgres', q{ALTER SYSTEM SET byok.poll_interval = '700ms'});
@@ -84,8 +93,9 @@ is($node->safe_psql('postgres', q{SELECT state FROM byok_stats() WHERE tenant = 
 is($node->safe_psql('postgres', 'SELECT count(byok_decrypt(c)) FROM t'), '10',
 	'serve_cached: cached keys keep serving');
 $node->safe_psql('postgres', q{SELECT byok_cache_flush('acme')});
-my ($ret, $stdout, $stderr) = $node->psql('postgres', 'SELECT count(byok_decrypt(c)) FROM t');
-like($stderr, qr/key provider is unavailable for tenant "acme"/, 'serve_cached: a new unwrap fails with the KMS-unavailable error');
+my ($state, $stderr) = sql_error($node, 'SELECT count(byok_decrypt(c)) FROM t');
+is($state, 'YK005', 'serve_cached: a new unwrap fails with the KMS-unavailable error (YK005)');
+like($stderr, qr/key provider is unavailable for tenant "acme"/, 'serve_cached: naming the tenant');
 $node->safe_psql('postgres', q{SELECT 1});
 rename("$ring.away", $ring) or die;
 ok($node->poll_query_until('postgres',
@@ -102,8 +112,8 @@ my $t0 = time();
 ok(wait_state($node, 'acme', 'kms_unreachable'), 'fail_closed: the tenant is locked out');
 my $took = time() - $t0;
 cmp_ok($took, '>=', 0.9, sprintf('only after the grace (%.2f s)', $took));
-($ret, $stdout, $stderr) = $node->psql('postgres', 'SELECT count(byok_decrypt(c)) FROM t');
-like($stderr, qr/YK005|unreachable/, 'fail_closed: cached keys no longer serve');
+($state, $stderr) = sql_error($node, 'SELECT count(byok_decrypt(c)) FROM t');
+is($state, 'YK005', 'fail_closed: cached keys no longer serve (YK005)');
 rename("$ring.away", $ring) or die;
 ok(wait_state($node, 'acme', 'active'), 'fail_closed: back when reachable');
 is($node->safe_psql('postgres',
@@ -131,13 +141,17 @@ diag("revocation drill with 3 sessions holding keys: lockout $lockout ms, $purge
 is($okflag, 'true', 'the drill reports ok');
 cmp_ok($purged, '>', 0, 'it purged cached keys');
 is($residual, '0', 'no wiped key bytes remain in shared memory');
-cmp_ok($lockout, '<', 1000, 'every session lost its key within a second');
+# the sessions call every 5 ms and a backend drops its handle at its next
+# call: 100 ms is 20 of their calls (a backend that waited for the next
+# poll round, 200 ms, or its transaction's end would cross it)
+cmp_ok($lockout, '<=', 100, 'every session lost its key within 100 ms');
 $_->finish for @holders;
 is($node->safe_psql('postgres', q{SELECT state FROM byok_stats() WHERE tenant = 'acme'}), 'active',
 	'the drill reinstated the tenant');
 is($node->safe_psql('postgres', 'SELECT count(byok_decrypt(c)) FROM t'), '10', 'and it works');
-like($node->safe_psql('postgres', q{SELECT detail FROM byok.key_events WHERE event = 'revocation_drill'}),
-	qr/lockout [\d.]+ ms/, 'the drill is in the audit log');
+my $drill_detail = $node->safe_psql('postgres', q{SELECT detail FROM byok.key_events WHERE event = 'revocation_drill'});
+my ($logged) = $drill_detail =~ /lockout ([\d.]+) ms/;
+ok(defined $logged && abs($logged - $lockout) < 0.01, "the drill is in the audit log with its figure ($drill_detail)");
 
 # 1,000 tenants with their own CMKs: one poll round
 $node->safe_psql('postgres', q{ALTER SYSTEM SET byok.poll_interval = '1s'});

@@ -16,6 +16,7 @@ use File::Path qw(make_path);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use MIME::Base64 qw(encode_base64);
 use ByokTest;
 
 my $tmp = PostgreSQL::Test::Utils::tempdir();
@@ -52,11 +53,77 @@ my $expect = $src->safe_psql('postgres',
 # a base backup now, before anything is destroyed
 $src->backup('before');
 
+# Every plaintext marker a byok column holds, and a scanner for every form
+# one could take in a plain dump: as text; as bytea, which COPY writes as
+# \\x and lowercase hex (and inside a longer value, hex anywhere); and as
+# base64, at each of its three alignments.
+my @markers = split /\n/, $src->safe_psql('postgres', q{
+	SELECT byok_decrypt_text(email) FROM customers
+	UNION ALL SELECT convert_from(byok_decrypt(note), 'UTF8') FROM customers
+	UNION ALL SELECT secret FROM orders_decrypted});
+is(scalar(@markers), 140, 'the markers: 50 emails, 50 notes, 40 protected values');
+sub marker_forms
+{
+	my ($m) = @_;
+	my $hex = unpack('H*', $m);
+	my @b64;
+	for my $o (0 .. 2)
+	{
+		my $part = substr($m, $o);
+		push @b64, encode_base64(substr($part, 0, 3 * int(length($part) / 3)), '');
+	}
+	return (raw => [ qr/\Q$m\E/ ], hex => [ qr/\\\\x\Q$hex\E/i, qr/\Q$hex\E/i ],
+		base64 => [ map { qr/\Q$_\E/ } @b64 ]);
+}
+# the forms in which $text holds marker $m
+sub found_forms
+{
+	my ($text, $m) = @_;
+	my %f = marker_forms($m);
+	return grep { my $k = $_; grep { $text =~ $_ } @{ $f{$k} } } sort keys %f;
+}
+# the COPY data of one table in a plain dump
+sub copy_block
+{
+	my ($text, $table) = @_;
+	return $text =~ /^COPY \Q$table\E .*? FROM stdin;\n(.*?)^\\\.\n/ms ? $1 : undef;
+}
+
+# Controls: the same markers in plain columns, one table per form (the
+# bytea one inside a longer value, the base64 one at every alignment); the
+# scanner must find every marker in each of them
+my $list = join(',', map { "(\$m\$$_\$m\$)" } @markers);
+$src->safe_psql('postgres', qq{
+	CREATE TABLE control_text AS SELECT m FROM (VALUES $list) v(m);
+	CREATE TABLE control_bytea AS SELECT '\\x0001'::bytea || convert_to(m, 'UTF8') || '\\xff'::bytea AS b FROM control_text;
+	CREATE TABLE control_base64 AS
+	SELECT encode(substr('\\x010203'::bytea, 1, (row_number() OVER ())::int % 3) || convert_to(m, 'UTF8'), 'base64') AS b
+	FROM control_text;
+});
+
 # pg_dump, plain format
 my $dump = "$tmp/dump.sql";
 $src->command_ok([ 'pg_dump', '-d', $src->connstr('postgres'), '-f', $dump ], 'pg_dump of the database');
 my $text = slurp_file($dump);
-unlike($text, qr/MARKER/, 'the dump holds no plaintext marker of any tenant (plain and protected columns)');
+for my $c ([ 'public.control_text', 'raw' ], [ 'public.control_bytea', 'hex' ], [ 'public.control_base64', 'base64' ])
+{
+	my $block = copy_block($text, $c->[0]) // '';
+	is(scalar(grep { my $m = $_; grep { $_ eq $c->[1] } found_forms($block, $m) } @markers), scalar(@markers),
+		"the scanner sees every marker in $c->[0] (form: $c->[1])");
+}
+for my $table ('public.customers', 'public.orders')
+{
+	my $block = copy_block($text, $table);
+	ok(defined $block && $block =~ /\\\\x/, "the dump holds $table\'s rows, as bytea");
+	my @seen = grep { found_forms($block // '', $_) } @markers;
+	is(scalar(@seen), 0, "no marker in any form in $table\'s rows") or diag("seen: @seen[0 .. 4]");
+}
+(my $rest = $text) =~ s/^COPY public\.control_\w+ .*? FROM stdin;\n.*?^\\\.\n//gms;
+my @anywhere = grep { found_forms($rest, $_) } @markers;
+is(scalar(@anywhere), 0, 'nor anywhere else in the dump (plain and protected columns, views, byok\'s tables)')
+  or diag("seen: @anywhere[0 .. 4]");
+unlike($rest, qr/MARKER/, 'not even the word MARKER');
+$src->safe_psql('postgres', 'DROP TABLE control_text, control_bytea, control_base64');
 like($text, qr/COPY byok\.tenant_keys/, 'the dump carries the wrapped keys (extension config tables)');
 is($src->safe_psql('postgres',
 		q{SELECT (SELECT count(*) FROM customers WHERE (byok_ciphertext_info(email)).tenant <> tenant
@@ -77,9 +144,9 @@ is($dst->safe_psql('r',
 		  FROM customers WHERE tenant <> 'umbrella' GROUP BY tenant ORDER BY tenant}),
 	join("\n", grep { !/^umbrella/ } split /\n/, $expect),
 	'each reachable tenant decrypts exactly what it had (no double encryption)');
-my ($ret, $out, $err) = $dst->psql('r', q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'umbrella'});
-
-like($err, qr/YK004|destroyed or missing/, 'a tenant whose CMK was destroyed stays unreadable after the restore');
+my ($state, $err) = sql_error($dst, q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'umbrella'}, db => 'r');
+is($state, 'YK004', 'a tenant whose CMK was destroyed stays unreadable after the restore (YK004)');
+like($err, qr/destroyed or missing/, 'saying the key is missing');
 is($dst->safe_psql('r', q{SELECT count(*) FROM byok.tenants}), '4', 'the tenants came back with the dump');
 is($dst->safe_psql('r', q{SELECT md5(string_agg(id || tenant || secret, ',' ORDER BY id)) FROM orders_decrypted}),
 	$orders, 'the protected column reads back through its restored view');
@@ -88,8 +155,9 @@ is($dst->safe_psql('r', q{SELECT count(*) FROM orders WHERE byok_decrypt_text(se
 is($dst->safe_psql('r', q{SELECT count(*) FROM byok.protected_columns}), '1', 'the registry came back');
 is($dst->safe_psql('r', q{INSERT INTO orders_decrypted VALUES (41, 'acme', 'after restore', 1) RETURNING secret}),
 	'after restore', 'the restored view and triggers still encrypt new rows');
-($ret, $out, $err) = $dst->psql('r', q{INSERT INTO orders VALUES (42, 'acme', 'plaintext by mistake', 1)});
-like($err, qr/holds only byok ciphertexts/, 'and the restored guard still refuses plaintext in the table');
+($state, $err) = sql_error($dst, q{INSERT INTO orders VALUES (42, 'acme', 'plaintext by mistake', 1)}, db => 'r');
+is($state, 'YK010', 'and the restored guard still refuses plaintext in the table (YK010)');
+like($err, qr/holds only byok ciphertexts/, 'saying the column holds only ciphertexts');
 
 # the custom format and pg_restore
 my $cdump = "$tmp/dump.custom";
@@ -116,15 +184,17 @@ my $cert = $src->safe_psql('postgres', q{SELECT byok_destroy_tenant('globex')});
 like($cert, qr/"what_remains": "Backups, dumps and replicas taken before this destruction still hold/,
 	'the certificate says what remains');
 ok(-s $ledger, 'the ledger file was written');
-($ret, $out, $err) = $src->psql('postgres', q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'globex'});
-like($err, qr/tenant "globex" was destroyed/, 'the source no longer decrypts globex');
+($state, $err) = sql_error($src, q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'globex'});
+is($state, 'YK004', 'the source no longer decrypts globex (YK004)');
+like($err, qr/tenant "globex" was destroyed/, 'saying the tenant was destroyed');
 
 my $with = PostgreSQL::Test::Cluster->new('with_ledger');
 $with->init_from_backup($src, 'before');
 $with->append_conf('postgresql.conf', "byok.destruction_ledger = '$ledger'\n");
 $with->start;
-($ret, $out, $err) = $with->psql('postgres', q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'globex'});
-like($err, qr/tenant "globex" was destroyed.*|destruction_ledger/s, 'restored with the ledger: globex is refused');
+($state, $err) = sql_error($with, q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'globex'});
+is($state, 'YK004', 'restored with the ledger: globex is refused (YK004)');
+like($err, qr/tenant "globex" was destroyed/, 'saying the tenant was destroyed');
 like($err, qr/byok.destruction_ledger/, 'and the error says why');
 is($with->safe_psql('postgres', q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'acme'}), '12',
 	'other tenants are unaffected');
@@ -146,8 +216,8 @@ is($late->safe_psql('postgres', q{SELECT count(byok_decrypt(email)) FROM custome
 	'before the ledger line: readable');
 PostgreSQL::Test::Utils::append_to_file("$tmp/late.ledger", slurp_file($ledger));
 ok(wait_state($late, 'globex', 'cmk_destroyed'), 'the poller reads the new ledger line and locks globex out for good');
-($ret, $out, $err) = $late->psql('postgres', q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'globex'});
-like($err, qr/destroyed/, 'cached keys no longer serve');
+($state, $err) = sql_error($late, q{SELECT count(byok_decrypt(email)) FROM customers WHERE tenant = 'globex'});
+is($state, 'YK004', 'cached keys no longer serve (YK004)');
 $late->stop;
 
 $dst->stop;

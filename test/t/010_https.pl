@@ -10,13 +10,14 @@ use Cwd qw(abs_path);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(sleep);
 use ByokTest;
 use ByokKms;
 
 my $pki = PostgreSQL::Test::Utils::tempdir();
 system('bash', abs_path('test/kms/kmip_certs.sh'), $pki) == 0 or die 'kmip_certs.sh failed';
 my $kms = ByokKms->start(PostgreSQL::Test::Utils::tempdir(), tls => [ "$pki/server.crt", "$pki/server.key" ]);
-like($kms->{tls_url}, qr{^https://127\.0\.0\.1:\d+$}, 'the KMS test server serves HTTPS');
+like($kms->{tls_url}, qr{^https://127\.0\.0\.1:\d+$}, 'test server: the KMS test server serves HTTPS');
 
 my $node = byok_node('https', conf => [
 	"byok.aws_endpoint = '$kms->{tls_url}/'", "byok.aws_region = 'us-east-1'",
@@ -24,10 +25,11 @@ my $node = byok_node('https', conf => [
 	"byok.vault_address = '$kms->{tls_url}'", "byok.vault_token_file = '$kms->{vault_token}'",
 	"byok.kms_ca_file = '$pki/ca.crt'", "byok.kms_timeout = '2s'" ]);
 sub sq { return $node->safe_psql('postgres', $_[0]); }
+# '' if the SQL succeeds, else "SQLSTATE stderr": checks anchor the code
 sub fails
 {
-	my ($ret, $out, $err) = $node->psql('postgres', $_[0]);
-	return $ret == 0 ? '' : $err;
+	my ($state, $err) = sql_error($node, $_[0]);
+	return $state eq '' ? '' : "$state $err";
 }
 sub set_conf
 {
@@ -43,7 +45,6 @@ sub fresh
 	sleep 1.1;
 }
 
-is(sq(q{SHOW byok.kms_allow_insecure}), 'off', 'plain HTTP is not allowed');
 my $aws_key = $kms->create_aws_key;
 my $vault_key = $kms->create_vault_key('tls');
 sq("SELECT byok_create_tenant('aws', 'aws-kms', '$aws_key')");
@@ -54,6 +55,27 @@ fresh();
 is(sq(q{SELECT count(*) FROM t WHERE byok_decrypt_text(c) = 'value ' || i}), '20',
 	'aws-kms and vault-transit round trips over verified HTTPS');
 
+# plain HTTP is refused: the same test server's plain http:// listener
+# (which serves the same API) as the endpoint, byok.kms_allow_insecure off
+set_conf('byok.aws_endpoint', "$kms->{url}/");
+set_conf('byok.vault_address', $kms->{url});
+fresh();
+like(fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'}),
+	qr/^YK009 .*Plain http:\/\/ endpoints are refused unless byok.kms_allow_insecure is on/s,
+	'a plain http:// endpoint is refused (YK009)');
+like(fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'vault'}),
+	qr/^YK009 .*Plain http:\/\//s, 'for vault-transit too');
+is(sq(q{SELECT count(*) FROM byok_stats() WHERE state <> 'active'}), '0', 'and no tenant is locked out by it');
+# the control: the same endpoint works once insecure endpoints are allowed,
+# so the refusal above was byok's policy, not a dead endpoint
+set_conf('byok.kms_allow_insecure', 'on');
+fresh();
+is(sq(q{SELECT count(byok_decrypt(c)) FROM t}), '20', 'with byok.kms_allow_insecure on, the same endpoints serve');
+sq(q{ALTER SYSTEM RESET byok.kms_allow_insecure});
+set_conf('byok.vault_address', $kms->{tls_url});
+set_conf('byok.aws_endpoint', "$kms->{tls_url}/");
+is(sq(q{SHOW byok.kms_allow_insecure}), 'off', 'insecure endpoints are off again');
+
 set_conf('byok.aws_endpoint', "https://localhost:$kms->{tls_port}/");
 fresh();
 is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'}), '10', 'a DNS name the certificate carries');
@@ -62,10 +84,10 @@ is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'}), '10', 'a DN
 set_conf('byok.kms_ca_file', "$pki/rogue-ca.crt");
 fresh();
 my $err = fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'});
-like($err, qr/key provider configuration is invalid/, 'a wrong CA is a configuration error (YK009)');
+like($err, qr/^YK009 .*key provider configuration is invalid/s, 'a wrong CA is a configuration error (YK009)');
 like($err, qr/SSL certificate problem: .*byok.kms_ca_file must hold the CA/s, 'with curl\'s reason and what to check');
 $err = fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'vault'});
-like($err, qr/SSL certificate problem/, 'for vault-transit too');
+like($err, qr/^YK009 .*SSL certificate problem/s, 'for vault-transit too');
 is(sq(q{SELECT count(*) FROM byok_stats() WHERE state <> 'active'}), '0', 'and no tenant is locked out by it');
 set_conf('byok.kms_ca_file', "$pki/ca.crt");
 
@@ -85,7 +107,7 @@ $kms->launch;
 set_conf('byok.aws_endpoint', "$kms->{tls_url}/");
 fresh();
 $err = fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'});
-like($err, qr/key provider configuration is invalid/, 'a certificate that does not name the host: YK009');
+like($err, qr/^YK009 .*key provider configuration is invalid/s, 'a certificate that does not name the host: YK009');
 like($err, qr/(subject name|does not match).*127\.0\.0\.1/s, 'naming the mismatch');
 is(sq(q{SELECT count(*) FROM byok_stats() WHERE state <> 'active'}), '0', 'and no tenant is locked out by it');
 
