@@ -84,6 +84,10 @@ typedef struct ByokCmk
 	TimestampTz unreachable_since;
 	char		last_error[128];
 	TimestampTz last_active_at; /* last registration; keeps a fresh CMK polled */
+	uint64		serial;			/* which CMK this entry holds (entries are reused) */
+	TimestampTz last_asked_at;	/* when the question last recorded was asked */
+	bool		slow;			/* asked by the slow-key poller (see byok_cmk_record_poll) */
+	int			fast_streak;	/* answers in time in a row while slow */
 } ByokCmk;
 
 typedef struct ByokCmkMapKey
@@ -106,6 +110,7 @@ typedef struct ByokShared
 	TimestampTz last_sweep;		/* last sweep of expired entries */
 	int			nfree;			/* free vault cells on the stack */
 	uint64		flight_seq;		/* last flight sequence number handed out */
+	uint64		cmk_serial;		/* last CMK registry serial handed out */
 	ByokFlight	flights[BYOK_MAX_FLIGHTS];
 	int			event_head;		/* oldest queued event */
 	int			event_count;	/* queued events */
@@ -229,6 +234,7 @@ byok_cache_shmem_startup(void)
 			memset(&kc_cmks[i], 0, sizeof(ByokCmk));
 		}
 		kc_shared->flight_seq = 0;
+		kc_shared->cmk_serial = 0;
 		for (int i = 0; i < BYOK_MAX_FLIGHTS; i++)
 		{
 			memset(&kc_shared->flights[i], 0, sizeof(ByokFlight));
@@ -937,6 +943,7 @@ byok_cmk_register(int slot, const char *provider, const char *key_ref, int32 ver
 			me->idx = idx;
 			memset(c, 0, sizeof(ByokCmk));
 			c->in_use = true;
+			c->serial = ++kc_shared->cmk_serial;
 			strlcpy(c->provider, provider, sizeof(c->provider));
 			strlcpy(c->key_ref, key_ref, sizeof(c->key_ref));
 			c->last_state = -1;
@@ -965,6 +972,8 @@ kc_cmk_copy(int idx, ByokCmkInfo *out)
 	ByokCmk    *c = &kc_cmks[idx];
 
 	out->idx = idx;
+	out->serial = c->serial;
+	out->slow = c->slow;
 	strlcpy(out->provider, c->provider, sizeof(out->provider));
 	strlcpy(out->key_ref, c->key_ref, sizeof(out->key_ref));
 	out->version_hint = c->version_hint;
@@ -983,7 +992,7 @@ kc_cmk_copy(int idx, ByokCmkInfo *out)
  * exclusive.
  */
 int
-byok_cmk_snapshot(ByokCmkInfo **out)
+byok_cmk_snapshot(ByokCmkInfo **out, bool prune)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int			n = 0;
@@ -1010,7 +1019,7 @@ byok_cmk_snapshot(ByokCmkInfo **out)
 
 		if (!c->in_use)
 			continue;
-		if (live[i] || now - c->last_active_at < 60 * USECS_PER_SEC)
+		if (live[i] || now - c->last_active_at < 60 * USECS_PER_SEC || !prune)
 			kc_cmk_copy(i, &(*out)[n++]);
 		else
 		{
@@ -1060,20 +1069,43 @@ byok_cmk_get(int idx, ByokCmkInfo *out)
  * Returns a palloc'd List of ByokStateChange.  Takes the lock exclusive.
  */
 List *
-byok_cmk_record_poll(int idx, ByokKmsStatus status, ByokKeyState state,
-					 int64 us, const ByokKmsError *err)
+byok_cmk_record_poll(int idx, uint64 serial, TimestampTz asked_at, ByokKmsStatus status,
+					 ByokKeyState state, int64 us, const ByokKmsError *err)
 {
 	ByokCmk    *c = &kc_cmks[idx];
 	TimestampTz now = GetCurrentTimestamp();
 	List	   *changes = NIL;
 	bool		fail_closed = false;
+	bool		bad;
 
+	if (idx < 0 || idx >= byok_max_tenants)
+		return NIL;
 	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
-	if (!c->in_use)
+	/*
+	 * The entry may hold another CMK by now (the one asked about left the
+	 * registry and its entry was reused), or a fresher answer may have been
+	 * recorded (both pollers asked): either way this answer is not applied.
+	 */
+	if (!c->in_use || c->serial != serial || asked_at < c->last_asked_at)
 	{
 		LWLockRelease(kc_lock);
 		return NIL;
 	}
+	c->last_asked_at = asked_at;
+	/*
+	 * Which poller asks next time: a failed or slow answer (over half of
+	 * byok.kms_timeout) sends the CMK to the slow-key poller; three answers
+	 * in time in a row bring it back, so a flapping KMS cannot hold up the
+	 * poller's round every other time.
+	 */
+	bad = status != BYOK_KMS_OK || us > (int64) byok_kms_timeout * 500;
+	if (bad)
+	{
+		c->slow = true;
+		c->fast_streak = 0;
+	}
+	else if (c->slow && ++c->fast_streak >= 3)
+		c->slow = false;
 	c->last_status = status;
 	c->last_poll_at = now;
 	c->last_poll_us = us;
@@ -1380,6 +1412,8 @@ kc_release_flights(int code, Datum arg)
 static void
 kc_slow_lane_exit(int code, Datum arg)
 {
+	/* an ERROR in a background worker exits without releasing its LWLocks */
+	LWLockReleaseAll();
 	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
 	if (kc_shared->slow_pid == MyProcPid)
 		kc_shared->slow_pid = 0;
@@ -1415,10 +1449,12 @@ byok_slow_lane_beat(void)
 }
 
 /*
- * Is the slow-key poller running and keeping time?  A round of its is
- * bounded by byok.kms_timeout, so a heartbeat older than two intervals plus
- * two timeouts (and a second) means it is gone or stuck: the poller then
- * asks about every CMK itself.
+ * Is the slow-key poller running and keeping time?  It beats before and
+ * after every provider it asks, each bounded by byok.kms_timeout (KMIP
+ * name lookups aside), so a heartbeat older than four intervals plus four
+ * timeouts (and a second) means it is stuck; gone, it has cleared its pid.
+ * The poller then asks about every CMK itself (a doubly asked CMK is
+ * harmless: byok_cmk_record_poll keeps the fresher answer).
  */
 bool
 byok_slow_lane_alive(void)
@@ -1432,7 +1468,7 @@ byok_slow_lane_alive(void)
 	LWLockRelease(kc_lock);
 	return pid != 0 &&
 		GetCurrentTimestamp() - seen <
-		((int64) 2 * (byok_poll_interval + byok_kms_timeout) + 1000) * 1000;
+		((int64) 4 * (byok_poll_interval + byok_kms_timeout) + 1000) * 1000;
 }
 
 /* Wake the poller (new events to write, a state change to look at). */

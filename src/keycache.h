@@ -81,6 +81,8 @@ typedef struct ByokTenantSlot
 typedef struct ByokCmkInfo
 {
 	int			idx;			/* registry index */
+	uint64		serial;			/* which CMK the entry held */
+	bool		slow;			/* asked by the slow-key poller */
 	char		provider[32];
 	char		key_ref[BYOK_MAX_KEY_REF + 1];
 	int32		version_hint;	/* oldest provider key version byok needs, 0 = n/a */
@@ -170,8 +172,9 @@ extern void byok_tenant_drill(int slot, int32 tenant_id, ByokDrillResult *result
 
 extern int	byok_cmk_register(int slot, const char *provider, const char *key_ref,
 							  int32 version_hint);
-extern int	byok_cmk_snapshot(ByokCmkInfo **out);
-extern List *byok_cmk_record_poll(int idx, ByokKmsStatus status, ByokKeyState state,
+extern int	byok_cmk_snapshot(ByokCmkInfo **out, bool prune);
+extern List *byok_cmk_record_poll(int idx, uint64 serial, TimestampTz asked_at,
+								  ByokKmsStatus status, ByokKeyState state,
 								  int64 us, const ByokKmsError *err);
 extern bool byok_cmk_get(int idx, ByokCmkInfo *out);
 

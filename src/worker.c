@@ -94,16 +94,17 @@ byok_worker_register(void)
 
 /*
  * A CMK is slow when its last question failed (timed out, unreachable,
- * throttled, refused) or took more than half of byok.kms_timeout.  The
- * slow-key poller asks about those, so a hung or slow KMS never holds up the
- * round that locks out everyone else's tenants; a slow CMK that answers in
- * time again moves back.  (A call's time includes its wait for one of the
- * byok.kms_max_connections, which is why the limit is not the interval.)
+ * throttled, refused) or took more than half of byok.kms_timeout, until it
+ * answers in time three times in a row; byok_cmk_record_poll decides, once,
+ * for both pollers.  The slow-key poller asks about those, so a hung or slow
+ * KMS never holds up the round that locks out everyone else's tenants.  (A
+ * call's time includes its wait for one of the byok.kms_max_connections,
+ * which is why the limit is not the interval.)
  */
 static bool
 wk_slow(const ByokCmkInfo *c)
 {
-	return c->last_status != BYOK_KMS_OK || c->last_poll_us > (int64) byok_kms_timeout * 500;
+	return c->slow;
 }
 
 /* CMKs grouped by provider, failing ones last, fastest first within a group */
@@ -132,6 +133,7 @@ wk_poll_provider(ByokCmkInfo *cmks, int n, MemoryContext round_cxt)
 {
 	const ByokKmsRoutine *r = byok_kms_lookup(cmks[0].provider, true);
 	ByokKmsStateQuery *q;
+	TimestampTz asked_at = GetCurrentTimestamp();
 
 	if (r == NULL)
 		return;
@@ -166,7 +168,8 @@ wk_poll_provider(ByokCmkInfo *cmks, int n, MemoryContext round_cxt)
 
 	for (int i = 0; i < n; i++)
 	{
-		List	   *changes = byok_cmk_record_poll(cmks[i].idx, q[i].status, q[i].state,
+		List	   *changes = byok_cmk_record_poll(cmks[i].idx, cmks[i].serial, asked_at,
+												   q[i].status, q[i].state,
 												   q[i].us, &q[i].err);
 		ListCell   *lc;
 
@@ -184,6 +187,7 @@ wk_poll_round(bool slow_lane, MemoryContext round_cxt)
 	MemoryContext old = MemoryContextSwitchTo(round_cxt);
 	ByokCmkInfo *cmks;
 	int			n;
+	int			nall;
 	int			kept = 0;
 	bool		all;
 	instr_time	round_start;
@@ -192,7 +196,8 @@ wk_poll_round(bool slow_lane, MemoryContext round_cxt)
 	INSTR_TIME_SET_CURRENT(round_start);
 	if (slow_lane)
 		byok_slow_lane_beat();
-	n = byok_cmk_snapshot(&cmks);
+	/* only the poller retires CMKs: the other may be asking about one */
+	nall = n = byok_cmk_snapshot(&cmks, !slow_lane);
 	/* this lane's CMKs; the poller asks about all of them if the slow lane is gone */
 	all = !slow_lane && !byok_slow_lane_alive();
 	for (int i = 0; i < n; i++)
@@ -223,6 +228,8 @@ wk_poll_round(bool slow_lane, MemoryContext round_cxt)
 		while (j < n && strcmp(cmks[j].provider, cmks[i].provider) == 0)
 			j++;
 		wk_poll_provider(cmks + i, j - i, round_cxt);
+		if (slow_lane)
+			byok_slow_lane_beat();
 		i = j;
 	}
 
@@ -233,7 +240,8 @@ wk_poll_round(bool slow_lane, MemoryContext round_cxt)
 		/* the poller's own figures and the expiry sweep: once, here */
 		INSTR_TIME_SET_CURRENT(round_time);
 		INSTR_TIME_SUBTRACT(round_time, round_start);
-		byok_poller_round_done(INSTR_TIME_GET_MICROSEC(round_time), n);
+		/* the CMKs watched: asked here, or by the slow-key poller */
+		byok_poller_round_done(INSTR_TIME_GET_MICROSEC(round_time), nall);
 		byok_cache_sweep_expired();
 	}
 	if (n > 0)

@@ -196,7 +196,7 @@ if want mutants; then
     # shellcheck disable=SC2086
     bash "$REPO/test/mutants/run.sh" $MUTANT_SEL >"$BUILD_DIR/mutants.log" 2>&1
     rc=$?
-    grep -E '^(caught|SURVIVED|control|the unmutated)' "$BUILD_DIR/mutants.log"
+    grep -E '^(caught|SURVIVED|control|the unmutated|all mutants)' "$BUILD_DIR/mutants.log"
     n=$(grep -c '^caught ' "$BUILD_DIR/mutants.log"); passed=$((passed + n))
     n=$(grep -c '^SURVIVED ' "$BUILD_DIR/mutants.log"); failed=$((failed + n))
     if ! [[ $(tail -n 1 "$BUILD_DIR/mutants.log") =~ ^[1-9][0-9]*\ caught,\ 0\ survived$ ]] || [ $rc -ne 0 ]; then

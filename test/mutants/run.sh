@@ -81,7 +81,7 @@ run_suites "$W/base" "$W/control.mut"
 if [ -n "$failed_by" ]; then
     echo "the unmutated tree fails$failed_by: fix that first (logs in $W/base)"; echo "0 caught, ${#names[@]} survived"; exit 1
 fi
-echo "control: the unmutated tree passes $(tr '\n' ' ' <"$W/control.suites")"
+echo "control: the unmutated tree passes $(tr '\n' ' ' <"$W/control.suites")in $SECONDS s"
 
 caught=0; survived=0
 for name in "${names[@]}"; do
@@ -117,12 +117,14 @@ PY
         echo "caught   $name: it does not build"; caught=$((caught + 1)); continue
     fi
     chown -R postgres:postgres "$t/pg"
+    start=$SECONDS
     run_suites "$t" "$spec"
     if [ -n "$failed_by" ]; then
-        echo "caught   $name ($what) by$failed_by"; caught=$((caught + 1))
+        echo "caught   $name ($what) by$failed_by, $((SECONDS - start)) s"; caught=$((caught + 1))
     else
         echo "SURVIVED $name ($what)"; survived=$((survived + 1))
     fi
 done
+echo "all mutants took $SECONDS s"
 echo "$caught caught, $survived survived"
 [ $survived -eq 0 ]
