@@ -2,28 +2,15 @@
 
 MODULE_big = byok
 OBJS = \
-	src/asowner.o \
-	src/byok.o \
-	src/envelope.o \
-	src/extdrop.o \
-	src/format.o \
+	src/byok.o src/guc.o \
+	src/crypto/format.o src/crypto/envelope.o src/crypto/keyrow.o \
+	src/kms.o src/kms_local.o src/kms_http.o src/kms_aws.o src/kms_vault.o src/kms_pkcs11.o \
+	src/kms_kmip.o src/kmip_ttlv.o src/kmip_conn.o \
 	src/keycache.o \
-	src/keystore.o \
-	src/keyrow.o \
-	src/ledger.o \
-	src/localkeys.o \
-	src/kms.o \
-	src/kms_local.o \
-	src/kms_pkcs11.o \
-	src/kmip_ttlv.o \
-	src/kms_kmip.o \
-	src/kmip_conn.o \
-	src/kms_http.o \
-	src/kms_aws.o \
-	src/kms_vault.o \
-	src/sql_api.o \
-	src/stats.o \
-	src/worker.o
+	src/keystore.o src/asowner.o src/extdrop.o src/ledger.o \
+	src/handles/handles.o \
+	src/worker/worker.o \
+	src/sql/api.o src/sql/stats.o
 
 EXTENSION = byok
 DATA = byok--1.0.sql byok--1.0--1.1.sql

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * byok.h
- *		Declarations shared by every part of byok: GUC variables, SQLSTATEs,
+ *		Declarations shared by every part of byok: GUC variables (guc.h), SQLSTATEs,
  *		key sizes and the tenant states.
  *
  * The SQLSTATEs live in class "YK" (implementation-defined classes start
@@ -54,46 +54,8 @@ typedef enum ByokTenantState
 	BYOK_TENANT_STATE_COUNT
 } ByokTenantState;
 
-/* GUC variables (byok.c) */
-extern int	byok_cache_size;
-extern int	byok_max_tenants;
-extern int	byok_cache_ttl;
-extern char *byok_local_keyring;
-extern char *byok_tenant;
-extern uint32 byok_tenant_guc_epoch;
-extern int	byok_poll_interval;
-extern int	byok_kms_timeout;
-extern int	byok_unreachable_policy;
-extern int	byok_unreachable_grace;
-extern int	byok_algorithm;
-extern int	byok_dek_max_encryptions;
-extern bool byok_kms_allow_insecure;
-extern char *byok_kms_ca_file;
-extern int	byok_kms_max_connections;
-extern char *byok_aws_region;
-extern char *byok_aws_endpoint;
-extern char *byok_aws_credentials_file;
-extern char *byok_aws_profile;
-extern char *byok_vault_address;
-extern char *byok_vault_token_file;
-extern char *byok_vault_namespace;
-extern char *byok_vault_mount;
-extern char *byok_destruction_ledger;
-extern char *byok_pkcs11_module;
-extern char *byok_pkcs11_token_label;
-extern char *byok_pkcs11_pin_file;
-extern char *byok_kmip_host;
-extern int	byok_kmip_port;
-extern int	byok_kmip_batch_size;
-extern char *byok_kmip_cert_file;
-extern char *byok_kmip_key_file;
-extern char *byok_kmip_ca_file;
-
-typedef enum ByokUnreachablePolicy
-{
-	BYOK_SERVE_CACHED = 0,		/* cached keys serve until their TTL */
-	BYOK_FAIL_CLOSED			/* lock the tenant out after the grace */
-} ByokUnreachablePolicy;
+/* GUC variables (guc.c) */
+#include "guc.h"
 
 extern const char *byok_tenant_state_name(ByokTenantState state);
 extern void byok_check_loaded(void);

@@ -53,13 +53,13 @@
 #include "utils/snapmgr.h"
 
 #include "asowner.h"
-#include "envelope.h"
+#include "crypto/envelope.h"
 #include "keycache.h"
-#include "keyrow.h"
+#include "crypto/keyrow.h"
 #include "keystore.h"
 #include "kms.h"
 #include "ledger.h"
-#include "localkeys.h"
+#include "handles/handles.h"
 
 /* a tenant and its current TK, as the catalog records them */
 typedef struct KsTenant
@@ -683,7 +683,7 @@ byok_keystore_load_dek(int64 dek_id, uint8 *key, ByokDekRef *ref)
 				 errmsg("malformed byok ciphertext"),
 				 errdetail("No data key with id " INT64_FORMAT " exists in this database.", dek_id)));
 	ks_read_tenant(0, 1, &t);
-	byok_local_check_bound(t.name);	/* nothing more of another tenant */
+	byok_session_check_bound(t.name);	/* nothing more of another tenant */
 	ks_get_text(0, 8, scope, sizeof(scope));
 	version = DatumGetInt32(ks_get(0, 9, &isnull));
 	if (isnull)
@@ -1051,7 +1051,7 @@ byok_keystore_create_tenant(const char *tenant, const char *provider, const char
 	PG_END_TRY();
 	ks_leave(&acc);
 	ks_bump_epoch = true;
-	byok_local_forget_current();
+	byok_handle_forget_current();
 }
 
 /*
@@ -1092,7 +1092,7 @@ byok_keystore_rotate_data_key(const char *tenant, const char *scope)
 	PG_END_TRY();
 	ks_leave(&acc);
 	ks_bump_epoch = true;
-	byok_local_forget_current();
+	byok_handle_forget_current();
 	return version;
 }
 
@@ -1174,7 +1174,7 @@ byok_keystore_cache_flush(const char *tenant)
 	if (can_write)
 		ks_event(tenant ? t.tenant_id : 0, tenant, "cache_flushed", NULL, 0, NULL, NULL, detail);
 	ks_leave(&acc);
-	byok_local_release();
+	byok_handle_release();
 	return purged;
 }
 
@@ -1265,7 +1265,7 @@ byok_keystore_drill(const char *tenant, ByokDrillResult *result)
 	st = pg_atomic_read_u32(&byok_tenant_slot(t.slot)->state);
 	if (st != BYOK_TENANT_ACTIVE)
 		byok_raise_tenant_state(st, t.name);
-	byok_local_release();		/* our own handles must not count as stale */
+	byok_handle_release();		/* our own handles must not count as stale */
 	byok_tenant_drill(t.slot, t.tenant_id, result);
 	snprintf(detail, sizeof(detail),
 			 "lockout %.3f ms, %d cached keys wiped, %d residual, %d stale handles",
@@ -1518,7 +1518,7 @@ byok_keystore_destroy(const char *tenant)
 	appendStringInfoString(ks_ledger_lines, lines);
 	MemoryContextSwitchTo(old);
 	ks_bump_epoch = true;
-	byok_local_forget_current();
+	byok_handle_forget_current();
 	return cert;
 }
 
@@ -1680,7 +1680,7 @@ byok_keystore_rotate_tenant_key(const char *tenant)
 	ks_leave(&acc);
 	ks_pending_rekeyed(&t);
 	ks_bump_epoch = true;
-	byok_local_forget_current();
+	byok_handle_forget_current();
 	return version;
 }
 

@@ -36,7 +36,7 @@
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 
-#include "envelope.h"
+#include "crypto/envelope.h"
 #include "kms.h"
 
 #define LOCAL_WRAP_FORMAT	1

@@ -118,10 +118,10 @@ if want fuzz; then
     fuzz ttlv_fuzz "${BYOK_FUZZ_SECONDS:-60}" "$BUILD_DIR/test/fuzz/corpus" \
         "$BUILD_DIR/test/fuzz/ttlv_fuzz.c" "$BUILD_DIR/src/kmip_ttlv.c"
 
-    say "the ciphertext format (src/format.c, standalone, with AddressSanitizer): round trips, every bit flip refused"
+    say "the ciphertext format (src/crypto/format.c, standalone, with AddressSanitizer): round trips, every bit flip refused"
     rc=1
     gcc -Wall -Wextra -g "${SAN[@]}" -I"$BUILD_DIR/src" -I"$BUILD_DIR/test/fuzz" \
-        "$BUILD_DIR/test/fuzz/format_test.c" "$BUILD_DIR/src/format.c" -lcrypto -o "$BUILD_DIR/format_test" \
+        "$BUILD_DIR/test/fuzz/format_test.c" "$BUILD_DIR/src/crypto/format.c" -lcrypto -o "$BUILD_DIR/format_test" \
         >"$BUILD_DIR/format.log" 2>&1 \
         && { "$BUILD_DIR/format_test" >>"$BUILD_DIR/format.log" 2>&1; rc=$?; }
     add_summary "$BUILD_DIR/format.log" $rc
@@ -132,11 +132,11 @@ if want fuzz; then
         echo "not ok - format_test --write-corpus failed"; failed=$((failed + 1))
     fi
     fuzz format_fuzz "${BYOK_FORMAT_FUZZ_SECONDS:-30}" "$BUILD_DIR/format_seeds" \
-        "$BUILD_DIR/test/fuzz/format_fuzz.c" "$BUILD_DIR/src/format.c" -lcrypto
+        "$BUILD_DIR/test/fuzz/format_fuzz.c" "$BUILD_DIR/src/crypto/format.c" -lcrypto
 
-    say "fuzzing the catalog-row code (src/keyrow.c: rows of byok.data_keys into AADs and keys) for ${BYOK_KEYROW_FUZZ_SECONDS:-20} s"
+    say "fuzzing the catalog-row code (src/crypto/keyrow.c: rows of byok.data_keys into AADs and keys) for ${BYOK_KEYROW_FUZZ_SECONDS:-20} s"
     fuzz keyrow_fuzz "${BYOK_KEYROW_FUZZ_SECONDS:-20}" "$BUILD_DIR/test/fuzz/keyrow_corpus" \
-        "$BUILD_DIR/test/fuzz/keyrow_fuzz.c" "$BUILD_DIR/src/keyrow.c" -lcrypto
+        "$BUILD_DIR/test/fuzz/keyrow_fuzz.c" "$BUILD_DIR/src/crypto/keyrow.c" -lcrypto
 fi
 
 if want server; then

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "format.h"
+#include "crypto/format.h"
 
 #define FMT_TENANT	7
 

@@ -1,6 +1,6 @@
 /*
  * format_fuzz.c -- libFuzzer target for the byok ciphertext format
- * (src/format.c, the code the extension runs on every byok_decrypt).
+ * (src/crypto/format.c, the code the extension runs on every byok_decrypt).
  *
  * Every input is parsed (the result must be consistent with the bytes) and,
  * when it parses, opened under the fixed key of its algorithm for the seed
@@ -10,7 +10,7 @@
  * must be refused, with the output wiped).
  *
  *	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -Itest/fuzz \
- *		test/fuzz/format_fuzz.c src/format.c -lcrypto -o format_fuzz
+ *		test/fuzz/format_fuzz.c src/crypto/format.c -lcrypto -o format_fuzz
  *	./format_test --write-corpus SEEDS; ./format_fuzz -max_total_time=30 NEW SEEDS
  */
 #include "format_common.h"

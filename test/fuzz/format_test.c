@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * format_test.c
- *		Standalone test of the byok ciphertext format (src/format.c): the
+ *		Standalone test of the byok ciphertext format (src/crypto/format.c): the
  *		code the extension runs to parse, seal and open values.
  *
  * Seals and opens values of many lengths under both algorithms; checks
@@ -11,7 +11,7 @@
  * Prints "N passed, N failed"; exits 1 on failure.
  *
  *	gcc -Wall -Wextra -g -fsanitize=address,undefined -Isrc -Itest/fuzz \
- *		test/fuzz/format_test.c src/format.c -lcrypto -o format_test
+ *		test/fuzz/format_test.c src/crypto/format.c -lcrypto -o format_test
  *	./format_test [--write-corpus DIR]
  *
  *-------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 /*
- * keyrow_fuzz.c -- libFuzzer target for src/keyrow.c: the code that turns
+ * keyrow_fuzz.c -- libFuzzer target for src/crypto/keyrow.c: the code that turns
  * a catalog row of byok.data_keys (tenant id, scope, version, wrapped key)
  * into an AAD and a 32-byte data key.  The catalog is untrusted input, so
  * every field comes from the fuzzer:
@@ -15,12 +15,12 @@
  * refused with the key wiped.
  *
  *	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
- *		test/fuzz/keyrow_fuzz.c src/keyrow.c -lcrypto -o keyrow_fuzz
+ *		test/fuzz/keyrow_fuzz.c src/crypto/keyrow.c -lcrypto -o keyrow_fuzz
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "keyrow.h"
+#include "crypto/keyrow.h"
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

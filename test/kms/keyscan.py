@@ -4,8 +4,8 @@
 Computes, from the outside, the key bytes byok must never leave at rest, and
 searches files for them (and for plaintext markers) in every encoding a leak
 is likely to take.  Uses python3-cryptography's AESGCM; follows the formats
-of src/kms_local.c, src/kms.c (byok_kms_context_aad), src/keyrow.c and
-src/format.c.
+of src/kms_local.c, src/kms.c (byok_kms_context_aad), src/crypto/keyrow.c and
+src/crypto/format.c.
 
   keyscan.py derive KEYRING ROWS.json      -> JSON {label: hex} of every key
       KEYRING holds the local CMKs (NAME.key, 32 bytes); ROWS.json is

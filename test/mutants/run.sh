@@ -14,7 +14,7 @@
 #   from   <exact text, once in that file>      (leading tabs kept)
 #   to     <replacement text>
 #   suites regress:setup,security  isolation:revoke_running  tap:test/t/011_upgrade.pl  fuzz:keyrow
-#          standalone:format  (test/fuzz/format_test.c on src/format.c)
+#          standalone:format  (test/fuzz/format_test.c on src/crypto/format.c; NAME.c is found under src/)
 # Run as root; PostgreSQL runs as the postgres OS user.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -39,13 +39,15 @@ run_suites() {
     failed_by=""
     for suite in $(sed -n 's/^suites //p' "$spec"); do
         kind=${suite%%:*}; list=${suite#*:}; list=${list//,/ }
+        # fuzz and standalone name a source file of src/ by its base name
+        csrc=$(find "$t/src" -name "$list.c" | head -n 1)
         case $kind in
             regress)   args=(REGRESS="$list" ISOLATION= TAP_TESTS=) ;;
             isolation) args=(REGRESS= ISOLATION="$list" TAP_TESTS=) ;;
             tap)       args=(REGRESS= ISOLATION= PROVE_TESTS="$list") ;;
             fuzz)      # a libFuzzer target of test/fuzz, built from the mutated tree
                 if ! { clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-                           -I"$t/src" "$t/test/fuzz/${list}_fuzz.c" "$t/src/$list.c" -lcrypto -o "$t/${list}_fuzz" \
+                           -I"$t/src" "$t/test/fuzz/${list}_fuzz.c" "${csrc:-$t/src/$list.c}" -lcrypto -o "$t/${list}_fuzz" \
                        && mkdir -p "$t/${list}_corpus" \
                        && "$t/${list}_fuzz" -max_total_time="${BYOK_MUTANT_FUZZ_SECONDS:-20}" -max_len=4096 \
                            "$t/${list}_corpus" "$t/test/fuzz/${list}_corpus"; } >"$t/fuzz.log" 2>&1; then
@@ -54,7 +56,7 @@ run_suites() {
                 continue ;;
             standalone) # a standalone test of test/fuzz (NAME_test.c on src/NAME.c), ASan/UBSan
                 if ! { gcc -Wall -Wextra -g -fsanitize=address,undefined -fno-sanitize-recover=all \
-                           -I"$t/src" -I"$t/test/fuzz" "$t/test/fuzz/${list}_test.c" "$t/src/$list.c" -lcrypto \
+                           -I"$t/src" -I"$t/test/fuzz" "$t/test/fuzz/${list}_test.c" "${csrc:-$t/src/$list.c}" -lcrypto \
                            -o "$t/${list}_test" \
                        && "$t/${list}_test" "$t/test/fuzz/corpus"; } >"$t/standalone.log" 2>&1; then
                     failed_by="$failed_by standalone:$list"

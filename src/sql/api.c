@@ -1,11 +1,11 @@
 /*-------------------------------------------------------------------------
  *
- * sql_api.c
+ * sql/api.c
  *		The SQL-callable functions: thin wrappers over the modules that own
  *		the logic.
  *
  * byok_encrypt and byok_decrypt are the hot path: argument unpacking, one
- * byok.tenant comparison, one handle lookup in localkeys.h (two compares and
+ * byok.tenant comparison, one handle lookup in handles/handles.h (two compares and
  * an atomic read when warm) and one AES-GCM operation in envelope.c.  No
  * catalog access, no lock and no allocation beyond the result on a warm
  * call.
@@ -26,9 +26,9 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 
-#include "envelope.h"
+#include "crypto/envelope.h"
 #include "keystore.h"
-#include "localkeys.h"
+#include "handles/handles.h"
 
 PG_FUNCTION_INFO_V1(byok_encrypt);
 PG_FUNCTION_INFO_V1(byok_decrypt);
@@ -81,13 +81,13 @@ byok_encrypt(PG_FUNCTION_ARGS)
 		aad = PG_GETARG_BYTEA_PP(3);
 
 	sa_check_binding(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant));
-	lk = byok_local_current(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
+	lk = byok_handle_current(VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
 							VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope));
 	if (unlikely(lk->encrypts >= lk->allowed))
-		lk = byok_local_reserve(lk, VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
+		lk = byok_handle_reserve(lk, VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant),
 								VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope));
 	lk->encrypts++;
-	PG_RETURN_BYTEA_P(byok_envelope_seal(byok_local_ctx(lk, byok_algorithm, true), byok_algorithm,
+	PG_RETURN_BYTEA_P(byok_envelope_seal(byok_handle_ctx(lk, byok_algorithm, true), byok_algorithm,
 										 lk->dek_id, lk->tenant_id,
 										 VARDATA_ANY(plain), VARSIZE_ANY_EXHDR(plain),
 										 aad ? VARDATA_ANY(aad) : NULL,
@@ -108,8 +108,8 @@ sa_decrypt(FunctionCallInfo fcinfo)
 
 	byok_check_loaded();
 	byok_envelope_parse(data, len, &hdr);
-	lk = byok_local_dek(hdr.dek_id);
-	plain = byok_envelope_open(byok_local_ctx(lk, hdr.algorithm, false), data, len, lk->tenant_id,
+	lk = byok_handle_dek(hdr.dek_id);
+	plain = byok_envelope_open(byok_handle_ctx(lk, hdr.algorithm, false), data, len, lk->tenant_id,
 							   aad ? VARDATA_ANY(aad) : NULL,
 							   aad ? VARSIZE_ANY_EXHDR(aad) : 0);
 	lk->decrypts++;
@@ -276,7 +276,7 @@ byok_ciphertext_info(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(hdr.version);
 	values[1] = CStringGetTextDatum(byok_algorithm_name(hdr.algorithm));
 	values[2] = Int64GetDatum(hdr.dek_id);
-	if (byok_local_dek_meta(hdr.dek_id, &tenant, &scope, &version))
+	if (byok_handle_dek_meta(hdr.dek_id, &tenant, &scope, &version))
 	{
 		values[3] = CStringGetTextDatum(tenant);
 		values[4] = CStringGetTextDatum(scope);
@@ -379,7 +379,7 @@ byok_needs_reencrypt(PG_FUNCTION_ARGS)
 	bytea	   *ct = PG_GETARG_BYTEA_PP(0);
 
 	byok_check_loaded();
-	PG_RETURN_BOOL(byok_local_needs_reencrypt((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct)));
+	PG_RETURN_BOOL(byok_handle_needs_reencrypt((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct)));
 }
 
 /*
@@ -399,7 +399,7 @@ byok_reencrypt_value(PG_FUNCTION_ARGS)
 	byok_check_loaded();
 	ct = PG_GETARG_BYTEA_PP(0);
 	aad = PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1);
-	result = byok_local_reencrypt((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct),
+	result = byok_handle_reencrypt((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct),
 								  aad ? VARDATA_ANY(aad) : NULL, aad ? VARSIZE_ANY_EXHDR(aad) : 0);
 	if (result == NULL)
 		PG_RETURN_BYTEA_P(PG_GETARG_BYTEA_P_COPY(0));

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * worker.c
+ * worker/worker.c
  *		The key-state poller and its audit-log writer.
  *
  * The poller ("byok poller" in pg_stat_activity) is a background worker
@@ -57,7 +57,7 @@
 #include "keycache.h"
 #include "kms.h"
 #include "ledger.h"
-#include "worker.h"
+#include "worker/worker.h"
 
 PGDLLEXPORT void byok_poller_main(Datum arg);
 PGDLLEXPORT void byok_event_writer_main(Datum arg);

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * localkeys.c
+ * handles/handles.c
  *		Per-backend handles on the DEKs a transaction is using.
  *
  * The hot path of byok_encrypt/byok_decrypt ends here.  A handle holds one
@@ -14,7 +14,7 @@
  * the setting changes (byok_tenant_guc_epoch).
  *
  * Key lifetime.  Handles live only until the end of the transaction:
- * byok_local_release() frees every context (EVP_CIPHER_CTX_free wipes the
+ * byok_handle_release() frees every context (EVP_CIPHER_CTX_free wipes the
  * key schedule) and wipes the handle's copy of the DEK, from the
  * transaction callback, on commit and abort alike.
  *
@@ -34,9 +34,9 @@
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 
-#include "envelope.h"
+#include "crypto/envelope.h"
 #include "keystore.h"
-#include "localkeys.h"
+#include "handles/handles.h"
 
 #define CURRENT_KEY_LEN		(NAMEDATALEN + 1 + BYOK_MAX_SCOPE + 1)
 
@@ -47,7 +47,7 @@ typedef struct LkCurrent
 	uint64		epoch;			/* catalog epoch when looked up */
 } LkCurrent;
 
-ByokLocalKey *byok_local_last = NULL;
+ByokLocalKey *byok_handle_last = NULL;
 
 static HTAB *lk_keys = NULL;
 static Oid	ks_catalog_for_drop = InvalidOid;	/* catalog of the handles held */
@@ -112,20 +112,20 @@ lk_drop(ByokLocalKey *lk)
 			}
 	explicit_bzero(lk->key, sizeof(lk->key));
 	byok_tenant_handle(lk->slot, -1, lk->encrypts, lk->decrypts);
-	if (byok_local_last == lk)
-		byok_local_last = NULL;
+	if (byok_handle_last == lk)
+		byok_handle_last = NULL;
 	hash_search(lk_keys, &id, HASH_REMOVE, NULL);
 	lk_nkeys--;
 }
 
 /*
- * The slow path of byok_local_dek(): find or make the handle for 'dek_id',
+ * The slow path of byok_handle_dek(): find or make the handle for 'dek_id',
  * fetching the key from the shared cache or, on a miss, from the catalog and
  * the provider.  Raises the tenant's state error if it is locked out, and
  * ERRCODE_BYOK_TENANT_MISMATCH if byok.tenant names another tenant.
  */
 ByokLocalKey *
-byok_local_dek_slow(int64 dek_id)
+byok_handle_dek_slow(int64 dek_id)
 {
 	ByokLocalKey *lk;
 	ByokTenantSlot *ts;
@@ -163,7 +163,7 @@ byok_local_dek_slow(int64 dek_id)
 			{
 				ts = byok_tenant_slot(ref.slot);
 				ref.tenant_id = ts->tenant_id;
-				byok_local_check_bound(ts->name);
+				byok_session_check_bound(ts->name);
 			}
 			else
 				byok_keystore_load_dek(dek_id, key, &ref);
@@ -200,7 +200,7 @@ byok_local_dek_slow(int64 dek_id)
 					 errdetail("The value belongs to another tenant.")));
 		lk->bind_epoch = byok_tenant_guc_epoch;
 	}
-	byok_local_last = lk;
+	byok_handle_last = lk;
 	return lk;
 }
 
@@ -209,7 +209,7 @@ byok_local_dek_slow(int64 dek_id)
  * of a transaction that uses it).
  */
 EVP_CIPHER_CTX *
-byok_local_ctx_slow(ByokLocalKey *lk, int algorithm, bool encrypt)
+byok_handle_ctx_slow(ByokLocalKey *lk, int algorithm, bool encrypt)
 {
 	lk->ctx[algorithm][encrypt ? 1 : 0] = byok_aead_context(algorithm, lk->key, encrypt);
 	return lk->ctx[algorithm][encrypt ? 1 : 0];
@@ -220,7 +220,7 @@ byok_local_ctx_slow(ByokLocalKey *lk, int algorithm, bool encrypt)
  * creating the scope's first DEK if it has none yet.
  */
 ByokLocalKey *
-byok_local_current(const char *tenant, int tenant_len, const char *scope, int scope_len)
+byok_handle_current(const char *tenant, int tenant_len, const char *scope, int scope_len)
 {
 	LkCurrent  *cur = lk_current_last;
 	uint64		epoch = byok_catalog_epoch();
@@ -231,7 +231,7 @@ byok_local_current(const char *tenant, int tenant_len, const char *scope, int sc
 			   cur->key[tenant_len] == '\x1f' &&
 			   memcmp(cur->key + tenant_len + 1, scope, scope_len) == 0 &&
 			   cur->key[tenant_len + 1 + scope_len] == '\0'))
-		return byok_local_dek(cur->dek_id);
+		return byok_handle_dek(cur->dek_id);
 
 	{
 		char		key[CURRENT_KEY_LEN];
@@ -266,13 +266,13 @@ byok_local_current(const char *tenant, int tenant_len, const char *scope, int sc
 		}
 		lk_current_last = cur;
 		lk_current_tlen = tenant_len;
-		return byok_local_dek(cur->dek_id);
+		return byok_handle_dek(cur->dek_id);
 	}
 }
 
 /* Forget which DEK is current for every (tenant, scope). */
 void
-byok_local_forget_current(void)
+byok_handle_forget_current(void)
 {
 	HASH_SEQ_STATUS scan;
 	LkCurrent  *cur;
@@ -289,12 +289,12 @@ byok_local_forget_current(void)
  * Transaction end: free every handle, wiping the expanded keys.
  */
 void
-byok_local_release(void)
+byok_handle_release(void)
 {
 	HASH_SEQ_STATUS scan;
 	ByokLocalKey *lk;
 
-	byok_local_last = NULL;
+	byok_handle_last = NULL;
 	if (lk_keys == NULL || lk_nkeys == 0)
 		return;
 	hash_seq_init(&scan, lk_keys);
@@ -374,33 +374,9 @@ lk_scope_visible(int64 dek_id)
 {
 	LkScope    *sc = lk_scope(dek_id);
 
-	if (sc != NULL && !byok_local_bound_to(sc->tenant))
+	if (sc != NULL && !byok_session_bound_to(sc->tenant))
 		return NULL;
 	return sc;
-}
-
-/*
- * Whether this session may use the keys of 'tenant': it is not bound
- * (byok.tenant empty), or bound to exactly that tenant.
- */
-bool
-byok_local_bound_to(const char *tenant)
-{
-	return byok_tenant == NULL || byok_tenant[0] == '\0' || strcmp(tenant, byok_tenant) == 0;
-}
-
-/*
- * Raise the binding error when this session is bound to another tenant
- * than 'tenant' (before anything else about that tenant is looked at).
- */
-void
-byok_local_check_bound(const char *tenant)
-{
-	if (!byok_local_bound_to(tenant))
-		ereport(ERROR,
-				(errcode(ERRCODE_BYOK_TENANT_MISMATCH),
-				 errmsg("this session is bound to tenant \"%s\"", byok_tenant),
-				 errdetail("The value belongs to another tenant.")));
 }
 
 /*
@@ -410,7 +386,7 @@ byok_local_check_bound(const char *tenant)
  * byok ciphertext.
  */
 bool
-byok_local_needs_reencrypt(const uint8 *data, int len)
+byok_handle_needs_reencrypt(const uint8 *data, int len)
 {
 	ByokHeader	hdr;
 	LkScope    *sc;
@@ -428,7 +404,7 @@ byok_local_needs_reencrypt(const uint8 *data, int len)
  * change.  The plaintext exists only inside this call and is wiped.
  */
 bytea *
-byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
+byok_handle_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
 {
 	ByokHeader	hdr;
 	LkScope    *sc;
@@ -446,15 +422,15 @@ byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
 				(errcode(ERRCODE_BYOK_MALFORMED_CIPHERTEXT),
 				 errmsg("malformed byok ciphertext"),
 				 errdetail("No data key with id " INT64_FORMAT " exists in this database.", hdr.dek_id)));
-	lk = byok_local_dek(hdr.dek_id);
-	plain = byok_envelope_open(byok_local_ctx(lk, hdr.algorithm, false), data, len, lk->tenant_id,
+	lk = byok_handle_dek(hdr.dek_id);
+	plain = byok_envelope_open(byok_handle_ctx(lk, hdr.algorithm, false), data, len, lk->tenant_id,
 							   aad, aad_len);
 	PG_TRY();
 	{
-		to = byok_local_current(sc->tenant, strlen(sc->tenant), sc->scope, strlen(sc->scope));
+		to = byok_handle_current(sc->tenant, strlen(sc->tenant), sc->scope, strlen(sc->scope));
 		if (unlikely(to->encrypts >= to->allowed))
-			to = byok_local_reserve(to, sc->tenant, strlen(sc->tenant), sc->scope, strlen(sc->scope));
-		result = byok_envelope_seal(byok_local_ctx(to, byok_algorithm, true), byok_algorithm,
+			to = byok_handle_reserve(to, sc->tenant, strlen(sc->tenant), sc->scope, strlen(sc->scope));
+		result = byok_envelope_seal(byok_handle_ctx(to, byok_algorithm, true), byok_algorithm,
 									to->dek_id, to->tenant_id,
 									VARDATA(plain), VARSIZE(plain) - VARHDRSZ, aad, aad_len);
 		to->encrypts++;
@@ -476,7 +452,7 @@ byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len)
  * transaction: nothing it sealed lands.
  */
 void
-byok_local_check_lockouts(void)
+byok_handle_check_lockouts(void)
 {
 	HASH_SEQ_STATUS scan;
 	ByokLocalKey *lk;
@@ -507,7 +483,7 @@ byok_local_check_lockouts(void)
  * much of it; the limit leaves a factor of four below the 2^32 bound).
  */
 void
-byok_local_pre_commit(void)
+byok_handle_pre_commit(void)
 {
 	HASH_SEQ_STATUS scan;
 	ByokLocalKey *lk;
@@ -515,7 +491,7 @@ byok_local_pre_commit(void)
 
 	if (lk_keys == NULL || lk_nkeys == 0)
 		return;
-	byok_local_check_lockouts();
+	byok_handle_check_lockouts();
 
 	hash_seq_init(&scan, lk_keys);
 	while ((lk = hash_seq_search(&scan)) != NULL)
@@ -544,7 +520,7 @@ byok_local_pre_commit(void)
  * with; it may seal at least one more value.
  */
 ByokLocalKey *
-byok_local_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
+byok_handle_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
 				   const char *scope, int scope_len)
 {
 	uint64		limit = (uint64) byok_dek_max_encryptions;
@@ -601,10 +577,10 @@ lk_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
 	next = byok_keystore_rotate_for_limit(t, s, lk->dek_id);
 	pfree(t);
 	pfree(s);
-	byok_local_forget_current();
+	byok_handle_forget_current();
 	if (next == lk->dek_id)
 		return lk;
-	return byok_local_current(tenant, tenant_len, scope, scope_len);
+	return byok_handle_current(tenant, tenant_len, scope, scope_len);
 }
 
 /*
@@ -613,7 +589,7 @@ lk_rotate_for_limit(ByokLocalKey *lk, const char *tenant, int tenant_len,
  * False if this database has no such DEK.
  */
 bool
-byok_local_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version)
+byok_handle_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version)
 {
 	LkScope    *sc = lk_scope_visible(dek_id);
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * keyrow.c
+ * crypto/keyrow.c
  *		A catalog row of byok.data_keys into a data key (see keyrow.h).
  *
  * Every length is checked before a byte is copied: the scope into the AAD
@@ -19,7 +19,7 @@
 
 #include <openssl/evp.h>
 
-#include "keyrow.h"
+#include "crypto/keyrow.h"
 
 static const char *const row_error_text[BYOK_ROW_ERROR_COUNT] = {
 	[BYOK_ROW_OK] = "ok",

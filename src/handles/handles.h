@@ -1,16 +1,16 @@
 /*-------------------------------------------------------------------------
  *
- * localkeys.h
+ * handles/handles.h
  *		Per-backend handles on the DEKs a transaction is using.
  *
  *-------------------------------------------------------------------------
  */
-#ifndef BYOK_LOCALKEYS_H
-#define BYOK_LOCALKEYS_H
+#ifndef BYOK_HANDLES_H
+#define BYOK_HANDLES_H
 
 #include <openssl/evp.h>
 
-#include "envelope.h"
+#include "crypto/envelope.h"
 #include "keycache.h"
 
 typedef struct ByokLocalKey
@@ -30,23 +30,21 @@ typedef struct ByokLocalKey
 	uint64		decrypts;		/* values opened, likewise */
 } ByokLocalKey;
 
-extern ByokLocalKey *byok_local_last;
+extern ByokLocalKey *byok_handle_last;
 
-extern ByokLocalKey *byok_local_dek_slow(int64 dek_id);
-extern EVP_CIPHER_CTX *byok_local_ctx_slow(ByokLocalKey *lk, int algorithm, bool encrypt);
-extern ByokLocalKey *byok_local_current(const char *tenant, int tenant_len,
+extern ByokLocalKey *byok_handle_dek_slow(int64 dek_id);
+extern EVP_CIPHER_CTX *byok_handle_ctx_slow(ByokLocalKey *lk, int algorithm, bool encrypt);
+extern ByokLocalKey *byok_handle_current(const char *tenant, int tenant_len,
 										const char *scope, int scope_len);
-extern void byok_local_release(void);
-extern void byok_local_pre_commit(void);
-extern void byok_local_check_lockouts(void);
-extern ByokLocalKey *byok_local_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
+extern void byok_handle_release(void);
+extern void byok_handle_pre_commit(void);
+extern void byok_handle_check_lockouts(void);
+extern ByokLocalKey *byok_handle_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
 										const char *scope, int scope_len);
-extern bool byok_local_needs_reencrypt(const uint8 *data, int len);
-extern bool byok_local_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version);
-extern bool byok_local_bound_to(const char *tenant);
-extern void byok_local_check_bound(const char *tenant);
-extern bytea *byok_local_reencrypt(const uint8 *data, int len, const char *aad, int aad_len);
-extern void byok_local_forget_current(void);
+extern bool byok_handle_needs_reencrypt(const uint8 *data, int len);
+extern bool byok_handle_dek_meta(int64 dek_id, const char **tenant, const char **scope, int32 *version);
+extern bytea *byok_handle_reencrypt(const uint8 *data, int len, const char *aad, int aad_len);
+extern void byok_handle_forget_current(void);
 
 /*
  * The handle for DEK 'dek_id', valid for this call: same tenant generation
@@ -55,26 +53,26 @@ extern void byok_local_forget_current(void);
  * read.
  */
 static inline ByokLocalKey *
-byok_local_dek(int64 dek_id)
+byok_handle_dek(int64 dek_id)
 {
-	ByokLocalKey *lk = byok_local_last;
+	ByokLocalKey *lk = byok_handle_last;
 
 	if (likely(lk != NULL && lk->dek_id == dek_id &&
 			   lk->bind_epoch == byok_tenant_guc_epoch &&
 			   pg_atomic_read_u64(&byok_tenant_slot(lk->slot)->generation) == lk->generation))
 		return lk;
-	return byok_local_dek_slow(dek_id);
+	return byok_handle_dek_slow(dek_id);
 }
 
 /* The handle's context for 'algorithm' and direction, made on first use. */
 static inline EVP_CIPHER_CTX *
-byok_local_ctx(ByokLocalKey *lk, int algorithm, bool encrypt)
+byok_handle_ctx(ByokLocalKey *lk, int algorithm, bool encrypt)
 {
 	EVP_CIPHER_CTX *c = lk->ctx[algorithm][encrypt ? 1 : 0];
 
 	if (likely(c != NULL))
 		return c;
-	return byok_local_ctx_slow(lk, algorithm, encrypt);
+	return byok_handle_ctx_slow(lk, algorithm, encrypt);
 }
 
-#endif							/* BYOK_LOCALKEYS_H */
+#endif							/* BYOK_HANDLES_H */

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * stats.c
+ * sql/stats.c
  *		byok_stats(), byok_poller_status() and byok_revocation_drill().
  *
  * Everything here reads copies of shared memory taken under the byok lock

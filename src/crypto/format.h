@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * format.h
+ * crypto/format.h
  *		The byok ciphertext format (v1): parse, seal and open into caller
  *		buffers.  Standard C and OpenSSL only, so the same code builds in
  *		the extension (envelope.c wraps it) and standalone (test/fuzz).

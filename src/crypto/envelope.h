@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * envelope.h
+ * crypto/envelope.h
  *		Sealing and opening byok values (format.h has the format) and the
  *		AES-256-GCM key-wrapping primitives.
  *
@@ -13,7 +13,7 @@
 
 #include "byok.h"
 
-#include "format.h"
+#include "crypto/format.h"
 
 /* wrapped key made by byok_gcm_wrap: nonce || ciphertext || tag */
 #define BYOK_WRAPPED_LEN(n)		(BYOK_GCM_NONCE_LEN + (n) + BYOK_GCM_TAG_LEN)

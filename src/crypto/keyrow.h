@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * keyrow.h
+ * crypto/keyrow.h
  *		Turning a catalog row of byok.data_keys into a data key: the checks
  *		every field must pass, the AAD that binds a wrapped DEK to its
  *		tenant, scope and version, and the unwrap into a 32-byte key.

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * format.c
+ * crypto/format.c
  *		The byok ciphertext format (v1): parse, seal and open.
  *
  * The byte layout is in format.h.  This file holds the parts of
@@ -19,7 +19,7 @@
  */
 #include <string.h>
 
-#include "format.h"
+#include "crypto/format.h"
 
 static void
 fmt_put_be64(uint8_t *p, uint64_t v)

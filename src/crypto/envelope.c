@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * envelope.c
+ * crypto/envelope.c
  *		The byok ciphertext format and every AES-256-GCM operation.
  *
  * Everything that turns bytes into ciphertext or back lives here: sealing
@@ -19,7 +19,7 @@
  * Key lifetime.  Functions here never keep key bytes: callers pass them in,
  * and any local copy or expanded schedule made here is wiped (explicit_bzero,
  * EVP_CIPHER_CTX_free) before return.  Contexts returned by
- * byok_aead_context() carry an expanded key and belong to localkeys.c, which
+ * byok_aead_context() carry an expanded key and belong to handles/handles.c, which
  * frees them at transaction end.
  *
  * Errors.  Malformed input raises ERRCODE_BYOK_MALFORMED_CIPHERTEXT, a
@@ -37,7 +37,7 @@
 #include "port/pg_bswap.h"
 #include "utils/memutils.h"
 
-#include "envelope.h"
+#include "crypto/envelope.h"
 
 #define NONCE_POOL_SIZE		(BYOK_GCM_NONCE_LEN * 2048)	/* 24 KiB per refill */
 
