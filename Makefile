@@ -6,7 +6,7 @@ OBJS = \
 	src/crypto/format.o src/crypto/envelope.o src/crypto/keyrow.o \
 	src/kms.o src/kms_local.o src/kms_http.o src/kms_aws.o src/kms_vault.o src/kms_pkcs11.o \
 	src/kms_kmip.o src/kmip_ttlv.o src/kmip_conn.o \
-	src/keycache.o \
+	src/cache/shmem.o src/cache/slots.o src/cache/keys.o src/cache/flight.o src/cache/cmk.o src/cache/events.o src/cache/poller.o \
 	src/keystore.o src/asowner.o src/extdrop.o src/ledger.o \
 	src/handles/handles.o \
 	src/worker/worker.o \

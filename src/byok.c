@@ -130,27 +130,3 @@ _PG_init(void)
 	RegisterSubXactCallback(byok_subxact_callback, NULL);
 	byok_extdrop_install();
 }
-
-/* Raise a clear error unless byok was preloaded. */
-void
-byok_check_loaded(void)
-{
-	if (!byok_cache_ready())
-		ereport(ERROR,
-				(errcode(ERRCODE_BYOK_NOT_LOADED),
-				 errmsg("byok is not loaded"),
-				 errdetail("byok keeps its key cache in shared memory, which must be reserved at server start."),
-				 errhint("Add byok to shared_preload_libraries in postgresql.conf and restart the server.")));
-}
-
-const char *
-byok_tenant_state_name(ByokTenantState state)
-{
-	static const char *const names[BYOK_TENANT_STATE_COUNT] = {
-		"active", "revoked", "cmk_disabled", "cmk_destroyed", "kms_unreachable"
-	};
-
-	if (state < 0 || state >= BYOK_TENANT_STATE_COUNT)
-		return "unknown";
-	return names[state];
-}

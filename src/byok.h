@@ -57,7 +57,4 @@ typedef enum ByokTenantState
 /* GUC variables (guc.c) */
 #include "guc.h"
 
-extern const char *byok_tenant_state_name(ByokTenantState state);
-extern void byok_check_loaded(void);
-
 #endif							/* BYOK_BYOK_H */
