@@ -4,8 +4,9 @@ MODULE_big = byok
 OBJS = \
 	src/byok.o src/guc.o \
 	src/crypto/format.o src/crypto/envelope.o src/crypto/keyrow.o \
-	src/kms.o src/kms_local.o src/kms_http.o src/kms_aws.o src/kms_vault.o src/kms_pkcs11.o \
-	src/kms_kmip.o src/kmip_ttlv.o src/kmip_conn.o \
+	src/providers/kms.o src/providers/local.o src/providers/http.o src/providers/aws.o src/providers/vault.o \
+	src/providers/pkcs11.o src/providers/pkcs11/session.o \
+	src/providers/kmip.o src/providers/kmip/ttlv.o src/providers/kmip/conn.o \
 	src/cache/shmem.o src/cache/slots.o src/cache/keys.o src/cache/flight.o src/cache/cmk.o src/cache/events.o src/cache/poller.o \
 	src/keystore.o src/asowner.o src/extdrop.o src/ledger.o \
 	src/handles/handles.o \

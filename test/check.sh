@@ -106,7 +106,7 @@ if want fuzz; then
     say "the KMIP TTLV codec (standalone, with AddressSanitizer), against messages PyKMIP wrote"
     rc=1
     gcc -Wall -Wextra -g "${SAN[@]}" -I"$BUILD_DIR/src" "$BUILD_DIR/test/fuzz/ttlv_test.c" \
-        "$BUILD_DIR/src/kmip_ttlv.c" -o "$BUILD_DIR/ttlv_test" >"$BUILD_DIR/ttlv.log" 2>&1 \
+        "$BUILD_DIR/src/providers/kmip/ttlv.c" -o "$BUILD_DIR/ttlv_test" >"$BUILD_DIR/ttlv.log" 2>&1 \
         && { "$BUILD_DIR/ttlv_test" "$BUILD_DIR/test/fuzz/corpus" >>"$BUILD_DIR/ttlv.log" 2>&1; rc=$?; }
     add_summary "$BUILD_DIR/ttlv.log" $rc
 
@@ -116,7 +116,7 @@ if want fuzz; then
             || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null 2>&1
     done
     fuzz ttlv_fuzz "${BYOK_FUZZ_SECONDS:-60}" "$BUILD_DIR/test/fuzz/corpus" \
-        "$BUILD_DIR/test/fuzz/ttlv_fuzz.c" "$BUILD_DIR/src/kmip_ttlv.c"
+        "$BUILD_DIR/test/fuzz/ttlv_fuzz.c" "$BUILD_DIR/src/providers/kmip/ttlv.c"
 
     say "the ciphertext format (src/crypto/format.c, standalone, with AddressSanitizer): round trips, every bit flip refused"
     rc=1

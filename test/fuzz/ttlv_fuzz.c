@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * ttlv_fuzz.c
- *		libFuzzer target for the KMIP TTLV decoder (src/kmip_ttlv.c).
+ *		libFuzzer target for the KMIP TTLV decoder (src/providers/kmip/ttlv.c).
  *
  * Decodes arbitrary bytes, then exercises every lookup helper on every
  * node.  When decoding succeeds the node list is re-encoded with the
@@ -10,7 +10,7 @@
  *
  * Build (from the repository root):
  *	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
- *		test/fuzz/ttlv_fuzz.c src/kmip_ttlv.c -o ttlv_fuzz
+ *		test/fuzz/ttlv_fuzz.c src/providers/kmip/ttlv.c -o ttlv_fuzz
  *
  *-------------------------------------------------------------------------
  */
@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kmip_ttlv.h"
+#include "providers/kmip/ttlv.h"
 
 static KmipDoc doc;				/* large: keep off the stack */
 

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * ttlv_test.c
- *		Standalone test of the KMIP TTLV encoder/decoder (src/kmip_ttlv.c).
+ *		Standalone test of the KMIP TTLV encoder/decoder (src/providers/kmip/ttlv.c).
  *
  * Encodes a KMIP 1.4 Encrypt request and decodes it back; rejects a set of
  * hand-built malformed inputs; round-trips every item type; and, when the
@@ -11,7 +11,7 @@
  *
  * Build and run (from the repository root):
  *	gcc -Wall -Wextra -g -fsanitize=address,undefined -Isrc \
- *		test/fuzz/ttlv_test.c src/kmip_ttlv.c -o ttlv_test
+ *		test/fuzz/ttlv_test.c src/providers/kmip/ttlv.c -o ttlv_test
  *	./ttlv_test [test/fuzz/corpus]
  *
  *-------------------------------------------------------------------------
@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kmip_ttlv.h"
+#include "providers/kmip/ttlv.h"
 #include "minicheck.h"
 
 static KmipDoc doc;

@@ -1,10 +1,10 @@
 /*-------------------------------------------------------------------------
  *
- * kmip_ttlv.h
+ * providers/kmip/ttlv.h
  *		A small, bounded KMIP TTLV encoder and decoder.
  *
  * Depends only on the C standard library so it can be built inside the
- * extension and standalone (tests, fuzzing).  See kmip_ttlv.c for the wire
+ * extension and standalone (tests, fuzzing).  See ttlv.c for the wire
  * format, the safety rules and what this code does not do.
  *
  *-------------------------------------------------------------------------

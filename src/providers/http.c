@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kms_http.c
+ * providers/http.c
  *		The HTTP client of the network key providers (libcurl), and the
  *		JSON, base64 and secret-file helpers they share.
  *
@@ -43,7 +43,7 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
-#include "kms_http.h"
+#include "providers/http.h"
 
 enum
 {

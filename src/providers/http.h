@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kms_http.h
+ * providers/http.h
  *		The HTTP client shared by the network key providers, and a small
  *		JSON reader.
  *
@@ -11,7 +11,7 @@
 
 #include "lib/stringinfo.h"
 
-#include "kms.h"
+#include "providers/kms.h"
 
 #define BYOK_HTTP_MAX_RESPONSE	(1024 * 1024)	/* larger answers are refused */
 
@@ -44,7 +44,7 @@ struct ByokHttpCall
 	ByokKmsError err;
 	int			attempts;
 
-	/* private to kms_http.c */
+	/* private to http.c */
 	void	   *easy;
 	int			state;
 	bool		too_big;

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kms_local.c
+ * providers/local.c
  *		The "local" key provider: CMKs are 32-byte files in a keyring folder.
  *
  * For development, demos and tests.  The keyring is the folder named by
@@ -37,7 +37,7 @@
 #include "port/pg_bswap.h"
 
 #include "crypto/envelope.h"
-#include "kms.h"
+#include "providers/kms.h"
 
 #define LOCAL_WRAP_FORMAT	1
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kms_vault.c
+ * providers/vault.c
  *		The "vault-transit" key provider: HashiCorp Vault's Transit engine.
  *
  * Operations: POST <byok.vault_address>/v1/<byok.vault_mount>/encrypt/<key>
@@ -29,7 +29,7 @@
 
 #include "utils/timestamp.h"
 
-#include "kms_http.h"
+#include "providers/http.h"
 
 #define VAULT_WRAP_FORMAT 1
 

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
- * kmip_conn.h
- *		The kmip provider's transport (kmip_conn.c): one request/answer
+ * providers/kmip/conn.h
+ *		The kmip provider's transport (kmip/conn.c): one request/answer
  *		exchange with a KMIP server over the process's TLS connection.
  *
  *-------------------------------------------------------------------------
@@ -9,8 +9,8 @@
 #ifndef BYOK_KMIP_CONN_H
 #define BYOK_KMIP_CONN_H
 
-#include "kmip_ttlv.h"
-#include "kms.h"
+#include "providers/kmip/ttlv.h"
+#include "providers/kms.h"
 
 /* how an exchange ended */
 typedef enum KmipIo

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kms_aws.c
+ * providers/aws.c
  *		The "aws-kms" key provider: AWS KMS's JSON API over HTTPS.
  *
  * Operations: TrentService.Encrypt (wrap), Decrypt (unwrap) and DescribeKey
@@ -34,7 +34,7 @@
 
 #include "utils/timestamp.h"
 
-#include "kms_http.h"
+#include "providers/http.h"
 
 #define AWS_WRAP_FORMAT 1
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kms_kmip.c
+ * providers/kmip.c
  *		The "kmip" key provider: KMIP 1.4 (TTLV) over mutual TLS.
  *
  * Enterprise key managers and HSMs (and the PyKMIP server) speak KMIP.  The
@@ -28,7 +28,7 @@
  * GetAttributes("State") on the same connection to tell a revoked key from
  * a certificate that may not use it.
  *
- * Transport (kmip_conn.c): one kept mutual-TLS connection per process,
+ * Transport (kmip/conn.c): one kept mutual-TLS connection per process,
  * failover along byok.kmip_host, non-blocking I/O bounded by
  * byok.kms_timeout and stopped by a cancel within 50 ms.  An exchange that
  * was interrupted returns KIO_INTERRUPTED: the functions here free and wipe
@@ -51,8 +51,8 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
-#include "kmip_conn.h"
-#include "kmip_ttlv.h"
+#include "providers/kmip/conn.h"
+#include "providers/kmip/ttlv.h"
 
 #define KMIP_WRAP_FORMAT	1
 #define KMIP_IV_LEN			12
@@ -61,7 +61,7 @@
 #define KMIP_NAME_PREFIX	"name:"
 #define KMIP_PIN_SLOTS		64
 
-/* tags and values kmip_ttlv.h does not carry */
+/* tags and values kmip/ttlv.h does not carry */
 #define TAG_BATCH_ERROR_CONTINUATION	0x42000E
 #define TAG_UNIQUE_BATCH_ITEM_ID		0x420093
 #define BATCH_CONTINUE					1

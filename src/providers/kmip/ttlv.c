@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kmip_ttlv.c
+ * providers/kmip/ttlv.c
  *		A small, bounded KMIP TTLV encoder and decoder.
  *
  * Wire format (KMIP 1.4 section 9.1).  Every item is
@@ -53,7 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kmip_ttlv.h"
+#include "providers/kmip/ttlv.h"
 
 /* ---------------------------------------------------------------- helpers */
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kms.c
+ * providers/kms.c
  *		The provider registry, the dispatch wrappers and the one error path.
  *
  * Providers register a static ByokKmsRoutine from _PG_init.  Everything
@@ -23,7 +23,7 @@
 #include "portability/instr_time.h"
 #include "postmaster/interrupt.h"
 
-#include "kms.h"
+#include "providers/kms.h"
 
 #define MAX_PROVIDERS 8
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kms.h
+ * providers/kms.h
  *		The one interface every key provider (KMS or HSM) implements.
  *
  * A provider holds customer master keys (CMKs) that never leave it.  byok

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * kmip_conn.c
+ * providers/kmip/conn.c
  *		The kmip provider's transport: one mutual-TLS connection per process
  *		to a KMIP server, and one request/answer exchange on it.
  *
@@ -56,8 +56,8 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
-#include "kmip_conn.h"
-#include "kms_http.h"
+#include "providers/kmip/conn.h"
+#include "providers/http.h"
 
 #define KMIP_WAIT_SLICE_MS	20
 #define KMIP_MAX_HOSTS		8
