@@ -1,0 +1,1 @@
+#include "providers/kmip/conn.h"	/* moved; to be removed */

@@ -1,0 +1,1 @@
+#include "providers/kmip/ttlv.h"	/* moved; to be removed */

@@ -1,0 +1,1 @@
+#include "providers/kms.h"	/* moved; to be removed */

@@ -1,0 +1,1 @@
+#include "providers/http.h"	/* moved; to be removed */
