@@ -26,6 +26,14 @@
  *
  * Wrapped form: a format byte (1) followed by the CiphertextBlob.
  *
+ * Locking: none; callers hold no LWLock while calling in here.
+ *
+ * Key lifetime: a TK to wrap is base64-encoded into the request body; the
+ * base64 copy is wiped at once and the body with the call
+ * (byok_http_call_free).  An unwrapped TK is decoded from the answer
+ * straight into the caller's buffer; the picked JSON values and the answer
+ * are wiped (byok_json_pick_wipe, byok_http_call_free).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

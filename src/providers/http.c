@@ -19,7 +19,7 @@
  * (byok.kms_ca_file names the CA bundle); plain http:// is refused unless
  * byok.kms_allow_insecure is on.  Answers larger than 1 MiB are refused.
  *
- * Secrets.  Request bodies, answers, "AKID:SECRET" strings and secret files
+ * Secrets and key lifetime.  Request bodies, answers, "AKID:SECRET" strings and secret files
  * may hold key material or credentials: they live in palloc'd buffers that
  * byok_http_call_free() and the callers wipe with explicit_bzero.  Error
  * texts carry only curl's error names, HTTP statuses and provider error

@@ -4,6 +4,11 @@
  *		The HTTP client shared by the network key providers, and a small
  *		JSON reader.
  *
+ * Locking: none; callers hold no LWLock while calling in here.
+ * Key lifetime: the buffers of a ByokHttpCall and a ByokJsonPick may hold
+ * key material or credentials; byok_http_call_free() and
+ * byok_json_pick_wipe() wipe them (see http.c).
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef BYOK_KMS_HTTP_H

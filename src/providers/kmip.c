@@ -34,7 +34,7 @@
  * was interrupted returns KIO_INTERRUPTED: the functions here free and wipe
  * what they hold, then run CHECK_FOR_INTERRUPTS.
  *
- * Secrets: requests and answers carry TKs in clear; their buffers (malloc'd
+ * Secrets and key lifetime: requests and answers carry TKs in clear; their buffers (malloc'd
  * encoder buffers, palloc'd answers) are wiped before release, also when an
  * error is raised mid-call.  Error texts carry KMIP result reasons and the
  * server's result message (sanitised), never a value.

@@ -11,7 +11,12 @@
  * own code and sanitised text -> errdetail.
  *
  * No function here holds a lock; callers must not hold an LWLock across any
- * of them (a provider call can take seconds).
+ * of them (a provider call can take seconds).  The registry is filled in
+ * _PG_init and only read afterwards, per process.
+ *
+ * Key lifetime: wrap and unwrap pass the caller's TK buffers straight to
+ * the provider.  byok_kms_validate()'s round trip unwraps into a stack
+ * buffer that is wiped before it returns, on every path.
  *
  *-------------------------------------------------------------------------
  */

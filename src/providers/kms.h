@@ -13,6 +13,14 @@
  * Secrets (key files, PINs, tokens) are reached through paths in GUCs and
  * never pass through this interface as values.
  *
+ * Locking: none.  Providers are called with no LWLock held (a call can take
+ * seconds) and keep only per-process state.
+ *
+ * Key lifetime: the plaintext TK given to wrap and the one unwrap writes
+ * are the caller's buffers, which the caller wipes.  A provider copies a TK
+ * only into buffers it wipes before it returns (or, for an abandoned
+ * PKCS#11 call, when the module returns).  CMKs never pass through here.
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef BYOK_KMS_H

@@ -22,6 +22,8 @@
  * TK version; the wrapped form is a format byte followed by nonce,
  * ciphertext and tag.
  *
+ * Locking: none (files only); callers hold no LWLock while calling in here.
+ *
  * Key lifetime: a CMK's bytes are read into a stack buffer for one
  * operation and wiped before the function returns, on every path.
  *

@@ -29,7 +29,7 @@
  * changes, so certificates rotate with a reload.  Encrypted keys are
  * refused rather than prompting for a pass phrase.
  *
- * Secrets: requests and answers carry TKs in clear inside the TLS channel;
+ * Secrets and key lifetime: requests and answers carry TKs in clear inside the TLS channel;
  * the answer buffer is palloc'd and wiped by the caller.  Error texts carry
  * OpenSSL reason strings and host names, never a value.
  *

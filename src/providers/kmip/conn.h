@@ -4,6 +4,10 @@
  *		The kmip provider's transport (kmip/conn.c): one request/answer
  *		exchange with a KMIP server over the process's TLS connection.
  *
+ * Locking: none; callers hold no LWLock while calling in here.
+ * Key lifetime: requests and answers carry TKs in clear; the answer is
+ * palloc'd and the caller wipes it (see conn.c).
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef BYOK_KMIP_CONN_H

@@ -47,6 +47,11 @@
  * Only the C standard library is used, so the file builds in the
  * extension and standalone (test/fuzz).
  *
+ * Locking: none; there is no state outside the caller's KmipBuf and
+ * KmipDoc.  Key lifetime: see the encoder paragraph above (growth and
+ * kmip_buf_free() wipe); decoded values borrow the caller's buffer, which
+ * the caller wipes.
+ *
  *-------------------------------------------------------------------------
  */
 #include <stdint.h>

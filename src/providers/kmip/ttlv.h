@@ -7,6 +7,10 @@
  * extension and standalone (tests, fuzzing).  See ttlv.c for the wire
  * format, the safety rules and what this code does not do.
  *
+ * Locking: none; no state outside the caller's KmipBuf and KmipDoc.
+ * Key lifetime: an encoder buffer may hold key material; kmip_buf_free()
+ * wipes it.  A decoded value is a view into the caller's buffer.
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef BYOK_KMIP_TTLV_H
