@@ -14,7 +14,13 @@ OBJS = \
 	src/sql/api.o src/sql/stats.o
 
 EXTENSION = byok
-DATA = byok--1.0.sql byok--1.0--1.1.sql
+# byok--1.1.sql (what CREATE EXTENSION byok runs) is built from these parts
+# of extension/, in this order (rule below; test/t/019_install_script.pl);
+# the released 1.0 script and the update to 1.1 are installed as they are
+BYOK_SQL_PARTS = 10_catalog.sql 20_encryption.sql 30_tenants.sql 40_columns.sql 42_protect.sql \
+	45_ddl_guard.sql 50_reencrypt.sql 60_observability.sql 70_roles.sql
+DATA = extension/byok--1.0.sql extension/byok--1.0--1.1.sql
+DATA_built = byok--1.1.sql
 PGFILEDESC = "byok - bring-your-own-key envelope encryption"
 
 PG_CPPFLAGS = -I$(srcdir)/src -I/usr/include/p11-kit-1
@@ -35,6 +41,10 @@ include $(PGXS)
 
 # after PGXS, which sets PROVE_FLAGS itself
 PROVE_FLAGS = -I test/perl -v
+
+# after PGXS too: a rule before it would become the default goal
+byok--1.1.sql: $(addprefix $(srcdir)/extension/, $(BYOK_SQL_PARTS))
+	cat $^ > $@
 
 # every object depends on every header (PGXS does not track them)
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
