@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * keystore.c
+ * catalog/access.c
  *		The catalog of wrapped keys, the key-miss path and tenant lifecycle.
  *
  * The catalog tables (schema byok, see byok--1.0.sql) hold tenants, their
@@ -52,13 +52,13 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "asowner.h"
+#include "catalog/asowner.h"
 #include "crypto/envelope.h"
 #include "keycache.h"
 #include "crypto/keyrow.h"
-#include "keystore.h"
+#include "catalog/keystore.h"
 #include "kms.h"
-#include "ledger.h"
+#include "catalog/ledger.h"
 #include "handles/handles.h"
 
 /* a tenant and its current TK, as the catalog records them */

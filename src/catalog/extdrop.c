@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * extdrop.c
+ * catalog/extdrop.c
  *		DROP EXTENSION byok: refused while a tenant still holds keys; once
  *		it goes ahead, every cached key of the database is wiped at commit.
  *
@@ -17,8 +17,12 @@
  * go the table is still readable: if it holds a wrapped key, the drop is
  * refused.  When
  * the extension object itself is dropped, this database's cached keys are
- * wiped when the transaction commits (keystore.c's flush at commit); an
+ * wiped when the transaction commits (catalog/xact.c's flush at commit); an
  * aborted drop changes nothing.
+ *
+ * Locking.  None of its own; the check reads the catalog with the latest
+ * snapshot, so keys committed while DROP waited for its locks count too.
+ * Key lifetime.  It reads whether wrapped keys exist, never a key.
  *
  *-------------------------------------------------------------------------
  */
@@ -35,9 +39,9 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
-#include "asowner.h"
-#include "extdrop.h"
-#include "keystore.h"
+#include "catalog/asowner.h"
+#include "catalog/extdrop.h"
+#include "catalog/keystore.h"
 
 static object_access_hook_type prev_object_access_hook = NULL;
 

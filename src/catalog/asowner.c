@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * asowner.c
+ * catalog/asowner.c
  *		Run byok's work on a user table as that table's owner, in a
  *		restricted security context.
  *
@@ -29,6 +29,13 @@
  * The function is for byok's own SECURITY DEFINER code: PUBLIC may not
  * execute it, and it refuses any caller that is not a superuser.
  *
+ * byok_switch_user()/byok_switch_back() are the same switch for byok's own
+ * catalog access (catalog/access.c, extdrop.c), as the bootstrap
+ * superuser.
+ *
+ * Locking.  None of its own: the queries take whatever locks they need.
+ * Key lifetime.  No key material passes through this file.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -46,7 +53,7 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
-#include "asowner.h"
+#include "catalog/asowner.h"
 
 PG_FUNCTION_INFO_V1(byok_exec_as_owner);
 PG_FUNCTION_INFO_V1(byok_check_not_restricted);

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ledger.c
+ * catalog/ledger.c
  *		The destruction ledger: a file outside the database listing the
  *		fingerprints of every tenant key byok_destroy_tenant() destroyed.
  *
@@ -36,7 +36,8 @@
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 
-#include "ledger.h"
+#include "catalog/ledger.h"
+#include "guc.h"
 
 typedef struct LedgerEntry
 {
