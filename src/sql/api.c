@@ -294,15 +294,20 @@ byok_create_tenant(PG_FUNCTION_ARGS)
 	byok_keystore_create_tenant(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 								text_to_cstring(PG_GETARG_TEXT_PP(1)),
 								text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	byok_handle_forget_current();
 	PG_RETURN_VOID();
 }
 
 Datum
 byok_rotate_data_key(PG_FUNCTION_ARGS)
 {
+	int32		version;
+
 	byok_check_loaded();
-	PG_RETURN_INT32(byok_keystore_rotate_data_key(text_to_cstring(PG_GETARG_TEXT_PP(0)),
-												  text_to_cstring(PG_GETARG_TEXT_PP(1))));
+	version = byok_keystore_rotate_data_key(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+											text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	byok_handle_forget_current();
+	PG_RETURN_INT32(version);
 }
 
 Datum
@@ -324,8 +329,12 @@ byok_reinstate_tenant(PG_FUNCTION_ARGS)
 Datum
 byok_rotate_tenant_key(PG_FUNCTION_ARGS)
 {
+	int32		version;
+
 	byok_check_loaded();
-	PG_RETURN_INT32(byok_keystore_rotate_tenant_key(text_to_cstring(PG_GETARG_TEXT_PP(0))));
+	version = byok_keystore_rotate_tenant_key(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	byok_handle_forget_current();
+	PG_RETURN_INT32(version);
 }
 
 Datum
@@ -344,15 +353,20 @@ byok_destroy_tenant(PG_FUNCTION_ARGS)
 
 	byok_check_loaded();
 	cert = byok_keystore_destroy(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	byok_handle_forget_current();
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(cert)));
 }
 
 Datum
 byok_cache_flush(PG_FUNCTION_ARGS)
 {
+	int			purged;
+
 	byok_check_loaded();
-	PG_RETURN_INT32(byok_keystore_cache_flush(PG_ARGISNULL(0) ? NULL :
-											  text_to_cstring(PG_GETARG_TEXT_PP(0))));
+	purged = byok_keystore_cache_flush(PG_ARGISNULL(0) ? NULL :
+									   text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	byok_handle_release();
+	PG_RETURN_INT32(purged);
 }
 
 /*

@@ -21,6 +21,7 @@
 #include "keycache.h"
 #include "keystore.h"
 #include "kms.h"
+#include "handles/handles.h"
 
 PG_FUNCTION_INFO_V1(byok_stats);
 PG_FUNCTION_INFO_V1(byok_poller_status);
@@ -188,6 +189,7 @@ byok_revocation_drill(PG_FUNCTION_ARGS)
 	byok_check_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	byok_handle_release();		/* our own handles must not count as stale */
 	byok_keystore_drill(text_to_cstring(PG_GETARG_TEXT_PP(0)), &r);
 	values[0] = Float8GetDatum(r.lockout_us / 1000.0);
 	values[1] = Int32GetDatum(r.purged);
