@@ -48,4 +48,4 @@ byok--1.1.sql: $(addprefix $(srcdir)/extension/, $(BYOK_SQL_PARTS))
 	cat $^ > $@
 
 # every object depends on every header (PGXS does not track them)
-$(OBJS): $(wildcard $(srcdir)/src/*.h)
+$(OBJS): $(wildcard $(srcdir)/src/*.h $(srcdir)/src/*/*.h $(srcdir)/src/*/*/*.h)

@@ -9,13 +9,13 @@
 
 -- Run one query on an ordinary table as its owner, with
 -- SECURITY_RESTRICTED_OPERATION and search_path = pg_catalog, pg_temp (see
--- src/asowner.c).  Only byok's SECURITY DEFINER functions call it.
+-- src/catalog/asowner.c).  Only byok's SECURITY DEFINER functions call it.
 CREATE FUNCTION byok.exec_as_owner(tbl regclass, query text) RETURNS bigint[]
 AS 'MODULE_PATHNAME', 'byok_exec_as_owner'
 LANGUAGE C VOLATILE STRICT;
 REVOKE ALL ON FUNCTION byok.exec_as_owner(regclass, text) FROM PUBLIC;
 
--- Refuse inside a security-restricted operation (src/asowner.c): code that
+-- Refuse inside a security-restricted operation (src/catalog/asowner.c): code that
 -- runs as a table's owner must not act through byok with the session's role.
 CREATE FUNCTION byok.check_not_restricted() RETURNS void
 AS 'MODULE_PATHNAME', 'byok_check_not_restricted'
@@ -575,7 +575,7 @@ GRANT EXECUTE ON FUNCTION byok_declare_scope(text) TO byok_admin;
 
 
 -- Decrypt a protected value into its column's type.  A plaintext the type
--- refuses is an error that never shows the value (src/sql_api.c).
+-- refuses is an error that never shows the value (src/sql/api.c).
 CREATE FUNCTION byok_decrypt_as(ciphertext bytea, aad bytea, "like" anyelement)
 RETURNS anyelement
 AS 'MODULE_PATHNAME', 'byok_decrypt_as'

@@ -11,7 +11,7 @@
  *
  * Transaction callbacks close the key-lifetime loop: at the end of every
  * (parallel or top-level) transaction, handles/handles.c frees the expanded keys
- * the transaction used, and keystore.c applies tenant state changes that
+ * the transaction used, and the catalog (catalog/xact.c) applies tenant state changes that
  * committed.  Neither ever raises an error there.
  *
  *-------------------------------------------------------------------------
@@ -24,13 +24,13 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 
-#include "byok.h"
+#include "byok_defs.h"
 #include "crypto/envelope.h"
 #include "guc.h"
-#include "extdrop.h"
-#include "keycache.h"
-#include "keystore.h"
-#include "kms.h"
+#include "catalog/extdrop.h"
+#include "cache/cache.h"
+#include "catalog/keystore.h"
+#include "providers/kms.h"
 #include "handles/handles.h"
 #include "worker/worker.h"
 

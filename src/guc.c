@@ -19,7 +19,7 @@
 
 #include "utils/guc.h"
 
-#include "byok.h"
+#include "byok_defs.h"
 #include "crypto/format.h"
 #include "guc.h"
 

@@ -4,6 +4,7 @@
 # Installs missing packages, builds byok (warnings fail the build), installs
 # it into the system PostgreSQL 15, then runs every suite against scratch
 # servers it starts itself (never the system cluster, never port 5432):
+#   layout    the source tree's shape (test/layout_check.py)
 #   fuzz      the KMIP TTLV codec's and the ciphertext format's standalone
 #             tests (ASan/UBSan, aborting at the first finding) and libFuzzer
 #             on the TTLV decoder (BYOK_FUZZ_SECONDS, default 60), the
@@ -39,8 +40,8 @@ for a in "$@"; do
         regress=*) parts+=(regress); REGRESS_SEL=${a#*=}; REGRESS_SEL=${REGRESS_SEL//,/ } ;;
         tap=*)     parts+=(tap); TAP_SEL=${a#*=}; TAP_SEL=${TAP_SEL//,/ } ;;
         mutants=*) parts+=(mutants); MUTANT_SEL=${a#*=}; MUTANT_SEL=${MUTANT_SEL//,/ } ;;
-        fuzz|server|regress|isolation|tap|mutants|bench) parts+=("$a") ;;
-        *) echo "unknown part $a (fuzz server regress isolation tap mutants bench, or regress=a,b tap=FILE mutants=NAME)"; exit 2 ;;
+        layout|fuzz|server|regress|isolation|tap|mutants|bench) parts+=("$a") ;;
+        *) echo "unknown part $a (layout fuzz server regress isolation tap mutants bench, or regress=a,b tap=FILE mutants=NAME)"; exit 2 ;;
     esac
 done
 want() { [ ${#parts[@]} -eq 0 ] && return 0; local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
@@ -91,7 +92,7 @@ fuzz() {   # fuzz NAME SECONDS SEEDS SOURCE...: build NAME with libFuzzer, run i
     mkdir -p "$BUILD_DIR/${name}_corpus"
     if clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I"$BUILD_DIR/src" -I"$BUILD_DIR/test/fuzz" \
             "$@" -o "$BUILD_DIR/$name" >"$log" 2>&1 \
-       && "$BUILD_DIR/$name" -max_total_time="$seconds" -max_len=4096 \
+       && "$BUILD_DIR/$name" -max_total_time="$seconds" -max_len=4096 -artifact_prefix="$BUILD_DIR/$name-" \
             "$BUILD_DIR/${name}_corpus" "$seeds" >>"$log" 2>&1; then
         echo "ok - $(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1)"; passed=$((passed + 1))
     else
@@ -101,6 +102,14 @@ fuzz() {   # fuzz NAME SECONDS SEEDS SOURCE...: build NAME with libFuzzer, run i
 
 # standalone C tests: AddressSanitizer and UBSan, aborting at the first finding
 SAN=(-fsanitize=address,undefined -fno-sanitize-recover=all)
+
+if want layout; then
+    say "the source tree's shape (test/layout_check.py): file sizes, headers, folder-qualified includes, no include circle"
+    /usr/bin/python3 -B "$REPO/test/layout_check.py" "$REPO" >"$BUILD_DIR/layout.log" 2>&1
+    rc=$?
+    grep '^not ok' "$BUILD_DIR/layout.log" || true
+    add_summary "$BUILD_DIR/layout.log" $rc
+fi
 
 if want fuzz; then
     say "the KMIP TTLV codec (standalone, with AddressSanitizer), against messages PyKMIP wrote"

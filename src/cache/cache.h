@@ -31,8 +31,8 @@
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
 
-#include "byok.h"
-#include "kms.h"
+#include "byok_defs.h"
+#include "providers/kms.h"
 
 typedef enum ByokCacheKind
 {

@@ -51,7 +51,7 @@
 #include "catalog/ledger.h"
 #include "crypto/envelope.h"
 #include "guc.h"
-#include "kms.h"
+#include "providers/kms.h"
 
 static SPIPlanPtr plan_load_dek = NULL;
 static SPIPlanPtr plan_current = NULL;

@@ -16,8 +16,8 @@
 #ifndef BYOK_KEYSTORE_H
 #define BYOK_KEYSTORE_H
 
-#include "byok.h"				/* to be byok_defs.h */
-#include "keycache.h"			/* to be cache/cache.h */
+#include "byok_defs.h"
+#include "cache/cache.h"
 
 /* where an unwrapped DEK came from: enough to validate it on every use */
 typedef struct ByokDekRef

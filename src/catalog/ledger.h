@@ -9,7 +9,7 @@
 #ifndef BYOK_LEDGER_H
 #define BYOK_LEDGER_H
 
-#include "byok.h"				/* to be byok_defs.h */
+#include "byok_defs.h"
 
 #define BYOK_LEDGER_FP_LEN 64	/* hex SHA-256 */
 

@@ -46,7 +46,7 @@
 #include "catalog/catalog_internal.h"
 #include "crypto/envelope.h"
 #include "guc.h"
-#include "kms.h"
+#include "providers/kms.h"
 
 /* ---- onboarding, lockout, flush ---- */
 

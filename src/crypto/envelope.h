@@ -11,7 +11,7 @@
 
 #include <openssl/evp.h>
 
-#include "byok.h"
+#include "byok_defs.h"
 
 #include "crypto/format.h"
 

@@ -24,7 +24,8 @@
  * DEK) is unchanged, and is dropped when a (sub)transaction aborts, since
  * it may name a DEK created by the aborted work.
  *
- * No locks are taken here except through keycache.c and keystore.c.
+ * No locks are taken here except through the cache (src/cache/) and the
+ * catalog (src/catalog/).
  *
  *-------------------------------------------------------------------------
  */
@@ -35,7 +36,8 @@
 #include "utils/memutils.h"
 
 #include "crypto/envelope.h"
-#include "keystore.h"
+#include "catalog/keystore.h"
+#include "guc.h"
 #include "handles/handles.h"
 
 #define CURRENT_KEY_LEN		(NAMEDATALEN + 1 + BYOK_MAX_SCOPE + 1)

@@ -11,7 +11,8 @@
 #include <openssl/evp.h>
 
 #include "crypto/envelope.h"
-#include "keycache.h"
+#include "cache/cache.h"
+#include "guc.h"
 
 typedef struct ByokLocalKey
 {

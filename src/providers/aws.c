@@ -42,6 +42,7 @@
 
 #include "utils/timestamp.h"
 
+#include "guc.h"
 #include "providers/http.h"
 
 #define AWS_WRAP_FORMAT 1

@@ -43,6 +43,7 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
+#include "guc.h"
 #include "providers/http.h"
 
 enum

@@ -51,6 +51,7 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
+#include "guc.h"
 #include "providers/kmip/conn.h"
 #include "providers/kmip/ttlv.h"
 

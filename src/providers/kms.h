@@ -26,7 +26,7 @@
 #ifndef BYOK_KMS_H
 #define BYOK_KMS_H
 
-#include "byok.h"
+#include "byok_defs.h"
 
 /* normalised failure classes; each maps to one SQLSTATE */
 typedef enum ByokKmsStatus

@@ -39,6 +39,7 @@
 #include "port/pg_bswap.h"
 
 #include "crypto/envelope.h"
+#include "guc.h"
 #include "providers/kms.h"
 
 #define LOCAL_WRAP_FORMAT	1

@@ -37,6 +37,7 @@
 
 #include "utils/timestamp.h"
 
+#include "guc.h"
 #include "providers/http.h"
 
 #define VAULT_WRAP_FORMAT 1

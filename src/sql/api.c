@@ -27,7 +27,8 @@
 #include "utils/lsyscache.h"
 
 #include "crypto/envelope.h"
-#include "keystore.h"
+#include "catalog/keystore.h"
+#include "guc.h"
 #include "handles/handles.h"
 
 PG_FUNCTION_INFO_V1(byok_encrypt);

@@ -4,7 +4,7 @@
  *		byok_stats(), byok_poller_status() and byok_revocation_drill().
  *
  * Everything here reads copies of shared memory taken under the byok lock
- * held shared (keycache.c), so a slow client never holds the lock.  No key
+ * held shared (src/cache/), so a slow client never holds the lock.  No key
  * material is ever copied: the slots and the CMK registry hold none.
  *
  *-------------------------------------------------------------------------
@@ -18,9 +18,9 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "keycache.h"
-#include "keystore.h"
-#include "kms.h"
+#include "cache/cache.h"
+#include "catalog/keystore.h"
+#include "providers/kms.h"
 #include "handles/handles.h"
 
 PG_FUNCTION_INFO_V1(byok_stats);

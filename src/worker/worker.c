@@ -6,7 +6,7 @@
  * The poller ("byok poller" in pg_stat_activity) is a background worker
  * registered from _PG_init.  It connects to no database: backends
  * register every CMK they unwrap under in the shared CMK registry
- * (keycache.c), and each round the poller asks each provider for the state
+ * (src/cache/cmk.c), and each round the poller asks each provider for the state
  * of every live CMK in it — one question per CMK, however many tenants
  * share it — and applies the answer to every tenant using that CMK
  * (byok_cmk_record_poll): a disabled or destroyed CMK locks its tenants out
@@ -54,9 +54,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "keycache.h"
-#include "kms.h"
-#include "ledger.h"
+#include "cache/cache.h"
+#include "guc.h"
+#include "providers/kms.h"
+#include "catalog/ledger.h"
 #include "worker/worker.h"
 
 PGDLLEXPORT void byok_poller_main(Datum arg);

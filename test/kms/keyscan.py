@@ -4,7 +4,7 @@
 Computes, from the outside, the key bytes byok must never leave at rest, and
 searches files for them (and for plaintext markers) in every encoding a leak
 is likely to take.  Uses python3-cryptography's AESGCM; follows the formats
-of src/kms_local.c, src/kms.c (byok_kms_context_aad), src/crypto/keyrow.c and
+of src/providers/local.c, src/providers/kms.c (byok_kms_context_aad), src/crypto/keyrow.c and
 src/crypto/format.c.
 
   keyscan.py derive KEYRING ROWS.json      -> JSON {label: hex} of every key
@@ -45,7 +45,7 @@ def fingerprint(key):
 
 
 def local_unwrap(cmk, tenant, tk_version, wrapped):
-    # kms_local.c: format byte 1, then nonce(12) || ciphertext || tag(16);
+    # providers/local.c: format byte 1, then nonce(12) || ciphertext || tag(16);
     # AAD = "byok-local-v1\0" || tenant name "\0" || be32(TK version)
     if wrapped[0] != 1:
         raise ValueError("not a local-provider wrapped key")

@@ -49,7 +49,7 @@ run_suites() {
                 if ! { clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                            -I"$t/src" "$t/test/fuzz/${list}_fuzz.c" "${csrc:-$t/src/$list.c}" -lcrypto -o "$t/${list}_fuzz" \
                        && mkdir -p "$t/${list}_corpus" \
-                       && "$t/${list}_fuzz" -max_total_time="${BYOK_MUTANT_FUZZ_SECONDS:-20}" -max_len=4096 \
+                       && "$t/${list}_fuzz" -max_total_time="${BYOK_MUTANT_FUZZ_SECONDS:-20}" -max_len=4096 -artifact_prefix="$t/" \
                            "$t/${list}_corpus" "$t/test/fuzz/${list}_corpus"; } >"$t/fuzz.log" 2>&1; then
                     failed_by="$failed_by fuzz:$list"
                 fi

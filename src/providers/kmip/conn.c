@@ -56,6 +56,7 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
+#include "guc.h"
 #include "providers/kmip/conn.h"
 #include "providers/http.h"
 

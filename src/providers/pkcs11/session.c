@@ -85,6 +85,7 @@
 #include "storage/ipc.h"
 #include "utils/timestamp.h"
 
+#include "guc.h"
 #include "providers/pkcs11/session.h"
 
 #define P11_WAIT_SLICE_MS	25

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
- * byok.h
- *		Declarations shared by every part of byok: GUC variables (guc.h), SQLSTATEs,
- *		key sizes and the tenant states.
+ * byok_defs.h
+ *		Definitions shared by every part of byok: SQLSTATEs, key sizes and
+ *		the tenant states.  A header of definitions only (no .c owns it);
+ *		the settings are in guc.h.
  *
  * The SQLSTATEs live in class "YK" (implementation-defined classes start
  * with I-Z).  Each failure a user must tell apart has its own code; README
@@ -10,8 +11,8 @@
  *
  *-------------------------------------------------------------------------
  */
-#ifndef BYOK_BYOK_H
-#define BYOK_BYOK_H
+#ifndef BYOK_DEFS_H
+#define BYOK_DEFS_H
 
 #include "utils/elog.h"
 
@@ -54,7 +55,4 @@ typedef enum ByokTenantState
 	BYOK_TENANT_STATE_COUNT
 } ByokTenantState;
 
-/* GUC variables (guc.c) */
-#include "guc.h"
-
-#endif							/* BYOK_BYOK_H */
+#endif							/* BYOK_DEFS_H */

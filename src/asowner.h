@@ -1,1 +1,0 @@
-#include "catalog/asowner.h"	/* moved; to be removed */

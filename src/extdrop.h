@@ -1,1 +1,0 @@
-#include "catalog/extdrop.h"	/* moved; to be removed */

@@ -1,1 +1,0 @@
-#include "cache/cache.h"	/* moved; to be removed */

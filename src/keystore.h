@@ -1,1 +1,0 @@
-#include "catalog/keystore.h"	/* moved; to be removed */

@@ -1,1 +1,0 @@
-#include "providers/kmip/conn.h"	/* moved; to be removed */

@@ -1,1 +1,0 @@
-#include "providers/kmip/ttlv.h"	/* moved; to be removed */

@@ -1,1 +1,0 @@
-#include "providers/kms.h"	/* moved; to be removed */

@@ -1,1 +1,0 @@
-#include "providers/http.h"	/* moved; to be removed */

@@ -1,1 +1,0 @@
-#include "catalog/ledger.h"	/* moved; to be removed */
