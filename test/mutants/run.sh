@@ -23,6 +23,10 @@ PGV=15
 W=${BYOK_MUTANT_DIR:-/tmp/byok-mutants}
 PRIV=$W/pg                                   # the private PostgreSQL
 PBIN=$PRIV/usr/lib/postgresql/$PGV/bin
+# a mutant that makes a TAP test wait for what never comes is caught when the
+# wait gives up: 30 s instead of PostgreSQL::Test::Utils' 180 (the control
+# run proves the unmutated tree needs no longer)
+export PG_TEST_TIMEOUT_DEFAULT=${PG_TEST_TIMEOUT_DEFAULT:-30}
 rm -rf "$W"; mkdir -p "$W/base" "$PRIV/usr/lib/postgresql" "$PRIV/usr/share/postgresql"
 cp -a /usr/lib/postgresql/$PGV "$PRIV/usr/lib/postgresql/"
 cp -a /usr/share/postgresql/$PGV "$PRIV/usr/share/postgresql/"
