@@ -15,6 +15,7 @@
 #   to     <replacement text>
 #   suites regress:setup,security  isolation:revoke_running  tap:test/t/011_upgrade.pl  fuzz:keyrow
 #          standalone:format  (test/fuzz/format_test.c on src/crypto/format.c; NAME.c is found under src/)
+#          layout:tree  (test/layout_check.py on the mutated tree)
 # Run as root; PostgreSQL runs as the postgres OS user.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -64,6 +65,11 @@ run_suites() {
                            -o "$t/${list}_test" \
                        && "$t/${list}_test" "$t/test/fuzz/corpus"; } >"$t/standalone.log" 2>&1; then
                     failed_by="$failed_by standalone:$list"
+                fi
+                continue ;;
+            layout)    # the tree's shape (test/layout_check.py on the mutated tree)
+                if ! /usr/bin/python3 -B "$t/test/layout_check.py" "$t" >"$t/layout.log" 2>&1; then
+                    failed_by="$failed_by layout"
                 fi
                 continue ;;
             *) echo "unknown suite kind $kind in $name"; exit 2 ;;
