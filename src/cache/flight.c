@@ -32,12 +32,39 @@
 
 #include "cache/cache_internal.h"
 
-/* Release flights this backend leads (it is exiting). */
+/* the flight this backend waits on (-1: none), left on every exit path */
+static int	kc_wait_flight = -1;
+static uint64 kc_wait_seq = 0;
+
+/* Stop waiting on the flight this backend waits on, if any.  Takes the lock exclusive. */
+static void
+kc_leave_flight(void)
+{
+	ByokFlight *f;
+
+	if (kc_wait_flight < 0)
+		return;
+	f = &kc_shared->flights[kc_wait_flight];
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (f->seq == kc_wait_seq && f->nwaiters > 0)
+	{
+		f->nwaiters--;
+		if (f->done && f->nwaiters == 0)
+			f->in_use = false;
+	}
+	LWLockRelease(kc_lock);
+	kc_wait_flight = -1;
+}
+
+/* Leave the flight this backend waits on, end those it leads (it is exiting). */
 static void
 kc_release_flights(int code, Datum arg)
 {
 	if (kc_shared == NULL)
 		return;
+	/* a FATAL exit does not release the LWLocks it held before this runs */
+	LWLockReleaseAll();
+	kc_leave_flight();
 	for (int i = 0; i < BYOK_MAX_FLIGHTS; i++)
 	{
 		ByokFlight *f = &kc_shared->flights[i];
@@ -155,35 +182,41 @@ byok_flight_wait(int flight, uint64 seq, int timeout_ms, ByokKmsError *err)
 {
 	ByokFlight *f = &kc_shared->flights[flight];
 	TimestampTz deadline = GetCurrentTimestamp() + (int64) timeout_ms * 1000;
-	bool		done = false;
+	volatile bool done = false;
 
-	ConditionVariablePrepareToSleep(&f->cv);
-	for (;;)
+	/*
+	 * A cancel, a timeout or a termination may end the wait: the waiter
+	 * leaves the flight on every path (here, or in kc_release_flights at
+	 * exit), else the slot would never be free again.
+	 */
+	kc_wait_flight = flight;
+	kc_wait_seq = seq;
+	PG_TRY();
 	{
-		TimestampTz now;
+		ConditionVariablePrepareToSleep(&f->cv);
+		for (;;)
+		{
+			TimestampTz now;
 
-		LWLockAcquire(kc_lock, LW_SHARED);
-		done = f->seq != seq || f->done;
-		if (done)
-			*err = f->err;
-		LWLockRelease(kc_lock);
-		if (done)
-			break;
-		now = GetCurrentTimestamp();
-		if (now >= deadline)
-			break;
-		(void) ConditionVariableTimedSleep(&f->cv, (deadline - now + 999) / 1000,
-										   PG_WAIT_EXTENSION);
+			LWLockAcquire(kc_lock, LW_SHARED);
+			done = f->seq != seq || f->done;
+			if (done)
+				*err = f->err;
+			LWLockRelease(kc_lock);
+			if (done)
+				break;
+			now = GetCurrentTimestamp();
+			if (now >= deadline)
+				break;
+			(void) ConditionVariableTimedSleep(&f->cv, (deadline - now + 999) / 1000,
+											   PG_WAIT_EXTENSION);
+		}
 	}
-	ConditionVariableCancelSleep();
-
-	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
-	if (f->seq == seq)
+	PG_FINALLY();
 	{
-		f->nwaiters--;
-		if (f->done && f->nwaiters == 0)
-			f->in_use = false;
+		ConditionVariableCancelSleep();
+		kc_leave_flight();
 	}
-	LWLockRelease(kc_lock);
+	PG_END_TRY();
 	return done;
 }
