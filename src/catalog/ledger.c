@@ -19,8 +19,10 @@
  * key material.
  *
  * Each process keeps the set of fingerprints in memory and reads the file
- * again whenever its size, mtime or inode changes.  No locks: the file is
- * only appended to, in whole lines.
+ * again whenever its size, mtime, ctime or inode changes.  It fails closed:
+ * a ledger that exists but cannot be read keeps the last complete set, and
+ * with none no tenant key is unwrapped (YK009) until it reads.  No locks:
+ * the file is only appended to, in whole lines.
  *
  *-------------------------------------------------------------------------
  */
@@ -48,6 +50,7 @@ static HTAB *ld_set = NULL;
 static struct stat ld_stat;
 static char ld_path[MAXPGPATH];
 static uint64 ld_version = 0;
+static bool ld_unreadable = false;	/* the last try to read it failed */
 
 /* The fingerprint of a wrapped key: hex SHA-256 of its bytes. */
 void
@@ -68,16 +71,23 @@ byok_ledger_fingerprint(const uint8 *wrapped, int len, char *out)
 /*
  * Load the ledger if it changed since last time.  Returns true when the set
  * of fingerprints may differ from before.  A missing file is an empty
- * ledger; an unreadable one is reported as a WARNING and treated as
- * unchanged (never as "nothing destroyed" after a successful read).
+ * ledger.  A file that exists but cannot be read whole (permissions, an I/O
+ * error, not a regular file) keeps the last complete set, if this process
+ * ever read one, is reported as a WARNING, and is tried again at every call
+ * until it reads: ld_unreadable then makes byok_ledger_contains() refuse
+ * every key when no complete set was ever read (fail closed).  A change of
+ * size, mtime, ctime (a chmod) or inode reads the file again.
  */
 bool
 byok_ledger_refresh(void)
 {
 	struct stat st;
 	FILE	   *f;
+	int			fd;
 	char		line[512];
 	HASHCTL		ctl;
+	HTAB	   *set;
+	bool		failed = false;
 
 	if (byok_destruction_ledger == NULL || byok_destruction_ledger[0] == '\0')
 	{
@@ -87,48 +97,76 @@ byok_ledger_refresh(void)
 			hash_destroy(ld_set);
 		ld_set = NULL;
 		ld_path[0] = '\0';
+		ld_unreadable = false;
 		return had;
 	}
 	if (stat(byok_destruction_ledger, &st) != 0)
+	{
+		if (errno != ENOENT)
+			failed = true;
 		memset(&st, 0, sizeof(st));
-	if (ld_set != NULL && strcmp(ld_path, byok_destruction_ledger) == 0 &&
+	}
+	if (!failed && !ld_unreadable && ld_set != NULL && strcmp(ld_path, byok_destruction_ledger) == 0 &&
 		st.st_size == ld_stat.st_size && st.st_mtime == ld_stat.st_mtime &&
-		st.st_ino == ld_stat.st_ino)
+		st.st_ctime == ld_stat.st_ctime && st.st_ino == ld_stat.st_ino)
 		return false;
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = BYOK_LEDGER_FP_LEN + 1;
 	ctl.entrysize = sizeof(LedgerEntry);
 	ctl.hcxt = TopMemoryContext;
+	set = hash_create("byok destruction ledger", 256, &ctl,
+					  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	f = NULL;
+	if (!failed && st.st_ino != 0)
+	{
+		/* non-blocking, and only a regular file: a FIFO never blocks us */
+		fd = open(byok_destruction_ledger, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (f = fdopen(fd, "r")) == NULL)
+		{
+			if (fd >= 0)
+				close(fd);
+			failed = true;
+		}
+	}
+	if (f != NULL)
+	{
+		while (fgets(line, sizeof(line), f) != NULL)
+		{
+			char		fp[BYOK_LEDGER_FP_LEN + 1];
+			bool		found;
+
+			if (strlen(line) < BYOK_LEDGER_FP_LEN || line[0] == '#')
+				continue;
+			memcpy(fp, line, BYOK_LEDGER_FP_LEN);
+			fp[BYOK_LEDGER_FP_LEN] = '\0';
+			hash_search(set, fp, HASH_ENTER, &found);
+		}
+		if (ferror(f))
+			failed = true;
+		fclose(f);
+	}
+	if (failed)
+	{
+		hash_destroy(set);
+		if (!ld_unreadable)
+			ereport(WARNING,
+					(errmsg("could not read byok.destruction_ledger \"%s\"", byok_destruction_ledger),
+					 errdetail(ld_set != NULL ?
+							   "The last complete reading of the ledger stays in force; it is read again at every key unwrap until it can be read." :
+							   "No tenant key is unwrapped until the ledger can be read."),
+					 errhint("The file must be a regular file readable by the server's operating system user.")));
+		ld_unreadable = true;
+		return false;
+	}
 	if (ld_set)
 		hash_destroy(ld_set);
-	ld_set = hash_create("byok destruction ledger", 256, &ctl,
-						 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	ld_set = set;
 	strlcpy(ld_path, byok_destruction_ledger, sizeof(ld_path));
 	ld_stat = st;
 	ld_version++;
-
-	f = fopen(byok_destruction_ledger, "r");
-	if (f == NULL)
-	{
-		if (errno != ENOENT)
-			ereport(WARNING,
-					(errmsg("could not read byok.destruction_ledger \"%s\": %m",
-							byok_destruction_ledger)));
-		return true;
-	}
-	while (fgets(line, sizeof(line), f) != NULL)
-	{
-		char		fp[BYOK_LEDGER_FP_LEN + 1];
-		bool		found;
-
-		if (strlen(line) < BYOK_LEDGER_FP_LEN || line[0] == '#')
-			continue;
-		memcpy(fp, line, BYOK_LEDGER_FP_LEN);
-		fp[BYOK_LEDGER_FP_LEN] = '\0';
-		hash_search(ld_set, fp, HASH_ENTER, &found);
-	}
-	fclose(f);
+	ld_unreadable = false;
 	return true;
 }
 
@@ -137,6 +175,13 @@ bool
 byok_ledger_contains(const char *fp)
 {
 	byok_ledger_refresh();
+	/* fail closed: a ledger never read whole vouches for no key */
+	if (ld_unreadable && ld_set == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_PROVIDER_CONFIG),
+				 errmsg("byok.destruction_ledger \"%s\" cannot be read", byok_destruction_ledger),
+				 errdetail("Without it byok cannot tell whether this tenant key was destroyed, so no tenant key is unwrapped."),
+				 errhint("The file must be a regular file readable by the server's operating system user.")));
 	return ld_set != NULL && hash_search(ld_set, fp, HASH_FIND, NULL) != NULL;
 }
 
