@@ -66,3 +66,12 @@ SELECT "check", ok, detail FROM byok_validate_tenant('t-loose');
 SELECT sh('chmod 600 byok_keyring/loose-cmk.key');
 SELECT event, regexp_replace(detail, '[0-9.]+ ms', 'N ms') AS detail
 FROM byok.key_events WHERE event = 'tenant_validated' ORDER BY event_id;
+-- a FIFO in place of a key file is refused at once (opened non-blocking):
+-- a blocking open would wait for a writer, beyond any cancel; the writer
+-- started here comes 3 s later and gives up after 10 s more, so a regression
+-- shows as a delay of 3 s
+SELECT sh('mkfifo -m 600 byok_keyring/fifo-cmk.key');
+SELECT sh('(sleep 3; timeout 10 sh -c "while :; do echo x > byok_keyring/fifo-cmk.key; done") </dev/null >/dev/null 2>&1 &');
+CREATE TEMP TABLE fifo_t0 AS SELECT clock_timestamp() AS t0;
+SELECT try($$SELECT byok_create_tenant('t-fifo', 'local', 'fifo-cmk')$$);
+SELECT clock_timestamp() - t0 < interval '2 s' AS refused_at_once FROM fifo_t0;

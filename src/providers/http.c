@@ -313,8 +313,26 @@ void
 byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms)
 {
 	int64		deadline = GetCurrentTimestamp() + (int64) timeout_ms * 1000;
+	struct stat st;
 
 	hc_setup();
+	/*
+	 * libcurl opens byok.kms_ca_file itself, blocking: a FIFO there would
+	 * hold the backend beyond any cancel.  Only a regular file is handed on.
+	 */
+	if (byok_kms_ca_file && byok_kms_ca_file[0] &&
+		(stat(byok_kms_ca_file, &st) != 0 || !S_ISREG(st.st_mode)))
+	{
+		for (int i = 0; i < n; i++)
+		{
+			calls[i]->state = CALL_DONE;
+			calls[i]->done_at = GetCurrentTimestamp();
+			calls[i]->result = BYOK_KMS_CONFIG;
+			byok_kms_set_error(&calls[i]->err, BYOK_KMS_CONFIG, "TLS",
+							   "byok.kms_ca_file \"%s\" is not a regular file.", byok_kms_ca_file);
+		}
+		return;
+	}
 	/*
 	 * A lower limit (a reload) applies to the connections already open too:
 	 * libcurl would keep reusing every idle connection it has, so start a
@@ -699,7 +717,8 @@ byok_read_secret_file(const char *path, const char *what, StringInfo out, ByokKm
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_CREDENTIALS", "%s is not set.", what);
 		return false;
 	}
-	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	/* non-blocking: a FIFO must not hold the backend (fstat refuses it next) */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 	{
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_CREDENTIALS",

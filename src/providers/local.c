@@ -155,7 +155,8 @@ kl_read_key(const char *key_ref, uint8 *key, ByokKmsError *err)
 		return err->status;
 	kl_keyring(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/%s.key", dir, key_ref);
-	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	/* non-blocking: a FIFO must not hold the backend (fstat refuses it next) */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 	{
 		ByokKeyState state;

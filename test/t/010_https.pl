@@ -10,7 +10,7 @@ use Cwd qw(abs_path);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(sleep);
+use Time::HiRes qw(sleep time);
 use ByokTest;
 use ByokKms;
 
@@ -89,6 +89,19 @@ like($err, qr/SSL certificate problem: .*byok.kms_ca_file must hold the CA/s, 'w
 $err = fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'vault'});
 like($err, qr/^YK009 .*SSL certificate problem/s, 'for vault-transit too');
 is(sq(q{SELECT count(*) FROM byok_stats() WHERE state <> 'active'}), '0', 'and no tenant is locked out by it');
+
+# a FIFO as the CA file: refused at once, never handed to libcurl (whose
+# blocking open would wait for a writer, beyond any cancel); a writer
+# comes 3 s later, so a regression shows as a delay
+system('mkfifo', '-m', '644', "$pki/fifo-ca.crt") == 0 or die 'mkfifo';
+system("(sleep 3; timeout 10 sh -c 'while :; do echo x > $pki/fifo-ca.crt; done') </dev/null >/dev/null 2>&1 &");
+set_conf('byok.kms_ca_file', "$pki/fifo-ca.crt");
+fresh();
+my $t0 = time();
+$err = fails(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'});
+my $took = time() - $t0;
+like($err, qr/^YK009 .*byok.kms_ca_file .*is not a regular file/s, 'a FIFO as byok.kms_ca_file: a configuration error (YK009)');
+cmp_ok($took, '<', 1.5, sprintf('at once, not when a writer comes (%.0f ms)', $took * 1000));
 set_conf('byok.kms_ca_file', "$pki/ca.crt");
 
 # a certificate, signed by the right CA, that does not name the host

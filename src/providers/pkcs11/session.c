@@ -334,7 +334,8 @@ p11_read_pin(char *pin, ByokKmsError *err)
 						   "byok.pkcs11_pin_file is not set.");
 		return -1;
 	}
-	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	/* non-blocking: a FIFO must not hold the backend (fstat refuses it next) */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 	{
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "NO_CREDENTIALS",
