@@ -125,3 +125,9 @@ SELECT byok_decrypt_text(c) FROM cove;
 DROP TABLE cove;
 DROP FUNCTION try_masked(text);
 DROP FUNCTION cov_newkey(text), cov_sh(text);
+-- settings that reach a URL, a header or a host name refuse control
+-- characters (a newline would start another HTTP header)
+ALTER SYSTEM SET byok.vault_namespace = E'team\tX-Vault-Token: stolen';
+ALTER SYSTEM SET byok.aws_region = E'eu-west-1\x7f';
+ALTER SYSTEM SET byok.vault_mount = 'transit';
+ALTER SYSTEM RESET byok.vault_mount;

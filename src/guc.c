@@ -90,6 +90,22 @@ byok_tenant_assign(const char *newval, void *extra)
 		byok_tenant_guc_epoch = 1;
 }
 
+/*
+ * Settings that reach a URL, an HTTP header or a host name: no control
+ * characters (a newline would start another header), no bytes over 0x7e.
+ */
+static bool
+byok_check_printable(char **newval, void **extra, GucSource source)
+{
+	for (const unsigned char *p = (const unsigned char *) (*newval ? *newval : ""); *p; p++)
+		if (*p < 0x20 || *p > 0x7e)
+		{
+			GUC_check_errdetail("Only printable ASCII characters are allowed (found byte 0x%02x).", *p);
+			return false;
+		}
+	return true;
+}
+
 /* Every setting but the shared-memory sizes. */
 void
 byok_guc_define(void)
@@ -167,12 +183,12 @@ byok_guc_define(void)
 	DefineCustomStringVariable("byok.aws_region",
 							   "AWS region of the aws-kms provider.", NULL,
 							   &byok_aws_region, "us-east-1",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, byok_check_printable, NULL, NULL);
 	DefineCustomStringVariable("byok.aws_endpoint",
 							   "AWS KMS endpoint URL of the aws-kms provider.",
 							   "Empty means https://kms.<region>.amazonaws.com/.",
 							   &byok_aws_endpoint, "",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, byok_check_printable, NULL, NULL);
 	DefineCustomStringVariable("byok.aws_credentials_file",
 							   "AWS shared-credentials file the aws-kms provider signs with.",
 							   "It must be readable by the server's operating system user alone.",
@@ -181,12 +197,12 @@ byok_guc_define(void)
 	DefineCustomStringVariable("byok.aws_profile",
 							   "Profile of byok.aws_credentials_file to use.", NULL,
 							   &byok_aws_profile, "default",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, byok_check_printable, NULL, NULL);
 	DefineCustomStringVariable("byok.vault_address",
 							   "Address of the HashiCorp Vault server of the vault-transit provider.",
 							   "For example https://vault.example.com:8200.",
 							   &byok_vault_address, "",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, byok_check_printable, NULL, NULL);
 	DefineCustomStringVariable("byok.vault_token_file",
 							   "File holding the Vault token of the vault-transit provider.",
 							   "The token is its first line; the file must be readable by the server's operating system user alone.",
@@ -195,11 +211,11 @@ byok_guc_define(void)
 	DefineCustomStringVariable("byok.vault_namespace",
 							   "Vault namespace (Vault Enterprise) of the vault-transit provider.", NULL,
 							   &byok_vault_namespace, "",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, byok_check_printable, NULL, NULL);
 	DefineCustomStringVariable("byok.vault_mount",
 							   "Mount path of the Transit secrets engine.", NULL,
 							   &byok_vault_mount, "transit",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, byok_check_printable, NULL, NULL);
 
 	DefineCustomStringVariable("byok.destruction_ledger",
 							   "File listing the tenant keys byok_destroy_tenant() destroyed, shared by the clusters of a platform.",
@@ -225,7 +241,7 @@ byok_guc_define(void)
 							   "KMIP servers of the kmip provider: host or host:port, several separated by commas.",
 							   "Servers are tried in turn, the last one that answered first; each server's certificate must name it (DNS name or IP address).",
 							   &byok_kmip_host, "",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, byok_check_printable, NULL, NULL);
 	DefineCustomIntVariable("byok.kmip_port",
 							"TCP port of the KMIP server of the kmip provider.", NULL,
 							&byok_kmip_port, 5696, 1, 65535,

@@ -234,7 +234,8 @@ hc_finish(ByokHttpCall *call, CURLcode rc, int64 now, int64 deadline)
 	curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &call->status);
 	curl_easy_getinfo(call->easy, CURLINFO_RETRY_AFTER, &retry_after);
 	hc_release(call);
-	call->retry_after_us = (int64) retry_after * USECS_PER_SEC;
+	/* bounded before scaling: an answer's Retry-After must not overflow */
+	call->retry_after_us = (int64) Min(Max(retry_after, 0), 3600) * USECS_PER_SEC;
 	call->err.status = BYOK_KMS_OK;
 	call->err.remote_code[0] = call->err.message[0] = '\0';
 

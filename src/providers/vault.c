@@ -45,6 +45,13 @@
 static ByokKmsStatus
 vt_check_key_ref(const char *key_ref, ByokKmsError *err)
 {
+	/* "." and ".." would name another route once curl normalises the path */
+	if (key_ref[0] == '\0' || strcmp(key_ref, ".") == 0 || strcmp(key_ref, "..") == 0)
+	{
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_KEY_REF",
+						   "A Vault Transit key name may not be empty, \".\" or \"..\".");
+		return err->status;
+	}
 	for (const char *p = key_ref; *p; p++)
 		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
 			  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' || *p == '.'))

@@ -81,6 +81,16 @@ for my $prov ('aws-kms', 'vault-transit')
 	my ($state, $err) = sql_error($node, "SELECT byok_create_tenant('${t}x', '$prov', 'no-such-key-$t')");
 	is($state, 'YK004', "$prov: onboarding refuses a key that does not exist (YK004)");
 	like($err, qr/destroyed or missing/, "$prov: saying it is missing");
+	if ($prov eq 'vault-transit')
+	{
+		# "." and ".." would name other routes once curl normalises the path
+		for my $name ('.', '..')
+		{
+			($state, $err) = sql_error($node, "SELECT byok_create_tenant('${t}dot', '$prov', '$name')");
+			is($state, 'YK009', "$prov: the key name \"$name\" is refused (YK009)");
+			like($err, qr/BAD_KEY_REF/, "$prov: as a bad key name");
+		}
+	}
 	my $secs;
 
 	# credentials files must be private
