@@ -3,16 +3,7 @@
 -- by what byok_stats() counts: cached keys wiped at a lockout (administrator
 -- and poller), the negative cache, byok.cache_ttl (0 and a short TTL), and
 -- the wipe after catalog rows are deleted or rewrapped by hand.
--- cov_sh() is setup's sh() reading its input first: sh() can fail with
--- "Broken pipe" when the command exits before COPY has written to it
-CREATE FUNCTION cov_sh(cmd text) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'cat >/dev/null; ' || cmd);
-END $$;
-CREATE FUNCTION cov_newkey(name text) RETURNS void LANGUAGE sql AS $$
-    SELECT cov_sh(format('head -c 32 /dev/urandom > byok_keyring/%s.key && chmod 600 byok_keyring/%s.key', name, name));
-$$;
-SELECT cov_newkey('cov-a-cmk'), cov_newkey('cov-b-cmk'), cov_newkey('cov-c-cmk');
+SELECT newkey('cov-a-cmk'), newkey('cov-b-cmk'), newkey('cov-c-cmk');
 SELECT byok_create_tenant('cov-a', 'local', 'cov-a-cmk');
 SELECT byok_create_tenant('cov-b', 'local', 'cov-b-cmk');
 SELECT byok_create_tenant('cov-c', 'local', 'cov-c-cmk');
@@ -51,13 +42,13 @@ SELECT byok_reinstate_tenant('cov-a');
 SELECT count(byok_decrypt(c)) FROM cov;
 SELECT snap();
 SELECT tenant, state, cached_keys FROM cov_stats;
-SELECT cov_sh('mv byok_keyring/cov-a-cmk.key byok_keyring/cov-a-cmk.key.disabled');
+SELECT sh('mv byok_keyring/cov-a-cmk.key byok_keyring/cov-a-cmk.key.disabled');
 SELECT wait_state('cov-a', 'cmk_disabled');
 SELECT tenant, state, cached_keys, last_change, last_purged
 FROM byok_stats() WHERE tenant LIKE 'cov-%' ORDER BY 1;
 SELECT count(byok_decrypt(c)) FROM cov WHERE tenant <> 'cov-a';
 SELECT * FROM cov_stats;
-SELECT cov_sh('mv byok_keyring/cov-a-cmk.key.disabled byok_keyring/cov-a-cmk.key');
+SELECT sh('mv byok_keyring/cov-a-cmk.key.disabled byok_keyring/cov-a-cmk.key');
 SELECT wait_state('cov-a', 'active');
 
 -- 2. the negative cache: a provider that just failed as unavailable is not
@@ -83,7 +74,7 @@ DECLARE
     t0 timestamptz;
 BEGIN
     SELECT provider_calls INTO calls0 FROM byok_stats() WHERE tenant = 'cov-b';
-    PERFORM cov_sh('mv byok_keyring byok_keyring.away');
+    PERFORM sh('mv byok_keyring byok_keyring.away');
     t0 := clock_timestamp();
     attempt := 1; result := cov_unwrap_fails();
     SELECT provider_calls - calls0 INTO calls FROM byok_stats() WHERE tenant = 'cov-b';
@@ -91,7 +82,7 @@ BEGIN
     attempt := 2; result := cov_unwrap_fails();
     SELECT provider_calls - calls0 INTO calls FROM byok_stats() WHERE tenant = 'cov-b';
     RETURN NEXT;
-    PERFORM cov_sh('mv byok_keyring.away byok_keyring');
+    PERFORM sh('mv byok_keyring.away byok_keyring');
     attempt := 3; result := cov_unwrap_fails();
     SELECT provider_calls - calls0 INTO calls FROM byok_stats() WHERE tenant = 'cov-b';
     RETURN NEXT;
@@ -194,4 +185,3 @@ SELECT try_code(format('SELECT byok_decrypt_text(%L)', c)) FROM cov WHERE tenant
 DROP VIEW cov_stats;
 DROP TABLE cov, cov_snap;
 DROP FUNCTION snap(), cov_unwrap_fails(), cov_negative_cache();
-DROP FUNCTION cov_newkey(text), cov_sh(text);

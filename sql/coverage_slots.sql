@@ -5,16 +5,7 @@
 -- (cached keys, open handles or a lockout) the next tenant is refused with
 -- 53400 (configuration_limit_exceeded); freeing one slot lets it in.
 -- The tenants share one CMK, so the poller's registry is not what fills.
--- cov_sh() is setup's sh() reading its input first: sh() can fail with
--- "Broken pipe" when the command exits before COPY has written to it
-CREATE FUNCTION cov_sh(cmd text) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'cat >/dev/null; ' || cmd);
-END $$;
-CREATE FUNCTION cov_newkey(name text) RETURNS void LANGUAGE sql AS $$
-    SELECT cov_sh(format('head -c 32 /dev/urandom > byok_keyring/%s.key && chmod 600 byok_keyring/%s.key', name, name));
-$$;
-SELECT cov_newkey('cov-s-cmk');
+SELECT newkey('cov-s-cmk');
 SELECT count(byok_create_tenant('cov-s' || i, 'local', 'cov-s-cmk')) AS created
 FROM generate_series(1, 110) AS i;
 SELECT current_setting('byok.max_tenants') AS max_tenants;
@@ -68,4 +59,3 @@ SELECT count(*) AS cov_s1_slots FROM byok_stats() WHERE tenant = 'cov-s1';
 -- leave every slot idle
 SELECT count(byok_cache_flush('cov-s' || i) >= 0) AS flushed FROM generate_series(1, 110) AS i;
 DROP TABLE cov_busy;
-DROP FUNCTION cov_newkey(text), cov_sh(text);
