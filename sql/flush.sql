@@ -26,15 +26,32 @@ SELECT sh('mv byok_keyring/initech-cmk.key.disabled byok_keyring/initech-cmk.key
 SELECT wait_state('initech', 'active');
 SELECT byok_decrypt_text(c) FROM fl;
 
--- a key file gone altogether: destroyed, for good
+-- a key file gone altogether: destroyed at once; but one answer is not
+-- final: a poll that finds the key again lifts the lockout
 SELECT newkey('doomed-cmk');
 SELECT byok_create_tenant('doomed', 'local', 'doomed-cmk');
 CREATE TABLE doomed AS SELECT byok_encrypt('doomed', 'doomed row') AS c;
 SELECT sh('mv byok_keyring/doomed-cmk.key doomed-cmk.saved');
 SELECT byok_cache_flush('doomed') >= 0 AS flushed;
 SELECT try_code(format('SELECT byok_decrypt_text(%L)', c)) FROM doomed;
-SELECT state FROM byok_stats() WHERE tenant = 'doomed';
--- even if the file comes back, a destroyed key stays destroyed
+SELECT state, last_change FROM byok_stats() WHERE tenant = 'doomed';
+SELECT sh('mv doomed-cmk.saved byok_keyring/doomed-cmk.key');
+SELECT wait_state('doomed', 'active');
+SELECT last_change FROM byok_stats() WHERE tenant = 'doomed';
+SELECT try(format('SELECT byok_decrypt_text(%L)', c)) FROM doomed;
+-- gone for good: the poller confirms it on its second answer in a row, and
+-- then even if the file comes back, a destroyed key stays destroyed
+SELECT sh('mv byok_keyring/doomed-cmk.key doomed-cmk.saved');
+SELECT byok_cache_flush('doomed') >= 0 AS flushed;
+SELECT wait_state('doomed', 'cmk_destroyed');
+DO $$
+BEGIN
+    FOR i IN 1 .. 200 LOOP
+        EXIT WHEN (SELECT last_change FROM byok_stats() WHERE tenant = 'doomed') = 'poller: CMK destruction confirmed';
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT state, last_change FROM byok_stats() WHERE tenant = 'doomed';
 SELECT sh('mv doomed-cmk.saved byok_keyring/doomed-cmk.key');
 SELECT pg_sleep(0.5);
 SELECT try(format('SELECT byok_decrypt_text(%L)', c)) FROM doomed;

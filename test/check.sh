@@ -5,10 +5,12 @@
 # it into the system PostgreSQL 15, then runs every suite against scratch
 # servers it starts itself (never the system cluster, never port 5432):
 #   layout    the source tree's shape (test/layout_check.py)
-#   fuzz      the KMIP TTLV codec's and the ciphertext format's standalone
-#             tests (ASan/UBSan, aborting at the first finding) and libFuzzer
-#             on the TTLV decoder (BYOK_FUZZ_SECONDS, default 60), the
-#             ciphertext format (30 s) and the catalog-row code (20 s)
+#   fuzz      the KMIP TTLV codec's, the ciphertext format's and the provider
+#             answer readers' standalone tests (ASan/UBSan, aborting at the
+#             first finding) and libFuzzer on the TTLV decoder
+#             (BYOK_FUZZ_SECONDS, default 60), the ciphertext format (30 s),
+#             the catalog-row code (20 s) and the AWS and Vault answer
+#             readers (20 s each)
 #   server    the HTTP KMS test server's self-test and the official AWS KMS
 #             and Vault clients (npm) against it: checks of the test server,
 #             counted apart from byok's own
@@ -146,6 +148,23 @@ if want fuzz; then
     say "fuzzing the catalog-row code (src/crypto/keyrow.c: rows of byok.data_keys into AADs and keys) for ${BYOK_KEYROW_FUZZ_SECONDS:-20} s"
     fuzz keyrow_fuzz "${BYOK_KEYROW_FUZZ_SECONDS:-20}" "$BUILD_DIR/test/fuzz/keyrow_corpus" \
         "$BUILD_DIR/test/fuzz/keyrow_fuzz.c" "$BUILD_DIR/src/crypto/keyrow.c" -lcrypto
+
+    say "the provider-answer readers (src/providers/json.c, answers.c, standalone, with AddressSanitizer): bounds, UTF-8, what destroyed needs"
+    rc=1
+    gcc -Wall -Wextra -g "${SAN[@]}" -I"$BUILD_DIR/src" -I"$BUILD_DIR/test/fuzz" \
+        "$BUILD_DIR/test/fuzz/json_test.c" "$BUILD_DIR/src/providers/json.c" "$BUILD_DIR/src/providers/answers.c" \
+        -o "$BUILD_DIR/json_test" >"$BUILD_DIR/json.log" 2>&1 \
+        && { "$BUILD_DIR/json_test" >>"$BUILD_DIR/json.log" 2>&1; rc=$?; }
+    add_summary "$BUILD_DIR/json.log" $rc
+    mkdir -p "$BUILD_DIR/answer_seeds"
+    if ! "$BUILD_DIR/json_test" --write-corpus "$BUILD_DIR/answer_seeds" >/dev/null 2>&1; then
+        echo "not ok - json_test --write-corpus failed"; failed=$((failed + 1))
+    fi
+    for p in aws vault; do
+        say "fuzzing the $p answer readers for ${BYOK_ANSWER_FUZZ_SECONDS:-20} s (libFuzzer, ASan/UBSan)"
+        fuzz ${p}_answer_fuzz "${BYOK_ANSWER_FUZZ_SECONDS:-20}" "$BUILD_DIR/answer_seeds" \
+            "$BUILD_DIR/test/fuzz/${p}_answer_fuzz.c" "$BUILD_DIR/src/providers/json.c" "$BUILD_DIR/src/providers/answers.c"
+    done
 fi
 
 if want server; then

@@ -94,6 +94,8 @@ typedef struct ByokTenantSlot
 	TimestampTz last_used;		/* for choosing a slot to reuse */
 	ByokTenantStats stats;		/* counters for byok.stats */
 	char		tk_fp[65];		/* SHA-256 of the wrapped TK in use (ledger checks) */
+	bool		destroyed_unconfirmed;	/* CMK_DESTROYED on one provider answer,
+										 * not yet confirmed by a poll (liftable) */
 } ByokTenantSlot;
 
 /* a CMK as the registry holds it (a copy, for the poller and the stats) */
@@ -185,7 +187,8 @@ extern int	byok_tenant_set_state(int slot, int32 tenant_id, ByokTenantState stat
 extern int	byok_tenant_purge(int slot);
 extern void byok_tenant_rekeyed(int slot, int32 tenant_id);
 extern int	byok_tenant_provider_state(int slot, int32 tenant_id, ByokTenantState state,
-									   const char *reason, ByokStateChange *change);
+									   bool confirmed, const char *reason,
+									   ByokStateChange *change);
 extern void byok_tenant_record_call(int slot, ByokKmsStatus status, int64 us);
 extern bool byok_tenant_fail_fast(int slot);
 extern void byok_tenant_handle(int slot, int delta, uint64 encrypts, uint64 decrypts);

@@ -61,6 +61,7 @@ typedef struct ByokCmk
 	TimestampTz last_asked_at;	/* when the question last recorded was asked */
 	bool		slow;			/* asked by the slow-key poller (see byok_cmk_record_poll) */
 	int			fast_streak;	/* answers in time in a row while slow */
+	int			destroyed_polls;	/* polls in a row that said destroyed */
 } ByokCmk;
 
 typedef struct ByokCmkMapKey

@@ -136,7 +136,8 @@ byok_cmk_snapshot(ByokCmkInfo **out, bool prune)
 			continue;
 		st = pg_atomic_read_u32(&ts->state);
 		if (ts->nentries > 0 || pg_atomic_read_u32(&ts->handles) > 0 ||
-			st == BYOK_TENANT_CMK_DISABLED || st == BYOK_TENANT_KMS_UNREACHABLE)
+			st == BYOK_TENANT_CMK_DISABLED || st == BYOK_TENANT_KMS_UNREACHABLE ||
+			(st == BYOK_TENANT_CMK_DESTROYED && ts->destroyed_unconfirmed))
 			live[ts->cmk] = true;
 	}
 	for (int i = 0; i < byok_max_tenants; i++)
@@ -188,7 +189,10 @@ byok_cmk_get(int idx, ByokCmkInfo *out)
  * Record one poll of CMK 'idx' and apply it to every tenant using it:
  *   ENABLED   -> tenants locked out by the provider (or unreachability) recover;
  *   DISABLED  -> active tenants are locked out (CMK_DISABLED);
- *   DESTROYED -> every tenant is locked out for good (CMK_DESTROYED);
+ *   DESTROYED -> every tenant is locked out (CMK_DESTROYED) at once; for
+ *                good once a second poll in a row says so (until then an
+ *                ENABLED answer lifts it, and a revoked tenant stays
+ *                revoked): one bent answer must not destroy a tenant;
  *   failure   -> not a revocation; under fail_closed, active tenants are
  *                locked out once the provider has failed for longer than
  *                byok.unreachable_grace.
@@ -232,6 +236,8 @@ byok_cmk_record_poll(int idx, uint64 serial, TimestampTz asked_at, ByokKmsStatus
 	}
 	else if (c->slow && ++c->fast_streak >= 3)
 		c->slow = false;
+	if (status == BYOK_KMS_OK)
+		c->destroyed_polls = state == BYOK_KEY_DESTROYED ? Min(c->destroyed_polls + 1, 2) : 0;
 	c->last_status = status;
 	c->last_poll_at = now;
 	c->last_poll_us = us;
@@ -257,42 +263,52 @@ byok_cmk_record_poll(int idx, uint64 serial, TimestampTz asked_at, ByokKmsStatus
 		ByokTenantState cur;
 		ByokTenantState next;
 		const char *reason;
+		bool		liftable;
+		bool		confirmed = c->destroyed_polls >= 2;
 
 		if (!ts->in_use || ts->cmk != idx)
 			continue;
 		cur = pg_atomic_read_u32(&ts->state);
 		next = cur;
 		reason = NULL;
-		if (cur == BYOK_TENANT_CMK_DESTROYED)
+		liftable = cur == BYOK_TENANT_CMK_DESTROYED && ts->destroyed_unconfirmed;
+		if (cur == BYOK_TENANT_CMK_DESTROYED && !liftable)
 			continue;			/* final */
 		if (status == BYOK_KMS_OK && state == BYOK_KEY_DESTROYED)
 		{
+			if (liftable && confirmed)
+				reason = "poller: CMK destruction confirmed";	/* now final */
+			else if (liftable || (cur == BYOK_TENANT_REVOKED && !confirmed))
+				continue;
+			else
+				reason = confirmed ? "poller: CMK destroyed" : "poller: CMK reported destroyed";
 			next = BYOK_TENANT_CMK_DESTROYED;
-			reason = "poller: CMK destroyed";
 		}
 		else if (cur == BYOK_TENANT_REVOKED)
 			continue;			/* an administrator's lockout stands */
-		else if (status == BYOK_KMS_OK && state == BYOK_KEY_DISABLED)
+		else if (status == BYOK_KMS_OK && state == BYOK_KEY_DISABLED && cur != BYOK_TENANT_CMK_DISABLED)
 		{
 			next = BYOK_TENANT_CMK_DISABLED;
 			reason = "poller: CMK disabled";
 		}
 		else if (status == BYOK_KMS_OK && state == BYOK_KEY_ENABLED &&
-				 (cur == BYOK_TENANT_CMK_DISABLED || cur == BYOK_TENANT_KMS_UNREACHABLE))
+				 (cur == BYOK_TENANT_CMK_DISABLED || cur == BYOK_TENANT_KMS_UNREACHABLE || liftable))
 		{
 			next = BYOK_TENANT_ACTIVE;
-			reason = "poller: CMK enabled";
+			reason = liftable ? "poller: CMK enabled, not destroyed" : "poller: CMK enabled";
 		}
 		else if (status != BYOK_KMS_OK && fail_closed && cur == BYOK_TENANT_ACTIVE)
 		{
 			next = BYOK_TENANT_KMS_UNREACHABLE;
 			reason = "poller: provider unreachable past grace";
 		}
-		if (next != cur)
+		/* a change, or a destruction now confirmed (the audit log says so) */
+		if (next != cur || reason != NULL)
 		{
 			ByokStateChange *ch = palloc(sizeof(ByokStateChange));
 
 			kc_change_state(i, next, reason, now - us, ch);
+			ts->destroyed_unconfirmed = next == BYOK_TENANT_CMK_DESTROYED && !confirmed;
 			changes = lappend(changes, ch);
 		}
 	}

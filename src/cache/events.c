@@ -122,7 +122,8 @@ byok_state_change_report(const ByokStateChange *ch, const char *source)
 			 errdetail_internal("%s", detail)));
 	byok_event_queue(ch, ch->new_state == BYOK_TENANT_ACTIVE &&
 					 (ch->old_state == BYOK_TENANT_CMK_DISABLED ||
+					  ch->old_state == BYOK_TENANT_CMK_DESTROYED ||
 					  ch->old_state == BYOK_TENANT_KMS_UNREACHABLE) ?
-					 (ch->old_state == BYOK_TENANT_CMK_DISABLED ? "cmk_enabled" : "kms_reachable") :
+					 (ch->old_state == BYOK_TENANT_KMS_UNREACHABLE ? "kms_reachable" : "cmk_enabled") :
 					 events[ch->new_state], detail);
 }

@@ -162,6 +162,7 @@ byok_tenant_attach(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
 		ts->nentries = 0;
 		ts->cmk = -1;
 		ts->tk_fp[0] = '\0';
+		ts->destroyed_unconfirmed = false;
 		memset(&ts->stats.provider_calls, 0,
 			   sizeof(ByokTenantStats) - offsetof(ByokTenantStats, provider_calls));
 		pg_atomic_write_u64(&ts->stats.encrypts, 0);
@@ -242,6 +243,7 @@ byok_tenant_reset(Oid dboid, Oid catalog, int32 tenant_id, const char *name)
 	{
 		strlcpy(kc_slots[slot].name, name, NAMEDATALEN);
 		pg_atomic_write_u32(&kc_slots[slot].state, BYOK_TENANT_ACTIVE);
+		kc_slots[slot].destroyed_unconfirmed = false;
 		pg_atomic_fetch_add_u64(&kc_slots[slot].generation, 1);
 		kc_sweep(0, slot, InvalidOid);
 	}
@@ -268,6 +270,7 @@ kc_change_state(int slot, ByokTenantState state, const char *reason,
 	strlcpy(change->reason, reason, sizeof(change->reason));
 
 	pg_atomic_write_u32(&ts->state, state);
+	ts->destroyed_unconfirmed = false;	/* the caller says if it is */
 	pg_atomic_fetch_add_u64(&ts->generation, 1);
 	change->purged = kc_sweep(0, slot, InvalidOid);
 	done = GetCurrentTimestamp();
@@ -280,12 +283,15 @@ kc_change_state(int slot, ByokTenantState state, const char *reason,
 
 /*
  * A backend heard the provider say the tenant's CMK is disabled or
- * destroyed: lock the tenant out now, in every backend.  Returns the number
- * of entries wiped, -1 if the slot no longer holds the tenant (then
- * 'change' is untouched).  Takes the lock exclusive.
+ * destroyed (or found its key in the destruction ledger): lock the tenant
+ * out now, in every backend.  A destruction not 'confirmed' (one provider
+ * answer) is lifted by a later poll that says the key is enabled (see
+ * byok_cmk_record_poll); a confirmed one (the ledger) is final.  Returns
+ * the number of entries wiped, -1 if nothing changed or the slot no longer
+ * holds the tenant (then 'change' is untouched).  Takes the lock exclusive.
  */
 int
-byok_tenant_provider_state(int slot, int32 tenant_id, ByokTenantState state,
+byok_tenant_provider_state(int slot, int32 tenant_id, ByokTenantState state, bool confirmed,
 						   const char *reason, ByokStateChange *change)
 {
 	ByokTenantSlot *ts = &kc_slots[slot];
@@ -296,12 +302,19 @@ byok_tenant_provider_state(int slot, int32 tenant_id, ByokTenantState state,
 	if (ts->in_use && ts->tenant_id == tenant_id)
 	{
 		ByokTenantState cur = pg_atomic_read_u32(&ts->state);
+		bool		destroying = state == BYOK_TENANT_CMK_DESTROYED;
+		bool		liftable = cur == BYOK_TENANT_CMK_DESTROYED && ts->destroyed_unconfirmed;
 
-		/* an administrator's revocation stands; only destruction overrides it */
-		if (cur != state && cur != BYOK_TENANT_CMK_DESTROYED &&
-			(cur != BYOK_TENANT_REVOKED || state == BYOK_TENANT_CMK_DESTROYED))
+		if (cur == BYOK_TENANT_CMK_DESTROYED && !liftable)
+			;					/* final */
+		else if (cur == BYOK_TENANT_REVOKED && !(destroying && confirmed))
+			;					/* an administrator's revocation stands */
+		else if (cur == state && !(liftable && confirmed))
+			;
+		else
 		{
 			kc_change_state(slot, state, reason, now, change);
+			ts->destroyed_unconfirmed = destroying && !confirmed;
 			purged = change->purged;
 		}
 	}
@@ -503,7 +516,8 @@ byok_tenant_apply_ledger(bool (*listed) (const char *fp))
 		ByokTenantSlot *ts = &kc_slots[i];
 
 		if (ts->in_use && ts->tk_fp[0] &&
-			pg_atomic_read_u32(&ts->state) != BYOK_TENANT_CMK_DESTROYED && listed(ts->tk_fp))
+			(pg_atomic_read_u32(&ts->state) != BYOK_TENANT_CMK_DESTROYED || ts->destroyed_unconfirmed) &&
+			listed(ts->tk_fp))
 		{
 			ByokStateChange *ch = palloc(sizeof(ByokStateChange));
 

@@ -114,7 +114,7 @@ ks_fetch_tk(KsTenant *t, const ByokCacheKey *ck, uint8 *tk, ByokKmsError *err)
 	{
 		ByokStateChange ch;
 
-		if (byok_tenant_provider_state(t->slot, t->tenant_id, BYOK_TENANT_CMK_DESTROYED,
+		if (byok_tenant_provider_state(t->slot, t->tenant_id, BYOK_TENANT_CMK_DESTROYED, true,
 									   "destruction ledger", &ch) >= 0)
 			byok_state_change_report(&ch, "backend");
 		ereport(ERROR,
@@ -146,6 +146,7 @@ ks_fetch_tk(KsTenant *t, const ByokCacheKey *ck, uint8 *tk, ByokKmsError *err)
 		byok_cmk_register(t->slot, t->provider, t->key_ref, 0);
 		if (byok_tenant_provider_state(t->slot, t->tenant_id,
 									   st == BYOK_KMS_DISABLED ? BYOK_TENANT_CMK_DISABLED : BYOK_TENANT_CMK_DESTROYED,
+									   false,
 									   st == BYOK_KMS_DISABLED ? "unwrap: CMK disabled" : "unwrap: CMK destroyed",
 									   &ch) >= 0)
 			byok_state_change_report(&ch, "backend");

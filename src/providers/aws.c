@@ -87,6 +87,20 @@ aws_trim(char *s)
 	return s;
 }
 
+/* Is 's' 1 to 'max' bytes of printable ASCII other than space? */
+static bool
+aws_token_ok(const char *s, size_t max)
+{
+	size_t		n = strlen(s);
+
+	if (n == 0 || n > max)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] <= ' ' || s[i] >= 0x7f)
+			return false;
+	return true;
+}
+
 /*
  * Read the profile's credentials.  On failure 'err' says why (naming the
  * file and the missing setting, never a value).
@@ -136,68 +150,41 @@ aws_load_creds(AwsCreds *c, ByokKmsError *err)
 						   want);
 		return false;
 	}
+	/* they travel in a header and a signature: no control character, no space */
+	if (!aws_token_ok(akid, 63) || !aws_token_ok(secret, 512) ||
+		(c->session_token && !aws_token_ok(c->session_token, 3000)))
+	{
+		aws_creds_free(c);
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_CREDENTIALS",
+						   "Profile %s of byok.aws_credentials_file holds a key id, secret or session token that is too long or has characters other than printable ASCII.",
+						   want);
+		return false;
+	}
 	strlcpy(c->akid, akid, sizeof(c->akid));
 	c->userpwd = psprintf("%s:%s", akid, secret);
 	return true;
 }
 
-static const char *
+/* The endpoint URL into buf; false if it does not fit. */
+static bool
 aws_endpoint(char *buf, size_t len)
 {
 	if (byok_aws_endpoint && byok_aws_endpoint[0])
-		strlcpy(buf, byok_aws_endpoint, len);
-	else
-		snprintf(buf, len, "https://kms.%s.amazonaws.com/", byok_aws_region);
-	return buf;
+		return strlcpy(buf, byok_aws_endpoint, len) < len;
+	return snprintf(buf, len, "https://kms.%s.amazonaws.com/", byok_aws_region) < (int) len;
 }
 
+/* Decide what an answer means (providers/answers.c reads its JSON). */
 static ByokKmsStatus
 aws_classify(ByokHttpCall *call, ByokKmsError *err)
 {
-	ByokJsonPick pick = {.npaths = 2, .paths = {"__type", "message"}};
-	const char *type = "";
-	char		msg[200];
-	ByokKmsStatus st;
+	ByokAnswer	a;
 
 	if (call->status == 200)
 		return BYOK_KMS_OK;
-	msg[0] = '\0';
-	if (byok_json_pick(call->response.data, call->response.len, &pick))
-	{
-		if (pick.values[0])
-		{
-			type = strrchr(pick.values[0], '#');
-			type = type ? type + 1 : pick.values[0];
-		}
-		byok_kms_sanitise(pick.values[1], pick.values[1] ? strlen(pick.values[1]) : 0,
-						  msg, sizeof(msg));
-	}
-	if (call->status == 429 || strcmp(type, "ThrottlingException") == 0 ||
-		strcmp(type, "LimitExceededException") == 0)
-		st = BYOK_KMS_THROTTLED;
-	else if (call->status >= 500 || strcmp(type, "KeyUnavailableException") == 0 ||
-			 strcmp(type, "DependencyTimeoutException") == 0)
-		st = BYOK_KMS_UNAVAILABLE;
-	else if (strcmp(type, "DisabledException") == 0 ||
-			 strcmp(type, "KMSInvalidStateException") == 0)
-		st = BYOK_KMS_DISABLED;
-	else if (strcmp(type, "NotFoundException") == 0)
-		st = BYOK_KMS_DESTROYED;
-	else if (strcmp(type, "AccessDeniedException") == 0 ||
-			 strcmp(type, "InvalidSignatureException") == 0 ||
-			 strcmp(type, "UnrecognizedClientException") == 0 ||
-			 strcmp(type, "IncompleteSignature") == 0 ||
-			 strcmp(type, "IncompleteSignatureException") == 0 ||
-			 strcmp(type, "ExpiredTokenException") == 0 ||
-			 strcmp(type, "MissingAuthenticationTokenException") == 0 ||
-			 call->status == 401 || call->status == 403)
-		st = BYOK_KMS_PERMISSION;
-	else
-		st = BYOK_KMS_BAD_RESPONSE;
-	byok_kms_set_error(err, st, type[0] ? type : psprintf("HTTP_%ld", call->status),
-					   "%s", msg[0] ? msg : "The request was refused.");
-	byok_json_pick_wipe(&pick);
-	return st;
+	byok_aws_read_error(call->status, call->response.data, call->response.len, &a);
+	byok_kms_set_error(err, a.status, a.code, "%s", a.text);
+	return a.status;
 }
 
 /*
@@ -211,7 +198,12 @@ aws_prepare(ByokHttpCall *call, const char *op, ByokKmsError *err)
 	char		hdr[4096];
 
 	byok_http_call_init(call, "aws-kms");
-	aws_endpoint(call->url, sizeof(call->url));
+	if (!aws_endpoint(call->url, sizeof(call->url)))
+	{
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "URL_TOO_LONG",
+						   "The AWS KMS endpoint URL is longer than %d bytes.", (int) sizeof(call->url) - 1);
+		return false;
+	}
 	if (!byok_http_url_allowed(call->url, err))
 		return false;
 	if (!aws_load_creds(&creds, err))
@@ -286,10 +278,12 @@ aws_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int
 	if (st == BYOK_KMS_OK)
 	{
 		int			n = -1;
+		ByokAnswer	a;
 
-		if (byok_json_pick(call.response.data, call.response.len, &pick) && pick.values[0])
-			n = byok_b64_decode(pick.values[0], out + 1, BYOK_MAX_WRAPPED - 1);
-		if (n <= 0)
+		if (byok_answer_string(call.response.data, call.response.len, "CiphertextBlob",
+							   2 * BYOK_MAX_WRAPPED, &pick, &a) != BYOK_KMS_OK)
+			st = (byok_kms_set_error(err, a.status, a.code, "Encrypt: %s", a.text), err->status);
+		else if ((n = byok_b64_decode(pick.values[0], out + 1, BYOK_MAX_WRAPPED - 1)) <= 0)
 			st = (byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
 									 "Encrypt returned no usable CiphertextBlob."), err->status);
 		else
@@ -336,10 +330,12 @@ aws_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped,
 	if (st == BYOK_KMS_OK)
 	{
 		int			n = -1;
+		ByokAnswer	a;
 
-		if (byok_json_pick(call.response.data, call.response.len, &pick) && pick.values[0])
-			n = byok_b64_decode(pick.values[0], out, BYOK_MAX_WRAPPED);
-		if (n <= 0)
+		if (byok_answer_string(call.response.data, call.response.len, "Plaintext",
+							   2 * BYOK_MAX_WRAPPED, &pick, &a) != BYOK_KMS_OK)
+			st = (byok_kms_set_error(err, a.status, a.code, "Decrypt: %s", a.text), err->status);
+		else if ((n = byok_b64_decode(pick.values[0], out, BYOK_MAX_WRAPPED)) <= 0)
 			st = (byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
 									 "Decrypt returned no usable Plaintext."), err->status);
 		else
@@ -353,10 +349,10 @@ aws_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped,
 	return st;
 }
 
-static ByokKeyState
-aws_state_read(const char *value, const ByokKmsStateQuery *q)
+static ByokKmsStatus
+aws_state_read(const char *body, size_t len, int32 version_hint, ByokKeyState *state, ByokAnswer *a)
 {
-	return strcmp(value, "Enabled") == 0 ? BYOK_KEY_ENABLED : BYOK_KEY_DISABLED;
+	return byok_aws_read_state(body, len, state, a);
 }
 
 static bool
@@ -373,7 +369,6 @@ aws_state_prepare(ByokHttpCall *call, ByokKmsStateQuery *q)
 
 static const ByokHttpStateQuestion aws_state_question = {
 	.prepare = aws_state_prepare,
-	.path = "KeyMetadata.KeyState",
 	.read = aws_state_read,
 };
 

@@ -33,11 +33,11 @@
 
 #include <curl/curl.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/base64.h"
-#include "common/jsonapi.h"
 #include "common/pg_prng.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -61,12 +61,74 @@ static CURLM *hc_multi = NULL;
 static int	hc_pid = 0;
 static int	hc_limit = 0;		/* byok.kms_max_connections hc_multi was last given */
 
+/*
+ * libcurl's own memory, wiped when it is freed or moved: its copies of
+ * "AKID:SECRET", of the X-Vault-Token header, its SigV4 signing strings and
+ * its receive buffers (an answer holding a tenant key) would otherwise stay
+ * in freed heap memory.  (OpenSSL's record buffers, on https://, are
+ * OpenSSL's: see README.)
+ */
+static void
+hc_mem_free(void *p)
+{
+	if (p != NULL)
+	{
+		explicit_bzero(p, malloc_usable_size(p));
+		free(p);
+	}
+}
+
+static void *
+hc_mem_malloc(size_t n)
+{
+	return malloc(n);
+}
+
+static void *
+hc_mem_calloc(size_t nmemb, size_t size)
+{
+	return calloc(nmemb, size);
+}
+
+static void *
+hc_mem_realloc(void *p, size_t n)
+{
+	void	   *q;
+
+	if (p == NULL)
+		return malloc(n);
+	if (n == 0)
+	{
+		hc_mem_free(p);
+		return NULL;
+	}
+	/* never in place: the old block is wiped, not left behind */
+	if ((q = malloc(n)) == NULL)
+		return NULL;
+	memcpy(q, p, Min(n, malloc_usable_size(p)));
+	hc_mem_free(p);
+	return q;
+}
+
+static char *
+hc_mem_strdup(const char *s)
+{
+	size_t		n = strlen(s) + 1;
+	char	   *q = malloc(n);
+
+	if (q != NULL)
+		memcpy(q, s, n);
+	return q;
+}
+
 static void
 hc_setup(void)
 {
 	if (hc_multi != NULL && hc_pid == MyProcPid)
 		return;
-	if (hc_pid == 0 && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+	if (hc_pid == 0 &&
+		curl_global_init_mem(CURL_GLOBAL_DEFAULT, hc_mem_malloc, hc_mem_free, hc_mem_realloc,
+							 hc_mem_strdup, hc_mem_calloc) != CURLE_OK)
 		elog(ERROR, "could not initialize libcurl");
 	/* after a fork the parent's handle is not ours to clean up: start afresh */
 	hc_multi = curl_multi_init();
@@ -79,7 +141,14 @@ void
 byok_http_call_init(ByokHttpCall *call, const char *provider)
 {
 	memset(call, 0, sizeof(*call));
-	initStringInfo(&call->body);
+	/*
+	 * Room for any request byok makes (key_ref, a wrapped key and a tenant
+	 * name, escaped, are under 4 kB), so the body never grows: a grown
+	 * StringInfo would leave its old copy, a base64 tenant key, unwiped.
+	 */
+	call->body.data = palloc(BYOK_HTTP_BODY_CAP);
+	call->body.maxlen = BYOK_HTTP_BODY_CAP;
+	resetStringInfo(&call->body);
 	initStringInfo(&call->response);
 	strlcpy(call->err.provider, provider, sizeof(call->err.provider));
 }
@@ -141,12 +210,36 @@ hc_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 	ByokHttpCall *call = userdata;
 	size_t		n = size * nmemb;
 
-	if (call->response.len + n > BYOK_HTTP_MAX_RESPONSE)
+	StringInfo	r = &call->response;
+
+	if ((size_t) r->len + n > BYOK_HTTP_MAX_RESPONSE)
 	{
 		call->too_big = true;
 		return 0;				/* makes curl fail the transfer */
 	}
-	appendBinaryStringInfo(&call->response, ptr, n);
+	if (r->len + (int) n + 1 > r->maxlen)
+	{
+		/*
+		 * Grow by moving, wiping the old copy (repalloc would leave it).  No
+		 * ereport may leave this callback: out of memory fails the transfer.
+		 */
+		int			cap = r->maxlen;
+		char	   *data;
+
+		while (cap < r->len + (int) n + 1)
+			cap *= 2;
+		data = MemoryContextAllocExtended(CurrentMemoryContext, cap, MCXT_ALLOC_NO_OOM);
+		if (data == NULL)
+			return 0;
+		memcpy(data, r->data, r->len + 1);
+		explicit_bzero(r->data, r->maxlen);
+		pfree(r->data);
+		r->data = data;
+		r->maxlen = cap;
+	}
+	memcpy(r->data + r->len, ptr, n);
+	r->len += n;
+	r->data[r->len] = '\0';
 	return n;
 }
 
@@ -410,7 +503,14 @@ byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms)
 	}
 	PG_CATCH();
 	{
+		/*
+		 * A cancel, a termination or an error: the callers' code after this
+		 * call does not run, so their requests, answers and credentials are
+		 * wiped here (byok_http_call_free may be called again).
+		 */
 		hc_abort(calls, n, "INTERRUPTED", "The call was interrupted.");
+		for (int i = 0; i < n; i++)
+			byok_http_call_free(calls[i]);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -427,17 +527,11 @@ byok_http_run_one(ByokHttpCall *call, ByokKmsError *err)
 	return call->result;
 }
 
-/*
- * Many key-state questions at once over the shared connections (the
- * poller's round, or one question): 'prepare' turns a query into a call
- * (false with query->err set when it cannot), 'read' turns the answer into
- * query->state and the returned status.  Every call is freed (and wiped).
- */
 /* Read one answer of a key-state question into its query. */
 static ByokKmsStatus
 hc_state_read(ByokHttpCall *call, ByokKmsStateQuery *q, const ByokHttpStateQuestion *question)
 {
-	ByokJsonPick pick = {.npaths = 1, .paths = {question->path}};
+	ByokAnswer	a;
 	ByokKmsStatus st = call->result;
 
 	q->err = call->err;
@@ -448,17 +542,19 @@ hc_state_read(ByokHttpCall *call, ByokKmsStateQuery *q, const ByokHttpStateQuest
 	}
 	if (st != BYOK_KMS_OK)
 		return st;
-	if (!byok_json_pick(call->response.data, call->response.len, &pick) || pick.values[0] == NULL)
-	{
-		byok_kms_set_error(&q->err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
-						   "The answer has no %s.", question->path);
-		return q->err.status;
-	}
-	q->state = question->read(pick.values[0], q);
-	byok_json_pick_wipe(&pick);
-	return BYOK_KMS_OK;
+	/* the bounded reader: a bad answer is this key's failure alone */
+	st = question->read(call->response.data, call->response.len, q->version_hint, &q->state, &a);
+	if (st != BYOK_KMS_OK)
+		byok_kms_set_error(&q->err, st, a.code, "%s", a.text);
+	return st;
 }
 
+/*
+ * Many key-state questions at once over the shared connections (the
+ * poller's round, or one question): 'prepare' turns a query into a call
+ * (false with query->err set when it cannot), 'read' turns the answer into
+ * query->state and the returned status.  Every call is freed (and wiped).
+ */
 void
 byok_http_key_state_many(ByokKmsStateQuery *queries, int n, const ByokHttpStateQuestion *question)
 {
@@ -513,146 +609,6 @@ byok_http_key_state_one(const char *key_ref, int32 version_hint, ByokKeyState *s
 }
 
 /* ---- JSON ---- */
-
-typedef struct JpState
-{
-	ByokJsonPick *pick;
-	char		path[512];
-	int			plen;
-	int			depth;			/* nesting depth, also beyond the stack */
-	int			saved[64];		/* path length to restore per level */
-	int			index[64];		/* array index per level */
-} JpState;
-
-static void
-jp_push(JpState *s, const char *seg)
-{
-	if (s->depth < 64)
-	{
-		s->saved[s->depth] = s->plen;
-		s->plen += snprintf(s->path + s->plen, sizeof(s->path) - s->plen, "%s%s",
-							s->plen > 0 ? "." : "", seg);
-		if (s->plen >= (int) sizeof(s->path))
-			s->plen = sizeof(s->path) - 1;
-	}
-	s->depth++;
-}
-
-static void
-jp_pop(JpState *s)
-{
-	s->depth--;
-	if (s->depth < 64)
-	{
-		s->plen = s->saved[s->depth];
-		s->path[s->plen] = '\0';
-	}
-}
-
-static void
-jp_field_start(void *state, char *fname, bool isnull)
-{
-	jp_push(state, fname);
-}
-
-static void
-jp_field_end(void *state, char *fname, bool isnull)
-{
-	jp_pop(state);
-}
-
-static void
-jp_array_start(void *state)
-{
-	JpState    *s = state;
-
-	if (s->depth < 64)
-		s->index[s->depth] = -1;
-}
-
-static void
-jp_elem_start(void *state, bool isnull)
-{
-	JpState    *s = state;
-	char		seg[16];
-	int			i = 0;
-
-	if (s->depth < 64)
-		i = ++s->index[s->depth];
-	snprintf(seg, sizeof(seg), "%d", i);
-	jp_push(s, seg);
-}
-
-static void
-jp_elem_end(void *state, bool isnull)
-{
-	jp_pop(state);
-}
-
-static void
-jp_scalar(void *state, char *token, JsonTokenType tokentype)
-{
-	JpState    *s = state;
-
-	if (s->depth <= 64)
-		for (int i = 0; i < s->pick->npaths; i++)
-			if (s->pick->values[i] == NULL && strcmp(s->pick->paths[i], s->path) == 0)
-				s->pick->values[i] = pstrdup(token);
-	/* the token may be key material (a base64 plaintext): wipe it */
-	if (token)
-		explicit_bzero(token, strlen(token));
-}
-
-/*
- * Parse 'json' and collect the scalar values at pick->paths (dotted, array
- * elements by index: "KeyMetadata.KeyState", "errors.0").  False when the
- * text is not valid JSON; never raises an error for bad input.
- */
-bool
-byok_json_pick(const char *json, int len, ByokJsonPick *pick)
-{
-	JpState		state;
-	JsonSemAction sem;
-	JsonLexContext *lex;
-	char	   *copy;
-	bool		ok;
-
-	memset(&state, 0, sizeof(state));
-	state.pick = pick;
-	for (int i = 0; i < pick->npaths; i++)
-		pick->values[i] = NULL;
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = &state;
-	sem.object_field_start = jp_field_start;
-	sem.object_field_end = jp_field_end;
-	sem.array_start = jp_array_start;
-	sem.array_element_start = jp_elem_start;
-	sem.array_element_end = jp_elem_end;
-	sem.scalar = jp_scalar;
-
-	copy = palloc(len + 1);
-	memcpy(copy, json, len);
-	copy[len] = '\0';
-	lex = makeJsonLexContextCstringLen(copy, len, PG_UTF8, true);
-	ok = pg_parse_json(lex, &sem) == JSON_SUCCESS;
-	explicit_bzero(copy, len);
-	pfree(copy);
-	if (!ok)
-		byok_json_pick_wipe(pick);
-	return ok;
-}
-
-void
-byok_json_pick_wipe(ByokJsonPick *pick)
-{
-	for (int i = 0; i < pick->npaths; i++)
-		if (pick->values[i])
-		{
-			explicit_bzero(pick->values[i], strlen(pick->values[i]));
-			pfree(pick->values[i]);
-			pick->values[i] = NULL;
-		}
-}
 
 void
 byok_json_escape(StringInfo buf, const char *s)
@@ -712,6 +668,7 @@ byok_read_secret_file(const char *path, const char *what, StringInfo out, ByokKm
 	int			fd;
 	char		buf[4096];
 	ssize_t		n;
+	off_t		left;
 
 	if (path == NULL || path[0] == '\0')
 	{
@@ -741,8 +698,18 @@ byok_read_secret_file(const char *path, const char *what, StringInfo out, ByokKm
 						   what, path);
 		return false;
 	}
-	while ((n = read(fd, buf, sizeof(buf))) > 0)
+	/*
+	 * Room for the whole file first (a grown buffer would leave a copy
+	 * behind), then no more than the size checked: a file that grows
+	 * meanwhile is cut there.
+	 */
+	enlargeStringInfo(out, (int) st.st_size + 1);
+	left = st.st_size;
+	while (left > 0 && (n = read(fd, buf, (size_t) Min((off_t) sizeof(buf), left))) > 0)
+	{
 		appendBinaryStringInfo(out, buf, n);
+		left -= n;
+	}
 	explicit_bzero(buf, sizeof(buf));
 	close(fd);
 	return true;

@@ -16,9 +16,12 @@
 
 #include "lib/stringinfo.h"
 
+#include "providers/answers.h"
+#include "providers/json.h"
 #include "providers/kms.h"
 
 #define BYOK_HTTP_MAX_RESPONSE	(1024 * 1024)	/* larger answers are refused */
+#define BYOK_HTTP_BODY_CAP		8192	/* room for every request body */
 
 typedef struct ByokHttpCall ByokHttpCall;
 
@@ -65,15 +68,16 @@ extern bool byok_http_url_allowed(const char *url, ByokKmsError *err);
 extern ByokKmsStatus byok_http_run_one(ByokHttpCall *call, ByokKmsError *err);
 
 /*
- * A provider's key-state question: how to make the HTTP call, which JSON
- * value of a successful answer tells the state, and how to read it.  A
- * BYOK_KMS_DESTROYED answer (not found) means the key is destroyed.
+ * A provider's key-state question: how to make the HTTP call, and how to
+ * read a successful answer (providers/answers.c: the state, or a failure
+ * class with 'a' filled).  A BYOK_KMS_DESTROYED answer of the classify
+ * callback means the key is destroyed.
  */
 typedef struct ByokHttpStateQuestion
 {
 	bool		(*prepare) (ByokHttpCall *call, ByokKmsStateQuery *query);
-	const char *path;			/* JSON path of the value, e.g. "KeyMetadata.KeyState" */
-	ByokKeyState (*read) (const char *value, const ByokKmsStateQuery *query);
+	ByokKmsStatus (*read) (const char *body, size_t len, int32 version_hint,
+						   ByokKeyState *state, ByokAnswer *a);
 } ByokHttpStateQuestion;
 
 extern void byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
@@ -81,18 +85,6 @@ extern void byok_http_key_state_many(ByokKmsStateQuery *queries, int n,
 extern ByokKmsStatus byok_http_key_state_one(const char *key_ref, int32 version_hint,
 											 ByokKeyState *state, ByokKmsError *err,
 											 const ByokHttpStateQuestion *question);
-
-/* JSON: the scalar values at a few dotted paths ("a.b", "errors.0") */
-#define BYOK_JSON_MAX_PATHS 6
-typedef struct ByokJsonPick
-{
-	int			npaths;
-	const char *paths[BYOK_JSON_MAX_PATHS];
-	char	   *values[BYOK_JSON_MAX_PATHS];	/* palloc'd, NULL if absent */
-} ByokJsonPick;
-
-extern bool byok_json_pick(const char *json, int len, ByokJsonPick *pick);
-extern void byok_json_pick_wipe(ByokJsonPick *pick);
 
 extern char *byok_b64_encode(const uint8 *data, int len);
 extern int	byok_b64_decode(const char *text, uint8 *out, int outlen);

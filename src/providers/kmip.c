@@ -52,6 +52,7 @@
 #include "utils/timestamp.h"
 
 #include "guc.h"
+#include "providers/answers.h"
 #include "providers/kmip/conn.h"
 #include "providers/kmip/ttlv.h"
 
@@ -289,7 +290,7 @@ kmip_read_item(const KmipDoc *doc, int node, KmipItem *it)
 		size_t		len;
 
 		if (kmip_get_text(doc, m, &s, &len) == KMIP_OK)
-			byok_kms_sanitise(s, len, it->message, sizeof(it->message));
+			byok_text_sanitise(s, len, it->message, sizeof(it->message));
 	}
 	it->payload = kmip_find_child(doc, node, KMIP_TAG_RESPONSE_PAYLOAD);
 }

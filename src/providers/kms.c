@@ -28,6 +28,7 @@
 #include "portability/instr_time.h"
 #include "postmaster/interrupt.h"
 
+#include "providers/answers.h"
 #include "providers/kms.h"
 
 #define MAX_PROVIDERS 8
@@ -201,11 +202,16 @@ byok_kms_set_error(ByokKmsError *err, ByokKmsStatus status, const char *remote_c
 {
 	va_list		ap;
 
+	char		buf[sizeof(err->message)];
+
 	err->status = status;
-	strlcpy(err->remote_code, remote_code ? remote_code : "", sizeof(err->remote_code));
+	/* whatever a provider sent: printable ASCII, bounded, before any message or view */
+	byok_text_sanitise(remote_code, remote_code ? strlen(remote_code) : 0,
+					   err->remote_code, sizeof(err->remote_code));
 	va_start(ap, fmt);
-	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
+	byok_text_sanitise(buf, strlen(buf), err->message, sizeof(err->message));
 }
 
 /*
@@ -217,20 +223,6 @@ bool
 byok_kms_interrupt_pending(void)
 {
 	return QueryCancelPending || ProcDiePending || ShutdownRequestPending;
-}
-
-/*
- * A provider's own text made fit for errdetail: printable ASCII only (other
- * bytes become '?'), at most outlen - 1 bytes, NUL-terminated.
- */
-void
-byok_kms_sanitise(const char *in, size_t inlen, char *out, size_t outlen)
-{
-	size_t		n = 0;
-
-	for (size_t i = 0; in != NULL && i < inlen && n < outlen - 1; i++)
-		out[n++] = (in[i] >= 0x20 && in[i] < 0x7f) ? in[i] : '?';
-	out[n] = '\0';
 }
 
 const char *

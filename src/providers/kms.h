@@ -27,28 +27,7 @@
 #define BYOK_KMS_H
 
 #include "byok_defs.h"
-
-/* normalised failure classes; each maps to one SQLSTATE */
-typedef enum ByokKmsStatus
-{
-	BYOK_KMS_OK = 0,
-	BYOK_KMS_DISABLED,			/* CMK exists but is disabled / revoked */
-	BYOK_KMS_DESTROYED,			/* CMK not found or destroyed */
-	BYOK_KMS_PERMISSION,		/* credentials refused */
-	BYOK_KMS_THROTTLED,			/* provider asks us to slow down */
-	BYOK_KMS_UNAVAILABLE,		/* unreachable, timed out */
-	BYOK_KMS_BAD_RESPONSE,		/* answer we cannot use (incl. failed unwrap) */
-	BYOK_KMS_CONFIG,			/* bad key reference or provider set-up */
-	BYOK_KMS_STATUS_COUNT
-} ByokKmsStatus;
-
-typedef enum ByokKeyState
-{
-	BYOK_KEY_ENABLED = 0,
-	BYOK_KEY_DISABLED,
-	BYOK_KEY_DESTROYED,
-	BYOK_KEY_STATE_COUNT
-} ByokKeyState;
+#include "providers/kms_status.h"
 
 typedef struct ByokKmsError
 {
@@ -142,7 +121,6 @@ extern void byok_kms_set_error(ByokKmsError *err, ByokKmsStatus status,
 extern void byok_kms_throw(const ByokKmsError *err, const char *tenant) pg_attribute_noreturn();
 extern const char *byok_kms_status_name(ByokKmsStatus status);
 extern bool byok_kms_interrupt_pending(void);
-extern void byok_kms_sanitise(const char *in, size_t inlen, char *out, size_t outlen);
 extern int	byok_kms_context_aad(const char *label, const ByokKmsContext *ctx, uint8 *out);
 
 /* provider install functions */

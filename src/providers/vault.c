@@ -42,6 +42,21 @@
 
 #define VAULT_WRAP_FORMAT 1
 
+/*
+ * N of "N:..." (the version in "vault:vN:..."): 1 to 9 digits followed by
+ * ':', else -1.
+ */
+static int32
+vt_version(const char *s)
+{
+	int32		v = 0;
+	int			n = 0;
+
+	while (s[n] >= '0' && s[n] <= '9' && n < 9)
+		v = v * 10 + (s[n++] - '0');
+	return (n > 0 && s[n] == ':') ? v : -1;
+}
+
 static ByokKmsStatus
 vt_check_key_ref(const char *key_ref, ByokKmsError *err)
 {
@@ -63,40 +78,17 @@ vt_check_key_ref(const char *key_ref, ByokKmsError *err)
 	return BYOK_KMS_OK;
 }
 
+/* Decide what an answer means (providers/answers.c reads its JSON envelope). */
 static ByokKmsStatus
 vt_classify(ByokHttpCall *call, ByokKmsError *err)
 {
-	ByokJsonPick pick = {.npaths = 1, .paths = {"errors.0"}};
-	char		msg[200];
-	int			n = 0;
-	ByokKmsStatus st;
+	ByokAnswer	a;
 
 	if (call->status == 200 || call->status == 204)
 		return BYOK_KMS_OK;
-	msg[0] = '\0';
-	if (byok_json_pick(call->response.data, call->response.len, &pick) && pick.values[0])
-	{
-		for (const char *p = pick.values[0]; *p && n < (int) sizeof(msg) - 1; p++)
-			msg[n++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
-		msg[n] = '\0';
-	}
-	byok_json_pick_wipe(&pick);
-
-	if (call->status == 429)
-		st = BYOK_KMS_THROTTLED;
-	else if (call->status >= 500)
-		st = BYOK_KMS_UNAVAILABLE;
-	else if (call->status == 401 || call->status == 403)
-		st = BYOK_KMS_PERMISSION;
-	else if (call->status == 404 || strstr(msg, "key not found") != NULL)
-		st = BYOK_KMS_DESTROYED;
-	else if (strstr(msg, "disallowed by policy") != NULL)
-		st = BYOK_KMS_DISABLED;
-	else
-		st = BYOK_KMS_BAD_RESPONSE;
-	byok_kms_set_error(err, st, psprintf("HTTP_%ld", call->status), "%s",
-					   msg[0] ? msg : "The request was refused.");
-	return st;
+	byok_vault_read_error(call->status, call->response.data, call->response.len, &a);
+	byok_kms_set_error(err, a.status, a.code, "%s", a.text);
+	return a.status;
 }
 
 /* Prepare a call to 'path' under the Transit mount; false (err set) on bad set-up. */
@@ -119,8 +111,14 @@ vt_prepare(ByokHttpCall *call, const char *path, const char *key_ref, bool post,
 
 		while (alen > 0 && byok_vault_address[alen - 1] == '/')
 			alen--;
-		snprintf(call->url, sizeof(call->url), "%.*s/v1/%s/%s/%s", alen, byok_vault_address,
-				 byok_vault_mount, path, key_ref);
+		if (snprintf(call->url, sizeof(call->url), "%.*s/v1/%s/%s/%s", alen, byok_vault_address,
+					 byok_vault_mount, path, key_ref) >= (int) sizeof(call->url))
+		{
+			byok_kms_set_error(err, BYOK_KMS_CONFIG, "URL_TOO_LONG",
+							   "The Vault URL of this key is longer than %d bytes.",
+							   (int) sizeof(call->url) - 1);
+			return false;
+		}
 	}
 	if (!byok_http_url_allowed(call->url, err))
 		return false;
@@ -191,10 +189,12 @@ vt_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int 
 	if (st == BYOK_KMS_OK)
 	{
 		const char *ct = NULL;
+		ByokAnswer	a;
 
-		if (byok_json_pick(call.response.data, call.response.len, &pick))
-			ct = pick.values[0];
-		if (ct == NULL || strncmp(ct, "vault:v", 7) != 0 || strlen(ct) + 1 > BYOK_MAX_WRAPPED)
+		if (byok_answer_string(call.response.data, call.response.len, "data.ciphertext",
+							   BYOK_MAX_WRAPPED - 1, &pick, &a) != BYOK_KMS_OK)
+			st = (byok_kms_set_error(err, a.status, a.code, "encrypt: %s", a.text), err->status);
+		else if (strncmp((ct = pick.values[0]), "vault:v", 7) != 0 || vt_version(ct + 7) <= 0)
 			st = (byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
 									 "encrypt returned no usable ciphertext."), err->status);
 		else
@@ -240,10 +240,12 @@ vt_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, 
 	if (st == BYOK_KMS_OK)
 	{
 		int			n = -1;
+		ByokAnswer	a;
 
-		if (byok_json_pick(call.response.data, call.response.len, &pick) && pick.values[0])
-			n = byok_b64_decode(pick.values[0], out, BYOK_MAX_WRAPPED);
-		if (n <= 0)
+		if (byok_answer_string(call.response.data, call.response.len, "data.plaintext",
+							   2 * BYOK_MAX_WRAPPED, &pick, &a) != BYOK_KMS_OK)
+			st = (byok_kms_set_error(err, a.status, a.code, "decrypt: %s", a.text), err->status);
+		else if ((n = byok_b64_decode(pick.values[0], out, BYOK_MAX_WRAPPED)) <= 0)
 			st = (byok_kms_set_error(err, BYOK_KMS_BAD_RESPONSE, "BAD_RESPONSE",
 									 "decrypt returned no usable plaintext."), err->status);
 		else
@@ -255,10 +257,10 @@ vt_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped, 
 }
 
 /* Disabled for byok when min_decryption_version is above the version byok's TKs need. */
-static ByokKeyState
-vt_state_read(const char *value, const ByokKmsStateQuery *q)
+static ByokKmsStatus
+vt_state_read(const char *body, size_t len, int32 version_hint, ByokKeyState *state, ByokAnswer *a)
 {
-	return (q->version_hint > 0 && atoi(value) > q->version_hint) ? BYOK_KEY_DISABLED : BYOK_KEY_ENABLED;
+	return byok_vault_read_state(body, len, version_hint, state, a);
 }
 
 static bool
@@ -270,7 +272,6 @@ vt_state_prepare(ByokHttpCall *call, ByokKmsStateQuery *q)
 
 static const ByokHttpStateQuestion vt_state_question = {
 	.prepare = vt_state_prepare,
-	.path = "data.min_decryption_version",
 	.read = vt_state_read,
 };
 
@@ -290,9 +291,17 @@ vt_key_state(const char *key_ref, int32 version_hint, ByokKeyState *state, ByokK
 static int32
 vt_wrapped_version(const uint8 *wrapped, int len)
 {
+	char		head[16];
+
 	if (len > 8 && wrapped[0] == VAULT_WRAP_FORMAT &&
 		memcmp(wrapped + 1, "vault:v", 7) == 0)
-		return (int32) strtol((const char *) wrapped + 8, NULL, 10);
+	{
+		int			n = Min(len - 8, (int) sizeof(head) - 1);
+
+		memcpy(head, wrapped + 8, n);
+		head[n] = '\0';
+		return Max(vt_version(head), 0);
+	}
 	return 0;
 }
 

@@ -586,6 +586,59 @@ def test_faults(kid, kid_b):
     check("hung request answers after clear", not th.is_alive() and result.get("r", (0,))[0] == 200, result)
     _, js = admin("GET", "faults")
     check("GET faults empty after clear", js == {"faults": []}, js)
+    test_bends(kid)
+
+
+def raw_request(method, path, body, headers):
+    """-> (status, Content-Type, raw body bytes): bent answers are not for json.loads."""
+    req = urllib.request.Request(url(path), data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def test_bends(kid):
+    """Each bent answer is what its name says, once per count, scoped like other faults."""
+    expect = {
+        "nested": lambda st, ct, b: st == 200 and b == b"[" * 200000,
+        "huge_type": lambda st, ct, b: st == 400 and len(json.loads(b)["__type"]) == 100000,
+        "ctl_type": lambda st, ct, b: st == 400 and json.loads(b)["__type"] == "Bad\nType\u00ff\u0007",
+        "bad_utf8": lambda st, ct, b: st == 400 and b"\n" in b and b"\xff" in b and _not_utf8(b),
+        "html_404": lambda st, ct, b: st == 404 and ct == "text/html" and b.startswith(b"<html>"),
+        "json_404": None,
+        "dup_state": None,
+    }
+    for api, send in (("aws", lambda: raw_request("POST", "/", body_of(kid), sigv4_headers(body_of(kid), "DescribeKey"))),
+                      ("vault", lambda: raw_request("GET", "/v1/transit/keys/bent", None, {"X-Vault-Token": TOKEN}))):
+        expect["json_404"] = ((lambda st, ct, b: st == 400 and json.loads(b)["__type"] == "NotFoundException")
+                              if api == "aws" else (lambda st, ct, b: st == 404 and json.loads(b) == {"errors": []}))
+        expect["dup_state"] = ((lambda st, ct, b: st == 200 and b.count(b'"KeyState"') == 2) if api == "aws" else
+                               (lambda st, ct, b: st == 200 and b.count(b'"min_decryption_version"') == 2))
+        base_st, _, base_b = send()
+        for kind, good in expect.items():
+            admin("POST", "faults", {"bend": 1, "bend_kind": kind, "api": api})
+            st, ct, b = send()
+            check("%s bent answer %s" % (api, kind), good(st, ct, b), (st, ct, b[:80]))
+            st, _, b = send()
+            check("%s bent answer %s: only the next one" % (api, kind),
+                  st == base_st and len(b) == len(base_b), (st, b[:40]))
+            admin("DELETE", "faults")
+    st, js = admin("POST", "faults", {"bend": 1, "bend_kind": "nonsense"})
+    check("unknown bend_kind refused", st == 400, js)
+
+
+def _not_utf8(b):
+    try:
+        b.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+def body_of(kid):
+    return json.dumps({"KeyId": kid}).encode()
 
 
 def test_stats(kid, kid_b, blob, ctx):

@@ -45,8 +45,12 @@ ADMIN API (no auth, JSON)
   GET /__admin/health; GET|POST|DELETE /__admin/faults (read, merge, clear all)
       fields: latency_ms, throttle (next N), retry_after (s), error_5xx (next N),
       status_5xx (500|503), hang, down, drop (next N), deny, garbage (next N
-      answers are broken JSON), oversize (next N answers are 2 MiB); optional scope
+      answers are broken JSON), oversize (next N answers are 2 MiB), bend (next N
+      answers bent as bend_kind says: nested, huge_type, ctl_type, bad_utf8,
+      html_404, json_404, dup_state; see Handler._send_bent); optional scope
       "key" (id/ARN/alias/Vault name) and "api" ("aws"|"vault"); {"clear": true}
+  POST /__admin/aws/decrypt: a Decrypt request's answer, without auth, faults or
+      statistics (the customer's own view, for tests that must know a tenant key)
   GET /__admin/stats, POST /__admin/stats/reset: calls per op and per key
       (aws.keys[<id>][<Op>]), status, errors, faults, namespaces, access_keys,
       connections (TCP connections that carried KMS/Vault calls)
@@ -308,7 +312,10 @@ class Store:
 
 # --------------------------------------------------------------------------- faults and statistics
 FAULT_DEFAULTS = {"latency_ms": 0, "throttle": 0, "retry_after": None, "error_5xx": 0, "status_5xx": 500,
-                  "hang": False, "down": False, "drop": 0, "deny": False, "garbage": 0, "oversize": 0}
+                  "hang": False, "down": False, "drop": 0, "deny": False, "garbage": 0, "oversize": 0,
+                  "bend": 0, "bend_kind": "nested"}
+# bent answers (fault "bend": N answers, "bend_kind"): a key service that bends its answers
+BEND_KINDS = ("nested", "huge_type", "ctl_type", "bad_utf8", "html_404", "json_404", "dup_state")
 
 
 class Faults:
@@ -323,6 +330,8 @@ class Faults:
         unknown = set(body) - set(FAULT_DEFAULTS) - {"key", "api", "clear"}
         if unknown:
             raise ApiError(400, {"error": "unknown fault fields: %s" % sorted(unknown)})
+        if "bend_kind" in body and body["bend_kind"] not in BEND_KINDS:
+            raise ApiError(400, {"error": "bend_kind must be one of %s" % (BEND_KINDS,)})
         scope = (body.get("api") or "*", canonical(body["key"]) if body.get("key") else "*")
         with self.cond:
             if body.get("clear") and scope != ("*", "*"):
@@ -362,7 +371,8 @@ class Faults:
         with self.cond:
             es = self._matching(api, keys)
             for field, kind, arg in (("throttle", "throttle", "retry_after"), ("error_5xx", "5xx", "status_5xx"),
-                                     ("garbage", "garbage", "garbage"), ("oversize", "oversize", "oversize")):
+                                     ("garbage", "garbage", "garbage"), ("oversize", "oversize", "oversize"),
+                                     ("bend", "bend", "bend_kind")):
                 for e in es:
                     if e[field] > 0:
                         e[field] -= 1
@@ -819,6 +829,10 @@ class App:
         if path == "/__admin/stats/reset" and post:
             self.stats.reset()
             return 200, {"ok": True}
+        if path == "/__admin/aws/decrypt" and post:
+            # the customer's own view of a wrapped key (a test's oracle for memory scans): the
+            # Decrypt answer without auth, faults or statistics
+            return 200, self.kms.Decrypt(req)
         m = re.match(r"^/__admin/aws/keys/(.+)/state$", path)
         if m and post:
             if req.get("state") not in AWS_STATES + ("deleted",):
@@ -923,6 +937,49 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
+    def _send_bent(self, kind, api):
+        """Injected bent answers, each what a broken or hostile key service or proxy might send:
+        nested    200, 200,000 '[' (a recursive parser runs out of stack)
+        huge_type an error whose type is 100,000 bytes long
+        ctl_type  an error whose type and message hold escaped control characters and U+00FF
+        bad_utf8  an error whose type holds a raw newline and a 0xFF byte (not UTF-8: not JSON)
+        html_404  a proxy's HTML 404 page
+        json_404  the provider's own JSON "not found" (Vault's envelope; AWS's NotFoundException)
+        dup_state 200 whose key state is given twice, Disabled then Enabled"""
+        self.server.app.stats.note("faults", "bend:" + kind)
+        ctype, status = (AWS_JSON if api == "aws" else "application/json"), 400
+        if kind == "nested":
+            status, data = 200, b"[" * 200000
+        elif kind == "huge_type":
+            data = b'{"__type":"' + b"T" * 100000 + b'","message":"m","errors":["' + b"E" * 100000 + b'"]}'
+        elif kind == "ctl_type":
+            data = b'{"__type":"Bad\\nType\\u00ff\\u0007","message":"line1\\r\\nline2\\u001b[31m",' \
+                   b'"errors":["line1\\nline2\\u0007\\u00ff"]}'
+        elif kind == "bad_utf8":
+            data = b'{"__type":"Bad\nType\xff","message":"x\xff","errors":["x\nline\xff"]}'
+        elif kind == "html_404":
+            status, ctype, data = 404, "text/html", b"<html><head><title>404 Not Found</title></head>" \
+                b"<body><center><h1>404 Not Found</h1></center><hr><center>nginx</center></body></html>"
+        elif kind == "json_404":
+            if api == "aws":
+                data = b'{"__type":"NotFoundException","message":"Key does not exist"}'
+            else:
+                status, data = 404, b'{"errors":[]}'
+        else:  # dup_state
+            status = 200
+            data = (b'{"KeyMetadata":{"KeyState":"Disabled","KeyState":"Enabled"}}' if api == "aws" else
+                    b'{"data":{"min_decryption_version":99,"min_decryption_version":1}}')
+        self.status = status
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
     def _drop(self):
         self.close_connection, self.status = True, "dropped"
         self.server.app.stats.note("faults", "down")
@@ -982,6 +1039,8 @@ class Handler(BaseHTTPRequestHandler):
                 hdrs.setdefault(k.lower(), []).append(v)
             app.stats.note("access_keys", app.verify_sigv4(self.command, url.path, url.query, hdrs, body))
         fault = app.faults.service("aws", {hint, key})
+        if fault and fault[0] == "bend":
+            return self._send_bent(fault[1], "aws")
         if fault and fault[0] in ("garbage", "oversize"):
             return self._send_bad(fault[0], AWS_JSON)
         if fault:
@@ -1021,6 +1080,8 @@ class Handler(BaseHTTPRequestHandler):
         if tokens is not None and token not in tokens:
             raise vault_err(403, "permission denied")
         fault = app.faults.service("vault", {name})
+        if fault and fault[0] == "bend":
+            return self._send_bent(fault[1], "vault")
         if fault and fault[0] in ("garbage", "oversize"):
             return self._send_bad(fault[0], "application/json")
         if fault:

@@ -23,6 +23,9 @@ src/crypto/format.c.
       the three byte alignments.  A file "core" given with --core-shared
       MAPS also says, for each hit, whether it lies in the dumped image of a
       shared anonymous mapping listed in MAPS (/proc/PID/maps of the process).
+  keyscan.py memscan PID NEEDLES.json      -> JSON {regions, bytes, found: {label: [[mapping,
+      form, address], ...]}}: the private memory of a live process (never its
+      shared memory) read through /proc/PID/mem
   keyscan.py selftest                      -> every form at every alignment is
       found inside noise, and a one-byte change of the key is not.
 """
@@ -199,6 +202,36 @@ def scan(needles_path, paths, core_maps=None):
     print(json.dumps({"files": len(files), "bytes": nbytes, "found": found}, sort_keys=True))
 
 
+def memscan(pid, needles_path):
+    """Search the private memory of a live process (heap, stack, anonymous and
+    file-backed private mappings; never shared memory, where byok's key cache
+    lives by design) for the needles, in every form."""
+    needles = {k: bytes.fromhex(v) for k, v in json.load(open(needles_path)).items()}
+    pats = [(label, form, s) for label, b in needles.items() for form, s in forms_of(b)]
+    found = {label: [] for label in needles}
+    nbytes, regions = 0, 0
+    with open("/proc/%d/maps" % pid) as maps, open("/proc/%d/mem" % pid, "rb", 0) as mem:
+        for line in maps:
+            parts = line.split()
+            perms, name = parts[1], (parts[5] if len(parts) >= 6 else "[anon]")
+            if perms[0] != "r" or perms[3] != "p" or name in ("[vvar]", "[vsyscall]", "[vdso]"):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except (OSError, ValueError):
+                continue
+            regions += 1
+            nbytes += len(data)
+            for label, form, pat in pats:
+                i = data.find(pat)
+                while i >= 0 and len(found[label]) < 20:
+                    found[label].append([name, form, "0x%x" % (lo + i)])
+                    i = data.find(pat, i + 1)
+    print(json.dumps({"regions": regions, "bytes": nbytes, "found": found}, sort_keys=True))
+
+
 def selftest():
     bad = 0
     for trial in range(50):
@@ -244,6 +277,8 @@ def main():
             maps = a[2]
             a = a[2:]
         scan(a[1], a[2:], maps)
+    elif a[0] == "memscan":
+        memscan(int(a[1]), a[2])
     elif a[0] == "selftest":
         selftest()
     else:

@@ -13,7 +13,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(byok_node new_key disable_key enable_key destroy_key keyring
-  create_tenant wait_state median sql_error lockout_drill lockout_ok lockout_summary
+  create_tenant wait_state wait_destroyed median sql_error lockout_drill lockout_ok lockout_summary
   timed_failure cancel_checks);
 
 # A started cluster with byok preloaded and created in database postgres.
@@ -91,6 +91,17 @@ sub wait_state
 	my ($node, $tenant, $state, $db) = @_;
 	return $node->poll_query_until($db // 'postgres',
 		"SELECT state = '$state' FROM byok_stats() WHERE tenant = '$tenant'");
+}
+
+# Wait until the tenant is destroyed for good: cmk_destroyed, and not on a
+# single provider answer that a later poll could still contradict (the
+# poller confirms a destruction on its second answer in a row).
+sub wait_destroyed
+{
+	my ($node, $tenant, $db) = @_;
+	return $node->poll_query_until($db // 'postgres',
+		"SELECT state = 'cmk_destroyed' AND last_change NOT IN ('poller: CMK reported destroyed', 'unwrap: CMK destroyed')
+		   FROM byok_stats() WHERE tenant = '$tenant'");
 }
 
 # Run SQL that should fail, at VERBOSITY verbose: returns the SQLSTATE of

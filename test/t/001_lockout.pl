@@ -80,6 +80,10 @@ ok(defined $took && $took <= 10, "the audit row says how long the purge took: wi
 my $saved = keyring($node) . '/drill-cmk.saved';
 rename(keyring($node) . '/drill-cmk.key', $saved) or die;
 ok(wait_state($node, 'drill', 'cmk_destroyed'), 'a destroyed CMK locks the tenant out');
+ok(wait_destroyed($node, 'drill'), 'for good once a second poll confirms it');
+like($node->safe_psql('postgres', q{SELECT string_agg(detail, ' | ' ORDER BY event_id) FROM byok.key_events
+	WHERE tenant = 'drill' AND event = 'cmk_destroyed'}),
+	qr/^poller: CMK reported destroyed.* \| poller: CMK destruction confirmed/, 'the audit log has both answers');
 rename($saved, keyring($node) . '/drill-cmk.key') or die;
 usleep(3 * $interval_ms * 1000);
 is($node->safe_psql('postgres', q{SELECT state FROM byok_stats() WHERE tenant = 'drill'}),

@@ -232,7 +232,8 @@ for my $prov ('aws-kms', 'vault-transit')
 	# deleted at the KMS: final
 	set_poll('200ms');
 	$P->{destroy}->($key);
-	ok(wait_state($node, $t, 'cmk_destroyed'), "$prov: a deleted key locks the tenant out for good");
+	ok(wait_state($node, $t, 'cmk_destroyed'), "$prov: a deleted key locks the tenant out");
+	ok(wait_destroyed($node, $t), "$prov: for good once a second poll confirms it");
 }
 
 # one poll round over 1,000 CMKs at 20 ms of latency each

@@ -151,7 +151,7 @@ set_module('/usr/lib/softhsm/libsofthsm2.so');
 
 # destroyed: final
 p11('destroy', 'hsm-cmk');
-ok(wait_state($node, 'hsm', 'cmk_destroyed'), 'a destroyed key locks the tenant out for good');
+ok(wait_destroyed($node, 'hsm'), 'a destroyed key locks the tenant out for good (confirmed by a second poll)');
 ($state, $err) = sql_error($node, q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'hsm'});
 is($state, 'YK004', 'nothing of it decrypts (YK004)');
 
