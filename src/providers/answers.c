@@ -11,7 +11,8 @@
  *     provider's own protocol that says so: AWS's JSON error with __type
  *     NotFoundException, Vault's JSON error envelope {"errors": [...]} on a
  *     404.  An error answer that is not the provider's (an HTML page from a
- *     proxy, an empty 404) is UNAVAILABLE: the provider was not reached.
+ *     proxy, an empty 404) is UNAVAILABLE: the provider was not reached;
+ *     one too deep or too long for the reader is a bad answer.
  *     (The poller then waits for a second such answer before it takes a
  *     destruction as final: cache/cmk.c.)
  *   - Codes and texts are printable ASCII, bounded (byok_text_sanitise), so
@@ -141,7 +142,9 @@ byok_aws_read_error(long http_status, const char *body, size_t len, ByokAnswer *
 		{"MissingAuthenticationTokenException", BYOK_KMS_PERMISSION},
 	};
 
-	if (!byok_json_pick(body, len, &pick) || pick.kinds[0] != BYOK_JSON_STRING)
+	if (!byok_json_pick(body, len, &pick) && pick.result != BYOK_JSON_SYNTAX)
+		return an_bad(a, "", pick.result);	/* JSON, but beyond the reader's bounds */
+	if (pick.result != BYOK_JSON_OK || pick.kinds[0] != BYOK_JSON_STRING)
 	{
 		byok_json_pick_wipe(&pick);
 		return an_not_provider(http_status, "AWS KMS", a);
@@ -199,7 +202,9 @@ byok_vault_read_error(long http_status, const char *body, size_t len, ByokAnswer
 	const char *msg;
 	ByokKmsStatus st;
 
-	if (!byok_json_pick(body, len, &pick) || pick.kinds[0] != BYOK_JSON_ARRAY)
+	if (!byok_json_pick(body, len, &pick) && pick.result != BYOK_JSON_SYNTAX)
+		return an_bad(a, "", pick.result);	/* JSON, but beyond the reader's bounds */
+	if (pick.result != BYOK_JSON_OK || pick.kinds[0] != BYOK_JSON_ARRAY)
 	{
 		byok_json_pick_wipe(&pick);
 		return an_not_provider(http_status, "Vault", a);

@@ -400,8 +400,17 @@ p11_op_scan(P11Call *call)
 		};
 
 		rv = p11.fn->C_GetAttributeValue(p11.session, handles[h], attrs, lengthof(attrs));
-		if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_BUFFER_TOO_SMALL)
-			continue;			/* destroyed meanwhile, or a label too long to match */
+		/*
+		 * One object that cannot be read (destroyed meanwhile, a label too
+		 * long to match, an attribute sensitive or unknown to the module) is
+		 * skipped, not the scan: were it the key asked about, the lookup by
+		 * label that confirms a missing key (p11_run) finds it.  A length the
+		 * module reports beyond the buffer is not believed.
+		 */
+		if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_BUFFER_TOO_SMALL ||
+			rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID ||
+			(rv == CKR_OK && attrs[0].ulValueLen > BYOK_MAX_KEY_REF))
+			continue;
 		if (rv != CKR_OK)
 		{
 			free(handles);

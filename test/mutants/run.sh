@@ -14,7 +14,8 @@
 #   from   <exact text, once in that file>      (leading tabs kept)
 #   to     <replacement text>
 #   suites regress:setup,security  isolation:revoke_running  tap:test/t/011_upgrade.pl  fuzz:keyrow
-#          standalone:format  (test/fuzz/format_test.c on src/crypto/format.c; NAME.c is found under src/)
+#          standalone:format  (test/fuzz/format_test.c on src/crypto/format.c; NAME.c is found under src/;
+#          standalone:json+answers builds json_test.c on json.c and answers.c)
 #          layout:tree  (test/layout_check.py on the mutated tree)
 # Run as root; PostgreSQL runs as the postgres OS user.
 set -u
@@ -44,15 +45,20 @@ run_suites() {
     failed_by=""
     for suite in $(sed -n 's/^suites //p' "$spec"); do
         kind=${suite%%:*}; list=${suite#*:}; list=${list//,/ }
-        # fuzz and standalone name a source file of src/ by its base name
-        csrc=$(find "$t/src" -name "$list.c" | head -n 1)
+        # fuzz and standalone name a source file of src/ by its base name;
+        # "json+answers" names the test (json) and every source it needs
+        csrc=""
+        for part in ${list//+/ }; do
+            csrc="$csrc $(find "$t/src" -name "$part.c" | head -n 1)"
+        done
+        list=${list%%+*}
         case $kind in
             regress)   args=(REGRESS="$list" ISOLATION= TAP_TESTS=) ;;
             isolation) args=(REGRESS= ISOLATION="$list" TAP_TESTS=) ;;
             tap)       args=(REGRESS= ISOLATION= PROVE_TESTS="$list") ;;
             fuzz)      # a libFuzzer target of test/fuzz, built from the mutated tree
                 if ! { clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-                           -I"$t/src" "$t/test/fuzz/${list}_fuzz.c" "${csrc:-$t/src/$list.c}" -lcrypto -o "$t/${list}_fuzz" \
+                           -I"$t/src" "$t/test/fuzz/${list}_fuzz.c" $csrc -lcrypto -o "$t/${list}_fuzz" \
                        && mkdir -p "$t/${list}_corpus" \
                        && "$t/${list}_fuzz" -max_total_time="${BYOK_MUTANT_FUZZ_SECONDS:-20}" -max_len=4096 -artifact_prefix="$t/" \
                            "$t/${list}_corpus" "$t/test/fuzz/${list}_corpus"; } >"$t/fuzz.log" 2>&1; then
@@ -61,7 +67,7 @@ run_suites() {
                 continue ;;
             standalone) # a standalone test of test/fuzz (NAME_test.c on src/NAME.c), ASan/UBSan
                 if ! { gcc -Wall -Wextra -g -fsanitize=address,undefined -fno-sanitize-recover=all \
-                           -I"$t/src" -I"$t/test/fuzz" "$t/test/fuzz/${list}_test.c" "${csrc:-$t/src/$list.c}" -lcrypto \
+                           -I"$t/src" -I"$t/test/fuzz" "$t/test/fuzz/${list}_test.c" $csrc -lcrypto \
                            -o "$t/${list}_test" \
                        && "$t/${list}_test" "$t/test/fuzz/corpus"; } >"$t/standalone.log" 2>&1; then
                     failed_by="$failed_by standalone:$list"

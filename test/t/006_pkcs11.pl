@@ -25,6 +25,7 @@ my @p11ctl = ("$dir/p11ctl", '--module', '/usr/lib/softhsm/libsofthsm2.so', '--t
 sub p11 { system(@p11ctl, @_) == 0 or die "p11ctl @_ failed"; }
 
 $ENV{P11SLOW_FLAG} = "$dir/stall";	# p11slow.so stalls while this file exists
+$ENV{P11SLOW_BENT} = "$dir/bent";	# and bends attribute answers while this one does
 p11('keygen', 'hsm-cmk');
 p11('keygen', 'other-cmk');
 my $node = byok_node('pkcs11', poll_interval => '200ms', conf => [
@@ -147,6 +148,27 @@ $bg->query_safe(q{SELECT byok_cache_flush('other')});
 is($bg->query_safe(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'}), '20',
 	'the process whose call was stuck uses the module again');
 $bg->quit;
+
+# a bent module: an object whose label cannot be read (CKR_ATTRIBUTE_SENSITIVE)
+# and one whose label length is a lie (100,000 bytes) are skipped, not the
+# poller's scan of the token
+p11('keygen', 'bent-sensitive');
+p11('keygen', 'bent-long');
+is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'hsm'}), '20', 'hsm reads (its key is polled)');
+open($fh, '>', "$dir/bent") or die;
+close $fh;
+my $r0 = sq(q{SELECT rounds FROM byok_poller_status()});
+ok($node->poll_query_until('postgres', "SELECT rounds >= $r0 + 3 FROM byok_poller_status()"),
+	'a bent module: the poller goes on');
+is(sq(q{SELECT string_agg(tenant || '=' || kms_status, ',' ORDER BY tenant) FROM byok_stats() WHERE tenant IN ('hsm', 'other')}),
+	'hsm=ok,other=ok', 'and its scan of the token still answers for every key');
+p11('disable', 'hsm-cmk');
+ok(wait_state($node, 'hsm', 'cmk_disabled'), 'a key disabled meanwhile is seen');
+p11('enable', 'hsm-cmk');
+ok(wait_state($node, 'hsm', 'active'), 'and enabled again');
+sq(q{SELECT byok_cache_flush('other')});
+is(sq(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'}), '20', 'a session unwraps through the bent module');
+unlink("$dir/bent");
 set_module('/usr/lib/softhsm/libsofthsm2.so');
 
 # destroyed: final
