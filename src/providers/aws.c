@@ -6,7 +6,8 @@
  * Operations: TrentService.Encrypt (wrap), Decrypt (unwrap) and DescribeKey
  * (state), each a POST of application/x-amz-json-1.1 to byok.aws_endpoint
  * (default https://kms.<byok.aws_region>.amazonaws.com/), signed with
- * Signature Version 4 by libcurl (CURLOPT_AWS_SIGV4).  key_ref is a key id,
+ * Signature Version 4 by byok itself (providers/sigv4.c: the secret never
+ * enters libcurl).  key_ref is a key id,
  * key ARN, alias/<name> or alias ARN.  Every Encrypt and Decrypt carries an
  * encryption context binding the tenant and the TK version, so a wrapped
  * key moved to another tenant does not decrypt.
@@ -44,13 +45,14 @@
 
 #include "guc.h"
 #include "providers/http.h"
+#include "providers/sigv4.h"
 
 #define AWS_WRAP_FORMAT 1
 
 typedef struct AwsCreds
 {
 	StringInfoData file;		/* the whole file: wiped */
-	char	   *userpwd;		/* "AKID:SECRET": wiped */
+	const char *secret;			/* into 'file' */
 	char	   *session_token;	/* or NULL: wiped */
 	char		akid[64];		/* the access key id (not secret) */
 } AwsCreds;
@@ -70,7 +72,7 @@ aws_creds_free(AwsCreds *c)
 		pfree(c->session_token);
 		c->session_token = NULL;
 	}
-	/* userpwd is handed to the call, which wipes it */
+	c->secret = NULL;
 }
 
 /* Trim spaces in place; returns the start. */
@@ -161,7 +163,7 @@ aws_load_creds(AwsCreds *c, ByokKmsError *err)
 		return false;
 	}
 	strlcpy(c->akid, akid, sizeof(c->akid));
-	c->userpwd = psprintf("%s:%s", akid, secret);
+	c->secret = secret;
 	return true;
 }
 
@@ -188,15 +190,13 @@ aws_classify(ByokHttpCall *call, ByokKmsError *err)
 }
 
 /*
- * Prepare a call of operation 'op' with credentials; false (err set) when
- * the set-up is wrong.
+ * Prepare a call of operation 'op' (a string constant); false (err set)
+ * when the set-up is wrong.  The caller builds the body, then signs the
+ * call (aws_sign).
  */
 static bool
 aws_prepare(ByokHttpCall *call, const char *op, ByokKmsError *err)
 {
-	AwsCreds	creds;
-	char		hdr[4096];
-
 	byok_http_call_init(call, "aws-kms");
 	if (!aws_endpoint(call->url, sizeof(call->url)))
 	{
@@ -206,24 +206,42 @@ aws_prepare(ByokHttpCall *call, const char *op, ByokKmsError *err)
 	}
 	if (!byok_http_url_allowed(call->url, err))
 		return false;
-	if (!aws_load_creds(&creds, err))
-		return false;
 	call->post = true;
 	call->classify = aws_classify;
-	snprintf(call->sigv4, sizeof(call->sigv4), "aws:amz:%s:kms", byok_aws_region);
-	call->userpwd = creds.userpwd;
-	call->headers = curl_slist_append(call->headers, "Content-Type: application/x-amz-json-1.1");
-	snprintf(hdr, sizeof(hdr), "X-Amz-Target: TrentService.%s", op);
-	call->headers = curl_slist_append(call->headers, hdr);
+	call->arg = (void *) op;
 	call->headers = curl_slist_append(call->headers, "Expect:");
-	if (creds.session_token)
-	{
-		snprintf(hdr, sizeof(hdr), "X-Amz-Security-Token: %s", creds.session_token);
-		call->headers = curl_slist_append(call->headers, hdr);
-		explicit_bzero(hdr, sizeof(hdr));
-	}
-	aws_creds_free(&creds);
 	return true;
+}
+
+/*
+ * Sign a prepared call whose body is complete, with the credentials read
+ * now (and wiped at once); false (err set) when they are missing or bad.
+ */
+static bool
+aws_sign(ByokHttpCall *call, ByokKmsError *err)
+{
+	AwsCreds	creds;
+	char		target[64];
+	ByokSigV4Request rq;
+	bool		ok;
+
+	if (!aws_load_creds(&creds, err))
+		return false;
+	snprintf(target, sizeof(target), "TrentService.%s", (const char *) call->arg);
+	memset(&rq, 0, sizeof(rq));
+	rq.url = call->url;
+	rq.region = byok_aws_region;
+	rq.service = "kms";
+	rq.target = target;
+	rq.content_type = "application/x-amz-json-1.1";
+	rq.body = call->body.data;
+	rq.body_len = call->body.len;
+	rq.akid = creds.akid;
+	rq.secret = creds.secret;
+	rq.token = creds.session_token;
+	ok = byok_sigv4_sign(&rq, &call->headers, err);
+	aws_creds_free(&creds);
+	return ok;
 }
 
 static void
@@ -273,6 +291,11 @@ aws_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int
 	explicit_bzero(b64, strlen(b64));
 	aws_context_json(&call.body, ctx);
 	appendStringInfoChar(&call.body, '}');
+	if (!aws_sign(&call, err))
+	{
+		byok_http_call_free(&call);
+		return err->status;
+	}
 
 	st = byok_http_run_one(&call, err);
 	if (st == BYOK_KMS_OK)
@@ -325,6 +348,11 @@ aws_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped,
 	appendStringInfoChar(&call.body, ',');
 	aws_context_json(&call.body, ctx);
 	appendStringInfoChar(&call.body, '}');
+	if (!aws_sign(&call, err))
+	{
+		byok_http_call_free(&call);
+		return err->status;
+	}
 
 	st = byok_http_run_one(&call, err);
 	if (st == BYOK_KMS_OK)
@@ -364,7 +392,7 @@ aws_state_prepare(ByokHttpCall *call, ByokKmsStateQuery *q)
 	appendStringInfoString(&call->body, "{\"KeyId\":");
 	byok_json_escape(&call->body, q->key_ref);
 	appendStringInfoChar(&call->body, '}');
-	return true;
+	return aws_sign(call, &q->err);
 }
 
 static const ByokHttpStateQuestion aws_state_question = {

@@ -19,7 +19,7 @@
  * (byok.kms_ca_file names the CA bundle); plain http:// is refused unless
  * byok.kms_allow_insecure is on.  Answers larger than 1 MiB are refused.
  *
- * Secrets and key lifetime.  Request bodies, answers, "AKID:SECRET" strings and secret files
+ * Secrets and key lifetime.  Request bodies, answers, token headers and secret files
  * may hold key material or credentials: they live in palloc'd buffers that
  * byok_http_call_free() and the callers wipe with explicit_bzero.  Error
  * texts carry only curl's error names, HTTP statuses and provider error
@@ -33,6 +33,7 @@
 
 #include <curl/curl.h>
 #include <fcntl.h>
+#include <openssl/ssl.h>
 #include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -62,11 +63,10 @@ static int	hc_pid = 0;
 static int	hc_limit = 0;		/* byok.kms_max_connections hc_multi was last given */
 
 /*
- * libcurl's own memory, wiped when it is freed or moved: its copies of
- * "AKID:SECRET", of the X-Vault-Token header, its SigV4 signing strings and
- * its receive buffers (an answer holding a tenant key) would otherwise stay
- * in freed heap memory.  (OpenSSL's record buffers, on https://, are
- * OpenSSL's: see README.)
+ * libcurl's own memory, wiped when it is freed or moved: its copies of the
+ * X-Vault-Token and X-Amz-Security-Token headers and its receive buffers (an answer holding a tenant key) would otherwise stay
+ * in freed heap memory.  OpenSSL's record buffers, on https://, are wiped
+ * by OpenSSL itself (SSL_OP_CLEANSE_PLAINTEXT, hc_ssl_ctx).
  */
 static void
 hc_mem_free(void *p)
@@ -121,6 +121,17 @@ hc_mem_strdup(const char *s)
 	return q;
 }
 
+/*
+ * Every TLS context libcurl makes: the decrypted answer (a tenant key) is
+ * wiped from OpenSSL's record buffer once curl has read it.
+ */
+static CURLcode
+hc_ssl_ctx(CURL *curl, void *ssl_ctx, void *arg)
+{
+	SSL_CTX_set_options((SSL_CTX *) ssl_ctx, SSL_OP_CLEANSE_PLAINTEXT);
+	return CURLE_OK;
+}
+
 static void
 hc_setup(void)
 {
@@ -169,12 +180,6 @@ byok_http_call_free(ByokHttpCall *call)
 {
 	hc_wipe(&call->body);
 	hc_wipe(&call->response);
-	if (call->userpwd)
-	{
-		explicit_bzero(call->userpwd, strlen(call->userpwd));
-		pfree(call->userpwd);
-		call->userpwd = NULL;
-	}
 	if (call->headers)
 	{
 		curl_slist_free_all(call->headers);
@@ -268,6 +273,7 @@ hc_start(ByokHttpCall *call, int64 remaining_us)
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (byok_kms_ca_file && byok_kms_ca_file[0])
 		curl_easy_setopt(e, CURLOPT_CAINFO, byok_kms_ca_file);
+	curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, hc_ssl_ctx);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "byok/1.0");
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
 	if (call->post)
@@ -278,11 +284,6 @@ hc_start(ByokHttpCall *call, int64 remaining_us)
 	}
 	else
 		curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-	if (call->sigv4[0])
-	{
-		curl_easy_setopt(e, CURLOPT_AWS_SIGV4, call->sigv4);
-		curl_easy_setopt(e, CURLOPT_USERPWD, call->userpwd);
-	}
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, hc_write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, call);

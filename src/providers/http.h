@@ -39,8 +39,6 @@ struct ByokHttpCall
 	bool		post;			/* POST with body, else GET */
 	StringInfoData body;		/* request body (may hold secrets: wiped) */
 	struct curl_slist *headers;
-	char		sigv4[128];		/* CURLOPT_AWS_SIGV4 value, or empty */
-	char	   *userpwd;		/* "AKID:SECRET" for SigV4 (wiped), or NULL */
 	ByokHttpClassify classify;
 	void	   *arg;			/* provider's own */
 

@@ -227,7 +227,10 @@ def memscan(pid, needles_path):
             for label, form, pat in pats:
                 i = data.find(pat)
                 while i >= 0 and len(found[label]) < 20:
-                    found[label].append([name, form, "0x%x" % (lo + i)])
+                    # what surrounds the hit, printable only, for the diagnosis
+                    around = data[max(0, i - 48):i + len(pat) + 48]
+                    found[label].append([name, form, "0x%x" % (lo + i),
+                                         "".join(chr(c) if 32 <= c < 127 else "." for c in around)])
                     i = data.find(pat, i + 1)
     print(json.dumps({"regions": regions, "bytes": nbytes, "found": found}, sort_keys=True))
 

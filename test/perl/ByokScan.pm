@@ -15,7 +15,7 @@ use JSON::PP;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(keyscan catalog_keys scan_places check_place);
+our @EXPORT = qw(keyscan catalog_keys scan_places check_place aws_tenant_key memscan_check);
 
 my $python = '/usr/bin/python3';    # the one with python3-cryptography
 my $script = File::Spec->rel2abs(dirname(__FILE__) . '/../kms/keyscan.py');
@@ -95,6 +95,39 @@ sub check_place
 	is(scalar(@leaks), 0, "$place: none of " . scalar(@{ $opts{secrets} }) . " secrets ($opts{what}) is there")
 	  or diag(join("\n", @leaks[ 0 .. ($#leaks < 9 ? $#leaks : 9) ]));
 	return scalar @leaks;
+}
+
+# The tenant key of aws-kms tenant $tenant (version 1, CMK $key) as hex,
+# from the KMS test server's own Decrypt (the customer's view of its key).
+sub aws_tenant_key
+{
+	my ($node, $kms, $tenant, $key) = @_;
+	my $wrapped = $node->safe_psql('postgres', qq{SELECT encode(substr(wrapped_key, 2), 'base64')
+		FROM byok.tenant_keys k JOIN byok.tenants t USING (tenant_id) WHERE t.name = '$tenant' AND k.version = 1});
+	$wrapped =~ s/\s+//g;
+	my $res = $kms->admin('POST', 'aws/decrypt', { CiphertextBlob => $wrapped, KeyId => $key,
+		EncryptionContext => { 'byok:tenant' => $tenant, 'byok:tk_version' => '1' } });
+	require MIME::Base64;
+	return unpack('H*', MIME::Base64::decode_base64($res->{Plaintext} // ''));
+}
+
+# Scan the private memory of live process $pid (keyscan.py memscan: heap,
+# stack, private mappings, never shared memory) for the needles { label =>
+# hex }: the label 'control', which the caller put into that memory, must be
+# found, and no other label.
+sub memscan_check
+{
+	my ($pid, $needles, $what, $dir) = @_;
+	my $npath = "$dir/memscan_needles.json";
+	open(my $fh, '>', $npath) or die "$npath: $!";
+	print $fh encode_json($needles);
+	close $fh;
+	my $r = decode_json(keyscan('memscan', $pid, $npath));
+	ok(@{ $r->{found}{control} } > 0, "$what: the scan finds the control in the backend's memory ($r->{bytes} bytes)");
+	my @hits = map { my $l = $_; map { "$l in $_->[0] ($_->[1], amid '$_->[3]')" } @{ $r->{found}{$l} } }
+	  grep { $_ ne 'control' } sort keys %{ $r->{found} };
+	is(join('; ', @hits), '', "$what: none of " . join(', ', grep { $_ ne 'control' } sort keys %$needles)
+		  . " in its private memory");
 }
 
 1;

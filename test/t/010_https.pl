@@ -13,6 +13,8 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 use ByokTest;
 use ByokKms;
+use ByokMore;
+use ByokScan;
 
 my $pki = PostgreSQL::Test::Utils::tempdir();
 system('bash', abs_path('test/kms/kmip_certs.sh'), $pki) == 0 or die 'kmip_certs.sh failed';
@@ -54,6 +56,24 @@ sq(q{CREATE TABLE t AS SELECT i, n AS tenant, byok_encrypt(n, 'value ' || i) AS 
 fresh();
 is(sq(q{SELECT count(*) FROM t WHERE byok_decrypt_text(c) = 'value ' || i}), '20',
 	'aws-kms and vault-transit round trips over verified HTTPS');
+
+# over TLS too, a backend keeps no tenant key or credential after its
+# unwraps: libcurl's freed memory is wiped, and OpenSSL wipes its record
+# buffers (SSL_OP_CLEANSE_PLAINTEXT)
+{
+	my $ctl = join('', map { sprintf('%02x', int(rand(256))) } 1 .. 32);
+	my $s = async_psql($node);
+	$s->run("SET byok_test.control = '$ctl'");
+	fresh();
+	# aws last: its answer (the tenant key the scan knows) is the last one read
+	is($s->run(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'vault'}) . ','
+		. $s->run(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'aws'}), '10,10',
+		'a backend unwraps both tenants over HTTPS');
+	memscan_check($s->pid, { tenant_key => aws_tenant_key($node, $kms, 'aws', $aws_key),
+		aws_secret => unpack('H*', $kms->{secret}), vault_token => unpack('H*', $kms->{token}), control => $ctl },
+		'after unwraps over HTTPS', PostgreSQL::Test::Utils::tempdir());
+	$s->quit;
+}
 
 # plain HTTP is refused: the same test server's plain http:// listener
 # (which serves the same API) as the endpoint, byok.kms_allow_insecure off

@@ -11,7 +11,6 @@
 use strict;
 use warnings;
 use JSON::PP;
-use MIME::Base64;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -178,30 +177,16 @@ is(sq(q{SELECT bool_and(coalesce(detail, '') !~ '[^\x20-\x7e]') FROM byok_valida
 
 # --- no tenant key or credential left in a backend's private memory ---------
 my $dir = PostgreSQL::Test::Utils::tempdir();
-my $wrapped = sq(q{SELECT encode(substr(wrapped_key, 2), 'base64') FROM byok.tenant_keys k
-	JOIN byok.tenants t USING (tenant_id) WHERE t.name = 'a1' AND k.version = 1});
-$wrapped =~ s/\s+//g;
-my $res = $kms->admin('POST', 'aws/decrypt', { CiphertextBlob => $wrapped, KeyId => $k1,
-	EncryptionContext => { 'byok:tenant' => 'a1', 'byok:tk_version' => '1' } });
-my $tk = unpack('H*', decode_base64($res->{Plaintext} // ''));
+my $tk = aws_tenant_key($node, $kms, 'a1', $k1);
 is(length($tk), 64, 'the test knows a1\'s tenant key (the customer\'s own decrypt)');
 my $ctl = join('', map { sprintf('%02x', int(rand(256))) } 1 .. 32);
 my %needles = (tenant_key => $tk, aws_secret => unpack('H*', $kms->{secret}),
 	vault_token => unpack('H*', $kms->{token}), control => $ctl);
-PostgreSQL::Test::Utils::append_to_file("$dir/needles.json", encode_json(\%needles));
 
 my $s = async_psql($node);
 # the control: a setting's value stays in the backend's own (malloc'd) memory
 $s->run("SET byok_test.control = '$ctl'");
-sub scan_backend
-{
-	my ($what) = @_;
-	my $r = decode_json(keyscan('memscan', $s->pid, "$dir/needles.json"));
-	ok(@{ $r->{found}{control} } > 0, "$what: the scan finds the control in the backend's memory ($r->{bytes} bytes)");
-	my @hits = map { my $l = $_; map { "$l in $_->[0] ($_->[1])" } @{ $r->{found}{$l} } }
-	  grep { $_ ne 'control' } sort keys %{ $r->{found} };
-	is(join('; ', @hits), '', "$what: no tenant key, AWS secret or Vault token in its private memory");
-}
+sub scan_backend { memscan_check($s->pid, \%needles, $_[0], $dir); }
 $s->run(q{SELECT byok_cache_flush('a1'), byok_cache_flush('t1')});
 is($s->run(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant IN ('a1', 't1')}), '20', 'a backend unwraps a1 and t1 (AWS, Vault)');
 scan_backend('after calls that succeed');

@@ -200,6 +200,8 @@ ktls_make_ctx(ByokKmsError *err)
 	}
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* an answer's plaintext (a tenant key) is wiped from OpenSSL's record buffer once read */
+	SSL_CTX_set_options(ctx, SSL_OP_CLEANSE_PLAINTEXT);
 
 	/* our certificate, then any chain certificates after it */
 	bio = BIO_new_mem_buf(cert.data, cert.len);
