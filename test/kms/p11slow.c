@@ -6,7 +6,7 @@
  * by $P11SLOW_BENT exists it also bends C_GetAttributeValue, as a buggy or
  * hostile module might: the label of an object labelled "bent-sensitive"
  * is refused (CKR_ATTRIBUTE_SENSITIVE), and the label length of one
- * labelled "bent-long" is reported as 100,000 bytes (beyond any buffer).
+ * labelled "bent-long" is reported as 1 GiB (beyond any buffer).
  * Built by softhsm_setup.sh next to p11ctl; the variables must be in the
  * server's environment.
  */
@@ -70,7 +70,7 @@ bent_get_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_P
 			return CKR_ATTRIBUTE_SENSITIVE;
 		}
 		if (t[i].ulValueLen == 9 && memcmp(t[i].pValue, "bent-long", 9) == 0)
-			t[i].ulValueLen = 100000;
+			t[i].ulValueLen = 1UL << 30;
 	}
 	return rv;
 }

@@ -150,7 +150,7 @@ is($bg->query_safe(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'other'
 $bg->quit;
 
 # a bent module: an object whose label cannot be read (CKR_ATTRIBUTE_SENSITIVE)
-# and one whose label length is a lie (100,000 bytes) are skipped, not the
+# and one whose label length is a lie (1 GiB) are skipped, not the
 # poller's scan of the token
 p11('keygen', 'bent-sensitive');
 p11('keygen', 'bent-long');

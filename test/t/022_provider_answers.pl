@@ -201,15 +201,26 @@ like($s->{err}, qr/YK008/, 'and another');
 $kms->clear_faults;
 scan_backend('after calls that fail');
 
-$kms->faults(api => 'aws', hang => JSON::PP::true);
-$s->run(q{SELECT byok_cache_flush('a1')});
-$s->clear;
-$s->send(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'a1';});
-usleep(300_000);
-sq('SELECT pg_cancel_backend(' . $s->pid . ')');
-ok(defined $s->wait_err(qr/57014/, 10), 'a hung call is cancelled (57014)');
-$kms->clear_faults;
-scan_backend('after a cancelled call');
+# cancelled calls: their headers hold a session token (AWS) and the Vault token
+my $session_token = 'tok' . join('', map { sprintf('%02x', int(rand(256))) } 1 .. 40);
+$needles{aws_session_token} = unpack('H*', $session_token);
+$kms->write_file($kms->{aws_creds}, "[default]\naws_access_key_id = $kms->{akid}\n"
+	  . "aws_secret_access_key = $kms->{secret}\naws_session_token = $session_token\n");
+for my $c ([ 'aws', 'a1' ], [ 'vault', 't1' ])
+{
+	my ($api, $t) = @$c;
+	$kms->faults(api => $api, hang => JSON::PP::true);
+	$s->run(qq{SELECT byok_cache_flush('$t')});
+	usleep(1_100_000);    # past the negative cache
+	$s->clear;
+	$s->send(qq{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = '$t';});
+	usleep(300_000);
+	sq('SELECT pg_cancel_backend(' . $s->pid . ')');
+	ok(defined $s->wait_err(qr/57014/, 10), "$api: a hung call is cancelled (57014)");
+	$kms->clear_faults;
+}
+scan_backend('after cancelled calls');
+$kms->write_creds($kms->{akid}, $kms->{secret});
 is($s->run('SELECT 42'), '42', 'the session answers afterwards');
 $s->quit;
 
