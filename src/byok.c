@@ -29,6 +29,7 @@
 #include "guc.h"
 #include "catalog/extdrop.h"
 #include "cache/cache.h"
+#include "cache/wal.h"
 #include "catalog/keystore.h"
 #include "providers/kms.h"
 #include "handles/handles.h"
@@ -125,6 +126,8 @@ _PG_init(void)
 	shmem_startup_hook = byok_shmem_startup;
 
 	byok_worker_register();
+	/* standbys replay administrators' changes into their shared memory */
+	byok_wal_register();
 
 	RegisterXactCallback(byok_xact_callback, NULL);
 	RegisterSubXactCallback(byok_subxact_callback, NULL);

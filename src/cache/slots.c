@@ -530,6 +530,62 @@ byok_tenant_apply_ledger(bool (*listed) (const char *fp))
 }
 
 /*
+ * A tenant state change or rekey replayed from the primary's WAL
+ * (cache/wal.c), in the startup process: the tenant's slot is made if it
+ * has none (with the new state), else its state changes and its keys are
+ * wiped as on the primary.  Never raises an error.
+ */
+void
+byok_tenant_replay(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
+				   ByokTenantState state, bool rekeyed)
+{
+	MemoryContext mcxt = CurrentMemoryContext;
+	ByokStateChange change;
+	bool		changed;
+	uint64		generation;
+	volatile int slot = -1;
+
+	PG_TRY();
+	{
+		slot = byok_tenant_attach(dboid, catalog, tenant_id, name, state, &generation);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(mcxt);
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	if (slot < 0)
+	{
+		ereport(WARNING,
+				(errmsg("byok: a change of tenant \"%s\" replayed from the primary could not be applied", name),
+				 errdetail("Every tenant slot is in use; a session makes the tenant's slot from the catalog once one is free."),
+				 errhint("Raise byok.max_tenants.")));
+		return;
+	}
+	if (rekeyed)
+	{
+		byok_tenant_rekeyed(slot, tenant_id);
+		return;
+	}
+	changed = false;
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (kc_slots[slot].in_use && kc_slots[slot].tenant_id == tenant_id &&
+		kc_slots[slot].dboid == dboid && kc_slots[slot].catalog == catalog &&
+		pg_atomic_read_u32(&kc_slots[slot].state) != state)
+	{
+		kc_change_state(slot, state, "replayed from the primary", GetCurrentTimestamp(), &change);
+		changed = true;
+	}
+	LWLockRelease(kc_lock);
+	if (changed)
+		ereport(LOG,
+				(errmsg("byok: tenant \"%s\" is now %s", name, byok_tenant_state_name(state)),
+				 errdetail_internal("replayed from the primary; was %s; %d cached keys wiped",
+									byok_tenant_state_name(change.old_state), change.purged)));
+}
+
+/*
  * The tenant's keys changed (TK rotated, moved to another CMK): wipe its
  * cached keys, bump its generation and forget its CMK, so the next unwrap
  * registers the CMK now in use with the poller.  Takes the lock exclusive.

@@ -49,6 +49,8 @@ typedef struct KsPending
 {
 	int			slot;
 	int32		tenant_id;
+	Oid			catalog;		/* schema byok, for the WAL record */
+	char		name[NAMEDATALEN];
 	ByokTenantState state;
 	bool		rekeyed;		/* no state change: wipe its keys, forget its CMK */
 	SubTransactionId subid;

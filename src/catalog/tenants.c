@@ -43,6 +43,7 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
+#include "cache/wal.h"
 #include "catalog/catalog_internal.h"
 #include "crypto/envelope.h"
 #include "guc.h"
@@ -183,6 +184,8 @@ byok_keystore_set_revoked(const char *tenant, bool revoke)
 	p = palloc(sizeof(KsPending));
 	p->slot = t.slot;
 	p->tenant_id = t.tenant_id;
+	p->catalog = byok_keystore_catalog();
+	strlcpy(p->name, t.name, sizeof(p->name));
 	p->state = revoke ? BYOK_TENANT_REVOKED : BYOK_TENANT_ACTIVE;
 	p->rekeyed = false;
 	p->subid = GetCurrentSubTransactionId();
@@ -201,6 +204,7 @@ byok_keystore_cache_flush(const char *tenant)
 	KsTenant	t;
 	int			purged = 0;
 	char		detail[64];
+	int32		flushed;
 	bool		can_write = !RecoveryInProgress() && !XactReadOnly;
 
 	ks_enter(&acc);
@@ -215,6 +219,9 @@ byok_keystore_cache_flush(const char *tenant)
 	}
 	else
 		purged = byok_cache_flush_database(MyDatabaseId);
+	/* the standbys wipe the same keys (cache/wal.c; nothing on a standby itself) */
+	flushed = tenant ? t.tenant_id : 0;
+	byok_wal_flush(MyDatabaseId, flushed ? byok_keystore_catalog() : InvalidOid, flushed, false);
 	snprintf(detail, sizeof(detail), "%d cache entries wiped", purged);
 	if (can_write)
 		ks_event(tenant ? t.tenant_id : 0, tenant, "cache_flushed", NULL, 0, NULL, NULL, detail);
@@ -490,6 +497,8 @@ byok_keystore_destroy(const char *tenant)
 	p = palloc(sizeof(KsPending));
 	p->slot = t.slot;
 	p->tenant_id = t.tenant_id;
+	p->catalog = byok_keystore_catalog();
+	strlcpy(p->name, t.name, sizeof(p->name));
 	p->state = BYOK_TENANT_CMK_DESTROYED;
 	p->rekeyed = false;
 	p->subid = GetCurrentSubTransactionId();

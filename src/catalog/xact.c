@@ -36,6 +36,7 @@
 #include "miscadmin.h"
 #include "utils/memutils.h"
 
+#include "cache/wal.h"
 #include "catalog/catalog_internal.h"
 #include "catalog/ledger.h"
 
@@ -58,6 +59,8 @@ ks_pending_rekeyed(KsTenant *t)
 	p = palloc(sizeof(KsPending));
 	p->slot = t->slot;
 	p->tenant_id = t->tenant_id;
+	p->catalog = byok_keystore_catalog();
+	strlcpy(p->name, t->name, sizeof(p->name));
 	p->state = BYOK_TENANT_ACTIVE;
 	p->rekeyed = true;
 	p->subid = GetCurrentSubTransactionId();
@@ -74,8 +77,29 @@ ks_pending_rekeyed(KsTenant *t)
 void
 byok_keystore_pre_commit(void)
 {
+	ListCell   *lc;
+
 	if (ks_ledger_lines != NULL && ks_ledger_lines->len > 0)
 		byok_ledger_append(ks_ledger_lines->data);
+	/*
+	 * What this commit changes, for the standbys (cache/wal.c): in the same
+	 * WAL flush as the commit record, so no standby sees one without the
+	 * other.
+	 */
+	foreach(lc, ks_pending)
+	{
+		KsPending  *p = lfirst(lc);
+
+		if (p->rekeyed)
+			byok_wal_tenant_rekeyed(MyDatabaseId, p->catalog, p->tenant_id, p->name);
+		else
+			byok_wal_tenant_state(MyDatabaseId, p->catalog, p->tenant_id, p->name, p->state);
+	}
+	/* (a whole database: no catalog lookup, the extension may be dropping) */
+	if (ks_flush_at_commit)
+		byok_wal_flush(MyDatabaseId, InvalidOid, 0, true);
+	if (ks_bump_epoch || ks_flush_at_commit)
+		byok_wal_epoch();
 }
 
 /*

@@ -149,8 +149,16 @@ byok_aws_read_error(long http_status, const char *body, size_t len, ByokAnswer *
 		byok_json_pick_wipe(&pick);
 		return an_not_provider(http_status, "AWS KMS", a);
 	}
-	type = strrchr(pick.values[0], '#');
-	type = type ? type + 1 : pick.values[0];
+	/* AWS JSON 1.1: cut at the first ':', then take what follows the first '#' */
+	{
+		char	   *t = (char *) pick.values[0];
+		char	   *colon = strchr(t, ':');
+
+		if (colon)
+			*colon = '\0';
+		type = strchr(t, '#');
+		type = type ? type + 1 : t;
+	}
 	msg = pick.kinds[1] == BYOK_JSON_STRING ? pick.values[1] :
 		pick.kinds[2] == BYOK_JSON_STRING ? pick.values[2] : "";
 	if (http_status == 429)

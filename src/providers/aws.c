@@ -142,7 +142,15 @@ aws_load_creds(AwsCreds *c, ByokKmsError *err)
 		else if (strcmp(l, "aws_secret_access_key") == 0)
 			secret = aws_trim(eq + 1);
 		else if (strcmp(l, "aws_session_token") == 0)
+		{
+			/* a repeated line: the last one counts, the earlier copy is wiped */
+			if (c->session_token)
+			{
+				explicit_bzero(c->session_token, strlen(c->session_token));
+				pfree(c->session_token);
+			}
 			c->session_token = pstrdup(aws_trim(eq + 1));
+		}
 	}
 	if (akid == NULL || secret == NULL || akid[0] == '\0' || secret[0] == '\0')
 	{
@@ -209,7 +217,7 @@ aws_prepare(ByokHttpCall *call, const char *op, ByokKmsError *err)
 	call->post = true;
 	call->classify = aws_classify;
 	call->arg = (void *) op;
-	call->headers = curl_slist_append(call->headers, "Expect:");
+	byok_http_header(call, "Expect:");
 	return true;
 }
 
@@ -265,7 +273,53 @@ aws_check_key_ref(const char *key_ref, ByokKmsError *err)
 							   "An AWS KMS key reference is a key id, key ARN or alias without spaces or quotes.");
 			return err->status;
 		}
+	/*
+	 * An ARN of another region would be answered NotFoundException by this
+	 * region's endpoint: a configuration error, never a destroyed key.
+	 */
+	if (strncmp(key_ref, "arn:", 4) == 0)
+	{
+		const char *part = strchr(key_ref + 4, ':');	/* after the partition */
+		const char *region = part && strncmp(part, ":kms:", 5) == 0 ? part + 5 : NULL;
+		const char *end = region ? strchr(region, ':') : NULL;
+
+		if (end == NULL || byok_aws_region == NULL ||
+			strlen(byok_aws_region) != (size_t) (end - region) ||
+			strncmp(region, byok_aws_region, end - region) != 0)
+		{
+			byok_kms_set_error(err, BYOK_KMS_CONFIG, "WRONG_REGION",
+							   "The key ARN does not name a KMS key of region %s (byok.aws_region).",
+							   byok_aws_region ? byok_aws_region : "");
+			return err->status;
+		}
+	}
 	return BYOK_KMS_OK;
+}
+
+/*
+ * AWS answers NotFoundException for a missing alias too, while the key it
+ * named may live on (renamed, deleted alias): for an alias that is a
+ * lockout that ends when the alias names a key again, never a final
+ * destruction.
+ */
+static bool
+aws_is_alias(const char *key_ref)
+{
+	return strncmp(key_ref, "alias/", 6) == 0 ||
+		(strncmp(key_ref, "arn:", 4) == 0 && strstr(key_ref, ":alias/") != NULL);
+}
+
+static ByokKmsStatus
+aws_alias_not_final(const char *key_ref, ByokKmsStatus st, ByokKmsError *err)
+{
+	if (st == BYOK_KMS_DESTROYED && aws_is_alias(key_ref))
+	{
+		err->status = BYOK_KMS_DISABLED;
+		snprintf(err->message, sizeof(err->message),
+				 "The alias names no key (deleted or renamed): locked out until it names one again.");
+		return BYOK_KMS_DISABLED;
+	}
+	return st;
 }
 
 static ByokKmsStatus
@@ -297,7 +351,7 @@ aws_wrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *plain, int
 		return err->status;
 	}
 
-	st = byok_http_run_one(&call, err);
+	st = aws_alias_not_final(key_ref, byok_http_run_one(&call, err), err);
 	if (st == BYOK_KMS_OK)
 	{
 		int			n = -1;
@@ -354,7 +408,7 @@ aws_unwrap(const char *key_ref, const ByokKmsContext *ctx, const uint8 *wrapped,
 		return err->status;
 	}
 
-	st = byok_http_run_one(&call, err);
+	st = aws_alias_not_final(key_ref, byok_http_run_one(&call, err), err);
 	if (st == BYOK_KMS_OK)
 	{
 		int			n = -1;
@@ -395,9 +449,16 @@ aws_state_prepare(ByokHttpCall *call, ByokKmsStateQuery *q)
 	return aws_sign(call, &q->err);
 }
 
+static bool
+aws_not_found_final(const char *key_ref)
+{
+	return !aws_is_alias(key_ref);
+}
+
 static const ByokHttpStateQuestion aws_state_question = {
 	.prepare = aws_state_prepare,
 	.read = aws_state_read,
+	.not_found_final = aws_not_found_final,
 };
 
 /* The poller's batch: every DescribeKey at once over the shared connections. */

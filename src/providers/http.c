@@ -78,15 +78,19 @@ hc_mem_free(void *p)
 	}
 }
 
+static uint64 hc_mallocs = 0;	/* blocks libcurl asked for (the probe below) */
+
 static void *
 hc_mem_malloc(size_t n)
 {
+	hc_mallocs++;
 	return malloc(n);
 }
 
 static void *
 hc_mem_calloc(size_t nmemb, size_t size)
 {
+	hc_mallocs++;
 	return calloc(nmemb, size);
 }
 
@@ -103,6 +107,7 @@ hc_mem_realloc(void *p, size_t n)
 		return NULL;
 	}
 	/* never in place: the old block is wiped, not left behind */
+	hc_mallocs++;
 	if ((q = malloc(n)) == NULL)
 		return NULL;
 	memcpy(q, p, Min(n, malloc_usable_size(p)));
@@ -116,6 +121,7 @@ hc_mem_strdup(const char *s)
 	size_t		n = strlen(s) + 1;
 	char	   *q = malloc(n);
 
+	hc_mallocs++;
 	if (q != NULL)
 		memcpy(q, s, n);
 	return q;
@@ -141,6 +147,22 @@ hc_setup(void)
 		curl_global_init_mem(CURL_GLOBAL_DEFAULT, hc_mem_malloc, hc_mem_free, hc_mem_realloc,
 							 hc_mem_strdup, hc_mem_calloc) != CURLE_OK)
 		elog(ERROR, "could not initialize libcurl");
+	if (hc_pid == 0)
+	{
+		/*
+		 * libcurl ignores the allocator when another library of this process
+		 * initialised it first: a probe allocation tells.
+		 */
+		uint64		before = hc_mallocs;
+		struct curl_slist *probe = curl_slist_append(NULL, "byok");
+
+		curl_slist_free_all(probe);
+		if (hc_mallocs == before)
+			ereport(WARNING,
+					(errmsg("byok: libcurl was initialised before byok, so the memory it frees is not wiped"),
+					 errdetail("Another library of this server process initialised libcurl first; copies of provider tokens and answers may stay in freed memory."),
+					 errhint("Load byok before other libraries that use libcurl in shared_preload_libraries.")));
+	}
 	/* after a fork the parent's handle is not ours to clean up: start afresh */
 	hc_multi = curl_multi_init();
 	if (hc_multi == NULL)
@@ -172,6 +194,21 @@ hc_wipe(StringInfo s)
 	s->len = 0;
 	if (s->data)
 		s->data[0] = '\0';
+}
+
+/*
+ * Add a request header.  Out of memory, the list stays as it was (and is
+ * wiped with the call) and the call fails instead of going out without it.
+ */
+void
+byok_http_header(ByokHttpCall *call, const char *header)
+{
+	struct curl_slist *grown = curl_slist_append(call->headers, header);
+
+	if (grown == NULL)
+		call->headers_lost = true;
+	else
+		call->headers = grown;
 }
 
 /* Wipe and release everything a call holds. */
@@ -274,6 +311,12 @@ hc_start(ByokHttpCall *call, int64 remaining_us)
 	if (byok_kms_ca_file && byok_kms_ca_file[0])
 		curl_easy_setopt(e, CURLOPT_CAINFO, byok_kms_ca_file);
 	curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, hc_ssl_ctx);
+	/*
+	 * HTTP/1.1 only: with HTTP/2, nghttp2 would keep the token headers in its
+	 * HPACK table and curl decrypted frames in a connection buffer, both
+	 * outside the wiping allocator and alive as long as the connection.
+	 */
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "byok/1.0");
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
 	if (call->post)
@@ -448,6 +491,15 @@ byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms)
 		{
 			calls[i]->attempts = 0;
 			calls[i]->easy = NULL;
+			if (calls[i]->headers_lost)
+			{
+				calls[i]->state = CALL_DONE;
+				calls[i]->done_at = GetCurrentTimestamp();
+				calls[i]->result = BYOK_KMS_CONFIG;
+				byok_kms_set_error(&calls[i]->err, BYOK_KMS_CONFIG, "OUT_OF_MEMORY",
+								   "A request header could not be added.");
+				continue;
+			}
 			hc_start(calls[i], deadline - GetCurrentTimestamp());
 		}
 		for (;;)
@@ -538,7 +590,8 @@ hc_state_read(ByokHttpCall *call, ByokKmsStateQuery *q, const ByokHttpStateQuest
 	q->err = call->err;
 	if (st == BYOK_KMS_DESTROYED)
 	{
-		q->state = BYOK_KEY_DESTROYED;
+		q->state = question->not_found_final == NULL || question->not_found_final(q->key_ref) ?
+			BYOK_KEY_DESTROYED : BYOK_KEY_DISABLED;
 		return BYOK_KMS_OK;
 	}
 	if (st != BYOK_KMS_OK)
@@ -706,12 +759,26 @@ byok_read_secret_file(const char *path, const char *what, StringInfo out, ByokKm
 	 */
 	enlargeStringInfo(out, (int) st.st_size + 1);
 	left = st.st_size;
-	while (left > 0 && (n = read(fd, buf, (size_t) Min((off_t) sizeof(buf), left))) > 0)
+	while (left > 0)
 	{
+		n = read(fd, buf, (size_t) Min((off_t) sizeof(buf), left));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
 		appendBinaryStringInfo(out, buf, n);
 		left -= n;
 	}
 	explicit_bzero(buf, sizeof(buf));
 	close(fd);
+	if (left > 0)
+	{
+		/* a read error, or a file cut short meanwhile: nothing half-read is used */
+		explicit_bzero(out->data, out->maxlen);
+		resetStringInfo(out);
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_CREDENTIALS_FILE",
+						   "%s \"%s\" could not be read whole.", what, path);
+		return false;
+	}
 	return true;
 }

@@ -57,10 +57,12 @@ struct ByokHttpCall
 	int64		retry_at;
 	int64		retry_after_us;
 	char		errbuf[256];	/* curl's own error detail (CURL_ERROR_SIZE) */
+	bool		headers_lost;	/* a header could not be added (out of memory) */
 };
 
 extern void byok_http_call_init(ByokHttpCall *call, const char *provider);
 extern void byok_http_call_free(ByokHttpCall *call);
+extern void byok_http_header(ByokHttpCall *call, const char *header);
 extern void byok_http_perform(ByokHttpCall **calls, int n, int timeout_ms);
 extern bool byok_http_url_allowed(const char *url, ByokKmsError *err);
 extern ByokKmsStatus byok_http_run_one(ByokHttpCall *call, ByokKmsError *err);
@@ -76,6 +78,8 @@ typedef struct ByokHttpStateQuestion
 	bool		(*prepare) (ByokHttpCall *call, ByokKmsStateQuery *query);
 	ByokKmsStatus (*read) (const char *body, size_t len, int32 version_hint,
 						   ByokKeyState *state, ByokAnswer *a);
+	/* NULL, or false when "not found" for this key_ref is only a lockout (disabled) */
+	bool		(*not_found_final) (const char *key_ref);
 } ByokHttpStateQuestion;
 
 extern void byok_http_key_state_many(ByokKmsStateQuery *queries, int n,

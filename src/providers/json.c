@@ -313,11 +313,12 @@ jr_enter(JsonReader *r, const char *seg, size_t n, bool seg_lost)
 {
 	JrLevel    *lv = &r->lv[r->depth - 1];
 	size_t		at = lv->base;
+	bool		sep = r->depth > 1; /* members of the root have no "." before them */
 
-	r->lost = lv->lost || seg_lost || at + (at > 0) + n > BYOK_JSON_MAX_PATH;
+	r->lost = lv->lost || seg_lost || at + sep + n > BYOK_JSON_MAX_PATH;
 	if (!r->lost)
 	{
-		if (at > 0)
+		if (sep)
 			r->path[at++] = '.';
 		memcpy(r->path + at, seg, n);
 		at += n;
@@ -424,7 +425,7 @@ jr_scalar(JsonReader *r, int m)
 	if (m < 0)
 		return BYOK_JSON_OK;
 	if (overflow)
-		return BYOK_JSON_TOO_LONG;
+		return (size_t) n <= BYOK_JSON_MAX_VALUE ? BYOK_JSON_STORE_FULL : BYOK_JSON_TOO_LONG;
 	out[n] = '\0';
 	pick->values[m] = out;
 	pick->lens[m] = (size_t) n;
@@ -581,6 +582,7 @@ byok_json_result_text(ByokJsonResult result)
 		"JSON nested more than 32 levels deep",
 		"a JSON value longer than 8192 bytes",
 		"a JSON field given twice",
+		"JSON values longer than 16384 bytes together",
 	};
 
 	if (result < 0 || result >= BYOK_JSON_RESULT_COUNT)

@@ -38,6 +38,7 @@ typedef enum ByokJsonResult
 	BYOK_JSON_TOO_DEEP,			/* nested deeper than BYOK_JSON_MAX_DEPTH */
 	BYOK_JSON_TOO_LONG,			/* a picked value longer than BYOK_JSON_MAX_VALUE */
 	BYOK_JSON_DUPLICATE,		/* a picked field appears twice */
+	BYOK_JSON_STORE_FULL,		/* the picked values exceed BYOK_JSON_STORE together */
 	BYOK_JSON_RESULT_COUNT
 } ByokJsonResult;
 

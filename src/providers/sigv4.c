@@ -113,6 +113,20 @@ byok_sigv4_sign(const ByokSigV4Request *rq, struct curl_slist **headers, ByokKms
 	host[hlen] = '\0';
 	if (path == NULL)
 		path = "/";
+	/*
+	 * What is signed must be what libcurl sends: no user name or password
+	 * (it would travel in the Host header), no query or fragment, no dot
+	 * segments (curl removes them), nothing the canonical URI would encode.
+	 */
+	if (strchr(host, '@') != NULL || strpbrk(path, "?#%") != NULL ||
+		strstr(path, "/./") != NULL || strstr(path, "/../") != NULL ||
+		(strlen(path) >= 2 && strcmp(path + strlen(path) - 2, "/.") == 0) ||
+		(strlen(path) >= 3 && strcmp(path + strlen(path) - 3, "/..") == 0))
+	{
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "BAD_URL",
+						   "The AWS KMS endpoint URL must be scheme://host[:port]/path, without user name, query, fragment, escapes or dot segments.");
+		return false;
+	}
 	gmtime_r(&now, &tm);
 	strftime(amz_date, sizeof(amz_date), "%Y%m%dT%H%M%SZ", &tm);
 	memcpy(date, amz_date, 8);
@@ -150,16 +164,22 @@ byok_sigv4_sign(const ByokSigV4Request *rq, struct curl_slist **headers, ByokKms
 	explicit_bzero(k2, sizeof(k2));
 	if (!ok)
 	{
+		explicit_bzero(buf.data, buf.maxlen);	/* the canonical request holds the token */
 		pfree(buf.data);
 		byok_kms_set_error(err, BYOK_KMS_CONFIG, "SIGNING", "The request could not be signed.");
 		return false;
 	}
 
+	/* a header list that cannot grow (out of memory) fails the call */
 #define SV_HEADER(...) \
 	do { \
+		struct curl_slist *grown; \
 		resetStringInfo(&buf); \
 		appendStringInfo(&buf, __VA_ARGS__); \
-		*headers = curl_slist_append(*headers, buf.data); \
+		if (ok && (grown = curl_slist_append(*headers, buf.data)) != NULL) \
+			*headers = grown; \
+		else \
+			ok = false; \
 	} while (0)
 	SV_HEADER("Content-Type: %s", rq->content_type);
 	SV_HEADER("Host: %s", host);
@@ -173,5 +193,7 @@ byok_sigv4_sign(const ByokSigV4Request *rq, struct curl_slist **headers, ByokKms
 	/* the buffer held the session token */
 	explicit_bzero(buf.data, buf.maxlen);
 	pfree(buf.data);
-	return true;
+	if (!ok)
+		byok_kms_set_error(err, BYOK_KMS_CONFIG, "OUT_OF_MEMORY", "The request's headers could not be built.");
+	return ok;
 }

@@ -139,17 +139,17 @@ vt_prepare(ByokHttpCall *call, const char *path, const char *key_ref, bool post,
 		return false;
 	}
 	snprintf(hdr, sizeof(hdr), "X-Vault-Token: %s", tok.data);
-	call->headers = curl_slist_append(call->headers, hdr);
+	byok_http_header(call, hdr);
 	explicit_bzero(hdr, sizeof(hdr));
 	explicit_bzero(tok.data, tok.maxlen);
 	pfree(tok.data);
 	if (byok_vault_namespace && byok_vault_namespace[0])
 	{
 		snprintf(hdr, sizeof(hdr), "X-Vault-Namespace: %s", byok_vault_namespace);
-		call->headers = curl_slist_append(call->headers, hdr);
+		byok_http_header(call, hdr);
 	}
-	call->headers = curl_slist_append(call->headers, "Content-Type: application/json");
-	call->headers = curl_slist_append(call->headers, "Expect:");
+	byok_http_header(call, "Content-Type: application/json");
+	byok_http_header(call, "Expect:");
 	call->post = post;
 	call->classify = vt_classify;
 	return true;

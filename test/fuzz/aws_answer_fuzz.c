@@ -3,7 +3,8 @@
  * (src/providers/answers.c over src/providers/json.c): every input is read
  * as an error answer, a DescribeKey answer, an Encrypt and a Decrypt
  * answer; see answer_fuzz.h for the checks.  "Destroyed" must only come
- * from a JSON error whose __type names NotFoundException.
+ * from a JSON error whose __type names NotFoundException (AWS JSON 1.1:
+ * before the first ':', after the first '#').
  *
  *	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -Itest/fuzz \
  *		test/fuzz/aws_answer_fuzz.c src/providers/json.c src/providers/answers.c -o aws_answer_fuzz
@@ -35,8 +36,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		af_pick.npaths = 1;
 		af_pick.paths[0] = "__type";
 		AF_ASSERT(byok_json_pick(body, len, &af_pick) && af_pick.kinds[0] == BYOK_JSON_STRING);
-		type = strrchr(af_pick.values[0], '#');
-		AF_ASSERT(strcmp(type ? type + 1 : af_pick.values[0], "NotFoundException") == 0);
+		{
+			char	   *t = (char *) af_pick.values[0];
+			char	   *colon = strchr(t, ':');
+
+			if (colon)
+				*colon = '\0';
+			type = strchr(t, '#');
+			AF_ASSERT(strcmp(type ? type + 1 : t, "NotFoundException") == 0);
+		}
 		AF_ASSERT(status != 429 && status < 500);
 		byok_json_pick_wipe(&af_pick);
 	}

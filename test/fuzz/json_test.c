@@ -77,6 +77,13 @@ test_reader(void)
 	/* a field of the same name at another depth is not the one asked for */
 	v = pick1("{\"KeyState\":\"Enabled\",\"KeyMetadata\":{\"KeyState\":\"Disabled\"}}", "KeyMetadata.KeyState", &ok);
 	CHECK(ok && v && strcmp(v, "Disabled") == 0);
+	/* an empty name is a level of its own: {"": {"Plaintext": …}} is not "Plaintext" */
+	v = pick1("{\"\":{\"Plaintext\":\"x\"}}", "Plaintext", &ok);
+	CHECK(ok && v == NULL);
+	v = pick1("{\"\":{\"Plaintext\":\"x\"}}", ".Plaintext", &ok);
+	CHECK(ok && v && strcmp(v, "x") == 0);
+	v = pick1("[[\"x\"]]", "0.0", &ok);
+	CHECK(ok && v && strcmp(v, "x") == 0);
 	/* a name holding the separator matches nothing */
 	v = pick1("{\"KeyMetadata.KeyState\":\"Enabled\"}", "KeyMetadata.KeyState", &ok);
 	CHECK(ok && v == NULL);
@@ -167,7 +174,7 @@ test_reader(void)
 		p->paths[1] = "b";
 		p->paths[2] = "c";
 		ok = byok_json_pick(big, n, p);
-		CHECK(!ok && p->result == BYOK_JSON_TOO_LONG);
+		CHECK(!ok && p->result == BYOK_JSON_STORE_FULL);
 		n = sprintf(big, "{\"a\":\"%s\",\"b\":\"%s\"}", val, val);
 		ok = byok_json_pick(big, n, p);
 		CHECK(ok && p->lens[0] == 8000 && p->lens[1] == 8000 && p->values[2] == NULL);
@@ -212,6 +219,11 @@ test_answers(void)
 	CHECK(AWS_ERR(400, "{\"__type\":\"ThrottlingException\"}") == BYOK_KMS_THROTTLED);
 	CHECK(AWS_ERR(400, "{\"__type\":\"AccessDeniedException\"}") == BYOK_KMS_PERMISSION);
 	CHECK(AWS_ERR(400, "{\"__type\":\"InvalidCiphertextException\"}") == BYOK_KMS_BAD_RESPONSE);
+	/* AWS JSON 1.1: the type is cut at the first ':', then taken after the first '#' */
+	CHECK(AWS_ERR(400, "{\"__type\":\"ThrottlingException:http://internal.amazon.com/coral/com.amazon.coral.availability/\"}") == BYOK_KMS_THROTTLED &&
+		  strcmp(a.code, "ThrottlingException") == 0);
+	CHECK(AWS_ERR(400, "{\"__type\":\"aws.protocoltests#NotFoundException:http://x\"}") == BYOK_KMS_DESTROYED);
+	CHECK(AWS_ERR(400, "{\"\":{\"__type\":\"NotFoundException\"}}") == BYOK_KMS_UNAVAILABLE);
 	CHECK(AWS_ERR(500, "{\"__type\":\"KMSInternalException\"}") == BYOK_KMS_UNAVAILABLE);
 	CHECK(AWS_ERR(503, "{\"__type\":\"NotFoundException\"}") == BYOK_KMS_UNAVAILABLE);
 	/* not AWS's answer: never destroyed, never a lockout */

@@ -49,6 +49,8 @@ ADMIN API (no auth, JSON)
       answers bent as bend_kind says: nested, huge_type, ctl_type, bad_utf8,
       html_404, json_404, dup_state; see Handler._send_bent); optional scope
       "key" (id/ARN/alias/Vault name) and "api" ("aws"|"vault"); {"clear": true}
+  POST /__admin/aws/aliases/<alias/name>/delete: the customer deletes an alias;
+      .../restore {"key": id} points it at a key again
   POST /__admin/aws/decrypt: a Decrypt request's answer, without auth, faults or
       statistics (the customer's own view, for tests that must know a tenant key)
   GET /__admin/stats, POST /__admin/stats/reset: calls per op and per key
@@ -828,6 +830,21 @@ class App:
             return 200, self.stats.snapshot()
         if path == "/__admin/stats/reset" and post:
             self.stats.reset()
+            return 200, {"ok": True}
+        m = re.match(r"^/__admin/aws/aliases/(alias/.+)/delete$", path)
+        if m and post:
+            # the customer deletes an alias (the key it named lives on)
+            with s.lock:
+                found = s.aliases.pop(m.group(1), None) is not None
+                s.save()
+            return (200, {"ok": True}) if found else (404, {"error": "no such alias"})
+        m = re.match(r"^/__admin/aws/aliases/(alias/.+)/restore$", path)
+        if m and post:
+            with s.lock:
+                if req.get("key") not in s.aws:
+                    return 404, {"error": "no such key"}
+                s.aliases[m.group(1)] = req["key"]
+                s.save()
             return 200, {"ok": True}
         if path == "/__admin/aws/decrypt" and post:
             # the customer's own view of a wrapped key (a test's oracle for memory scans): the

@@ -162,6 +162,28 @@ is(sq(qq{SELECT string_agg(event || ': ' || split_part(detail, ';', 1), ' | ' OR
 is(sq(q{SELECT state FROM byok_stats() WHERE tenant = 't1'}), 'active', 't1 is active');
 ok(reads_again('t1'), 'and reads');
 
+# --- AWS "not found" that is not a destroyed key --------------------------------
+# an alias deleted while its key lives on: a lockout that ends when the alias
+# names a key again, never a final destruction
+my $made = $kms->admin('POST', 'create', { kind => 'aws', count => 1, alias_prefix => 'alias/bentalias' });
+my $alias = 'alias/bentalias0';
+sq("SELECT byok_create_tenant('al', 'aws-kms', '$alias')");
+sq(q{INSERT INTO t SELECT 'al', i, byok_encrypt('al', 'al value ' || i) FROM generate_series(1, 10) i});
+is(reads('al'), '10', 'a tenant on an alias reads');
+$kms->admin('POST', "aws/aliases/$alias/delete", {});
+ok(wait_state($node, 'al', 'cmk_disabled'), 'the alias deleted: locked out as disabled, not destroyed');
+usleep(600_000);    # three more poll rounds: never destroyed
+is(sq(q{SELECT state FROM byok_stats() WHERE tenant = 'al'}), 'cmk_disabled', 'and it stays disabled, never destroyed');
+# the customer points the alias at the same key again
+$kms->admin('POST', 'aws/aliases/' . $alias . '/restore', { key => $made->{ids}[0] });
+ok(wait_state($node, 'al', 'active'), 'the alias names the key again: the tenant is back');
+ok(reads_again('al'), 'and reads');
+
+# an ARN of another region is a configuration error, never a destroyed key
+($st, $err) = sql_error($node, q{SELECT byok_create_tenant('wrongregion', 'aws-kms', 'arn:aws:kms:eu-west-1:111122223333:key/1234abcd')});
+is($st, 'YK009', 'an ARN of another region than byok.aws_region: YK009');
+like($err, qr/WRONG_REGION.*us-east-1/s, 'naming the region byok uses');
+
 # --- credentials with control characters are refused ------------------------
 $kms->write_file($kms->{aws_creds},
 	"[default]\naws_access_key_id = $kms->{akid}\naws_secret_access_key = $kms->{secret}\naws_session_token = abc\x07def\n");
