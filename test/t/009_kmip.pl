@@ -16,6 +16,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time sleep);
 use ByokTest;
+use ByokMore;
+use ByokScan;
 use ByokKmip;
 
 plan skip_all => 'PyKMIP is not installed' unless -e '/usr/bin/pykmip-server';
@@ -93,6 +95,20 @@ my $fp = sq(q{SELECT fingerprint FROM byok.tenant_keys k JOIN byok.tenants t ON 
 	WHERE t.name = 'acme' AND k.version = 1});
 is(substr(sha256_hex('byok key fingerprint v1' . pack('H*', $pt)), 0, 16), $fp,
 	'the KMIP server decrypts the wrapped key under tenant acme\'s AAD to the tenant key byok recorded');
+
+# a backend that unwrapped over KMIP keeps no copy of the tenant key in its
+# private memory: the TTLV buffers are wiped, and OpenSSL wipes its record
+# buffer (SSL_OP_CLEANSE_PLAINTEXT)
+{
+	my $ctl = join('', map { sprintf('%02x', int(rand(256))) } 1 .. 32);
+	my $s = async_psql($node);
+	$s->run("SET byok_test.control = '$ctl'");
+	$s->run(q{SELECT byok_cache_flush('acme')});
+	is($s->run(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'acme'}), '20', 'a backend unwraps acme over KMIP');
+	memscan_check($s->pid, { tenant_key => $pt, control => $ctl }, 'after an unwrap over KMIP',
+		PostgreSQL::Test::Utils::tempdir());
+	$s->quit;
+}
 my $bad_aad = unpack('H*', "byok-kmip\0beta\0" . pack('N', 1));
 # the refusal must be the GCM tag check (PyKMIP answers GENERAL_FAILURE and
 # logs cryptography's InvalidTag), not any failure
