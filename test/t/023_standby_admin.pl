@@ -5,8 +5,8 @@
 # poll_interval + 100 ms of the revoke (per standby: median, max), and
 # reinstated likewise; a standby slot made before the revoke (the case that
 # leaked before: a new session on the standby decrypted a revoked tenant);
-# destroy; tenant-key rotation; a cache flush; and a promoted standby that
-# keeps every state.
+# destroy; tenant-key rotation; a cache flush; a data key retired; and a
+# promoted standby that keeps every state.
 use strict;
 use warnings;
 use File::Path qw(make_path);
@@ -51,7 +51,7 @@ for my $drill (1 .. 10)
 	my $d = lockout_drill(nodes => \@standbys, sessions => 2,
 		perform => q{byok_decrypt(c) FROM t WHERE tenant = 'acme' AND i = 1 + n % 20},
 		action => sub { psq(q{SELECT byok_revoke_tenant('acme')}) });
-	lockout_ok($d, 'YK002', 200 + 100, "drill $drill: revoke on the primary");
+	my $m = lockout_ok($d, 'YK002', 200 + 100, "drill $drill: revoke on the primary");
 	for my $s (@{ $d->{sessions} })
 	{
 		push @{ $max{ $s->{node} } }, $s->{refused_ms} if defined $s->{refused_ms};
@@ -66,13 +66,16 @@ for my $drill (1 .. 10)
 	}
 	push @reinstated_ms, (time() - $t0) * 1000;
 	ok($back, "drill $drill: reinstated on the primary, both standbys read acme again");
+	# a broken replay shows in the first drill: nine more would only wait
+	last unless defined $m && $m <= 300 && $back;
 }
-for my $node (sort keys %max)
+for my $node (map { $_->name } @standbys)
 {
-	my @v = sort { $a <=> $b } @{ $max{$node} };
+	my @v = sort { $a <=> $b } @{ $max{$node} // [] };
 	diag(sprintf('%s: administrator revoke -> every session refused: median %.1f ms, max %.1f ms over %d sessions',
-		$node, median(@v), $v[-1], scalar(@v)));
-	cmp_ok($v[-1], '<=', 300, "$node: every session of the ten drills refused within 300 ms");
+		$node, median(@v) // -1, $v[-1] // -1, scalar(@v)));
+	cmp_ok($v[-1] // 1e9, '<=', 300, "$node: every session of the ten drills refused within 300 ms");
+	is(scalar(@v), 20, "$node: 20 sessions over the ten drills, each refused");
 }
 my @r = sort { $a <=> $b } @reinstated_ms;
 diag(sprintf('reinstatement -> both standbys read: median %.1f ms, max %.1f ms', median(@r), $r[-1]));
@@ -119,6 +122,18 @@ $primary->wait_for_catchup($_, 'replay') for @standbys;
 is(on_all(q{SELECT cached_keys FROM byok_stats() WHERE tenant = 'globex'}), '0,0',
 	'byok_cache_flush(\'globex\') on the primary wipes them on both standbys');
 
+# a data key retired on the primary stops decrypting on both standbys, even
+# where it is cached
+is(on_all(q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'globex'}), '20,20', 'globex reads on both (its DEK cached)');
+psq(q{SELECT byok_rotate_data_key('globex')});
+psq(q{SELECT byok_retire_data_key('globex', 'default', 2, true)});
+$primary->wait_for_catchup($_, 'replay') for @standbys;
+for my $s (@standbys)
+{
+	my ($st) = sql_error($s, q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'globex'});
+	is($st, 'YK004', $s->name . ': values under the retired data key no longer decrypt (YK004)');
+}
+
 # a promoted standby keeps every state
 $primary->stop;
 $standbys[1]->promote;
@@ -127,8 +142,10 @@ my ($st) = sql_error($standbys[1], q{SELECT count(byok_decrypt(c)) FROM t WHERE 
 is($st, 'YK002', 'promoted: acme is still revoked');
 ($st) = sql_error($standbys[1], q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'doomed'});
 is($st, 'YK004', 'promoted: doomed is still destroyed');
-is($standbys[1]->safe_psql('postgres', q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant IN ('globex', 'rotor')}), '40',
-	'promoted: the others read');
+is($standbys[1]->safe_psql('postgres', q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'rotor'}), '20',
+	'promoted: rotor reads');
+my ($gst) = sql_error($standbys[1], q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'globex'});
+is($gst, 'YK004', 'promoted: globex\'s retired data key stays retired');
 $standbys[1]->safe_psql('postgres', q{SELECT byok_reinstate_tenant('acme')});
 is($standbys[1]->safe_psql('postgres', q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'acme'}),
 	'20', 'and the new primary can reinstate acme');
