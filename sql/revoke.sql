@@ -35,6 +35,19 @@ COMMIT;
 SELECT try(format('SELECT byok_decrypt_text(%L)', c)) FROM rv WHERE tenant = 'acme';
 SELECT byok_reinstate_tenant('acme');
 
+-- a revoke in a savepoint released into one that is rolled back never
+-- happened: nothing is applied (the catalog agrees)
+BEGIN;
+SAVEPOINT a;
+SAVEPOINT b;
+SELECT byok_revoke_tenant('acme');
+RELEASE b;
+ROLLBACK TO a;
+COMMIT;
+SELECT state FROM byok_stats() WHERE tenant = 'acme';
+SELECT state FROM byok.tenants WHERE name = 'acme';
+SELECT byok_decrypt_text(c) FROM rv WHERE tenant = 'acme';
+
 -- PREPARE TRANSACTION cannot carry a state change
 BEGIN;
 SELECT byok_revoke_tenant('acme');

@@ -73,6 +73,8 @@ byok_xact_callback(XactEvent event, void *arg)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot prepare a transaction that revoked or reinstated a byok tenant")));
+			/* wipes this transaction queued for its commit are done now */
+			byok_keystore_pre_prepare();
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:

@@ -530,18 +530,21 @@ byok_tenant_apply_ledger(bool (*listed) (const char *fp))
 }
 
 /*
- * A tenant state change or rekey replayed from the primary's WAL
- * (cache/wal.c), in the startup process: the tenant's slot is made if it
- * has none (with the new state), else its state changes and its keys are
- * wiped as on the primary.  Never raises an error.
+ * A tenant state change replayed from the primary's WAL (cache/wal.c), in
+ * the startup process: the tenant's slot is made if it has none (with the
+ * new state), else its state changes and its keys are wiped as on the
+ * primary.  A destroy arrives only after its commit (before it, as a
+ * revoke: catalog/xact.c) and is final; a final destruction is never
+ * undone here.  Never raises an error.
  */
 void
 byok_tenant_replay(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
-				   ByokTenantState state, bool rekeyed)
+				   ByokTenantState state)
 {
 	MemoryContext mcxt = CurrentMemoryContext;
 	ByokStateChange change;
 	bool		changed;
+	bool		existed = byok_tenant_find(dboid, catalog, tenant_id) >= 0;
 	uint64		generation;
 	volatile int slot = -1;
 
@@ -563,19 +566,24 @@ byok_tenant_replay(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
 				 errhint("Raise byok.max_tenants.")));
 		return;
 	}
-	if (rekeyed)
-	{
-		byok_tenant_rekeyed(slot, tenant_id);
-		return;
-	}
 	changed = false;
 	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
 	if (kc_slots[slot].in_use && kc_slots[slot].tenant_id == tenant_id &&
-		kc_slots[slot].dboid == dboid && kc_slots[slot].catalog == catalog &&
-		pg_atomic_read_u32(&kc_slots[slot].state) != state)
+		kc_slots[slot].dboid == dboid && kc_slots[slot].catalog == catalog)
 	{
-		kc_change_state(slot, state, "replayed from the primary", GetCurrentTimestamp(), &change);
-		changed = true;
+		ByokTenantSlot *ts = &kc_slots[slot];
+		ByokTenantState cur = pg_atomic_read_u32(&ts->state);
+
+		if (!existed && cur == state)
+			;					/* made with the new state */
+		else if (cur == BYOK_TENANT_CMK_DESTROYED && !ts->destroyed_unconfirmed)
+			;					/* destroyed for good */
+		else if (cur != state || ts->destroyed_unconfirmed)
+		{
+			/* (a provider's unconfirmed "destroyed" becomes the administrator's, final) */
+			kc_change_state(slot, state, "replayed from the primary", GetCurrentTimestamp(), &change);
+			changed = true;
+		}
 	}
 	LWLockRelease(kc_lock);
 	if (changed)

@@ -15,12 +15,18 @@
  * with no poll, including sessions that already hold keys (the tenant's
  * generation moves, so their next call checks again).
  *
- * When.  Tenant state changes and rekeys are written just before the
- * transaction commits (XACT_EVENT_PRE_COMMIT), in the same WAL flush as
- * the commit record, so a standby cannot see the commit without the
- * change.  A cache flush, which is not transactional, is written when it
- * happens.  Crash recovery replays the records too: harmless, the catalog
- * says the same.
+ * When (catalog/xact.c).  A lockout (revoke, destroy) is written just
+ * before the transaction commits (XACT_EVENT_PRE_COMMIT), in the same WAL
+ * flush as the commit record, so a standby cannot replay the commit
+ * without it; a destroy is written then as a revoke.
+ * Every committed change (lockouts again, reinstatements, rekeys, flushes,
+ * the DEK epoch) is written after the commit record and flushed: final, so
+ * a transaction that fails after PRE_COMMIT (a serialization failure, a
+ * crash) never lets a tenant in or destroys it for good on a standby; at
+ * worst the standby stays locked out until that tenant's next change.  A
+ * cache flush by byok_cache_flush, which is not transactional, is written
+ * when it happens.  Crash recovery replays the records too: harmless, the
+ * catalog says the same.
  *
  * Replay.  A record names the tenant by database, catalog (schema byok)
  * and tenant id, which a physical standby shares with its primary.  The
@@ -64,46 +70,61 @@ typedef struct xl_byok_change
 	Oid			catalog;
 	int32		tenant_id;
 	int32		state;			/* ByokTenantState, for BYOK_XLOG_STATE */
+	int32		final;			/* 1: written after the commit record */
 	char		name[NAMEDATALEN];	/* the tenant's name, for a slot made at replay */
 } xl_byok_change;
 
+static XLogRecPtr bw_last = InvalidXLogRecPtr;	/* the last record this process wrote */
+
 static void
 bw_insert(uint8 info, Oid dboid, Oid catalog, int32 tenant_id, const char *name,
-		  ByokTenantState state, bool flush)
+		  ByokTenantState state, bool final, bool flush)
 {
 	xl_byok_change x;
-	XLogRecPtr	at;
 
 	if (RecoveryInProgress() || !XLogInsertAllowed())
 		return;
-	memset(&x, 0, sizeof(x));
+	memset(&x, 0, sizeof(x));	/* no padding byte of ours reaches the WAL unset */
 	x.dboid = dboid;
 	x.catalog = catalog;
 	x.tenant_id = tenant_id;
 	x.state = state;
+	x.final = final ? 1 : 0;
 	if (name)
 		strlcpy(x.name, name, sizeof(x.name));
 	XLogBeginInsert();
 	XLogRegisterData((char *) &x, sizeof(x));
-	at = XLogInsert(BYOK_RMGR_ID, info);
+	bw_last = XLogInsert(BYOK_RMGR_ID, info);
 	/* outside a commit, nothing else flushes it to the standbys soon */
 	if (flush)
-		XLogFlush(at);
+		byok_wal_sync();
 }
 
-/* A tenant's state changes when the running transaction commits. */
+/* Flush what this process wrote, so the standbys get it now. */
+void
+byok_wal_sync(void)
+{
+	if (!XLogRecPtrIsInvalid(bw_last))
+		XLogFlush(bw_last);
+	bw_last = InvalidXLogRecPtr;
+}
+
+/*
+ * A tenant's state: before the commit record (a lockout, 'final' false) or
+ * after it (final).
+ */
 void
 byok_wal_tenant_state(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
-					  ByokTenantState state)
+					  ByokTenantState state, bool final)
 {
-	bw_insert(BYOK_XLOG_STATE, dboid, catalog, tenant_id, name, state, false);
+	bw_insert(BYOK_XLOG_STATE, dboid, catalog, tenant_id, name, state, final, false);
 }
 
-/* A tenant's keys change (rotation, rewrap) when the running transaction commits. */
+/* A tenant's keys changed (rotation, rewrap): written after the commit record. */
 void
 byok_wal_tenant_rekeyed(Oid dboid, Oid catalog, int32 tenant_id, const char *name)
 {
-	bw_insert(BYOK_XLOG_REKEYED, dboid, catalog, tenant_id, name, BYOK_TENANT_ACTIVE, false);
+	bw_insert(BYOK_XLOG_REKEYED, dboid, catalog, tenant_id, name, BYOK_TENANT_ACTIVE, true, false);
 }
 
 /* Cached keys were wiped: one tenant's (tenant_id > 0) or a whole database's. */
@@ -111,14 +132,14 @@ void
 byok_wal_flush(Oid dboid, Oid catalog, int32 tenant_id, bool at_commit)
 {
 	bw_insert(tenant_id > 0 ? BYOK_XLOG_FLUSH_TENANT : BYOK_XLOG_FLUSH_DB,
-			  dboid, catalog, tenant_id, NULL, BYOK_TENANT_ACTIVE, !at_commit);
+			  dboid, catalog, tenant_id, NULL, BYOK_TENANT_ACTIVE, true, !at_commit);
 }
 
-/* DEKs changed when the running transaction commits. */
+/* DEKs changed: written after the commit record. */
 void
 byok_wal_epoch(void)
 {
-	bw_insert(BYOK_XLOG_EPOCH, InvalidOid, InvalidOid, 0, NULL, BYOK_TENANT_ACTIVE, false);
+	bw_insert(BYOK_XLOG_EPOCH, InvalidOid, InvalidOid, 0, NULL, BYOK_TENANT_ACTIVE, true, false);
 }
 
 /* ---- replay ---- */
@@ -143,9 +164,16 @@ bw_redo(XLogReaderState *record)
 	switch (info)
 	{
 		case BYOK_XLOG_STATE:
+			byok_tenant_replay(x.dboid, x.catalog, x.tenant_id, x.name, x.state);
+			break;
 		case BYOK_XLOG_REKEYED:
-			byok_tenant_replay(x.dboid, x.catalog, x.tenant_id, x.name,
-							   x.state, info == BYOK_XLOG_REKEYED);
+			{
+				/* a tenant with no slot has no keys to wipe */
+				int			slot = byok_tenant_find(x.dboid, x.catalog, x.tenant_id);
+
+				if (slot >= 0)
+					byok_tenant_rekeyed(slot, x.tenant_id);
+			}
 			break;
 		case BYOK_XLOG_FLUSH_TENANT:
 			{
@@ -195,9 +223,21 @@ bw_desc(StringInfo buf, XLogReaderState *record)
 		return;
 	memcpy(&x, XLogRecGetData(record), sizeof(x));
 	x.name[NAMEDATALEN - 1] = '\0';
-	appendStringInfo(buf, "db %u catalog %u tenant %d \"%s\" state %s",
-					 x.dboid, x.catalog, x.tenant_id, x.name,
-					 byok_tenant_state_name(x.state));
+	switch (XLogRecGetInfo(record) & ~XLR_INFO_MASK)
+	{
+		case BYOK_XLOG_STATE:
+			appendStringInfo(buf, "db %u catalog %u tenant %d \"%s\" state %s%s",
+							 x.dboid, x.catalog, x.tenant_id, x.name,
+							 byok_tenant_state_name(x.state), x.final ? "" : " (before commit)");
+			break;
+		case BYOK_XLOG_REKEYED:
+		case BYOK_XLOG_FLUSH_TENANT:
+			appendStringInfo(buf, "db %u catalog %u tenant %d", x.dboid, x.catalog, x.tenant_id);
+			break;
+		case BYOK_XLOG_FLUSH_DB:
+			appendStringInfo(buf, "db %u", x.dboid);
+			break;
+	}
 }
 
 static RmgrData bw_rmgr = {

@@ -22,7 +22,8 @@
 
 extern void byok_wal_register(void);
 extern void byok_wal_tenant_state(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
-								  ByokTenantState state);
+								  ByokTenantState state, bool final);
+extern void byok_wal_sync(void);
 extern void byok_wal_tenant_rekeyed(Oid dboid, Oid catalog, int32 tenant_id, const char *name);
 extern void byok_wal_flush(Oid dboid, Oid catalog, int32 tenant_id, bool at_commit);
 extern void byok_wal_epoch(void);

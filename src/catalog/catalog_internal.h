@@ -53,6 +53,7 @@ typedef struct KsPending
 	char		name[NAMEDATALEN];
 	ByokTenantState state;
 	bool		rekeyed;		/* no state change: wipe its keys, forget its CMK */
+	char	   *ledger;			/* destroy: its destruction-ledger lines, or NULL */
 	SubTransactionId subid;
 } KsPending;
 
@@ -84,7 +85,6 @@ extern int	ks_ncreated;
 extern int	ks_created_cap;
 extern bool ks_bump_epoch;		/* DEKs changed: bump the catalog epoch at commit */
 extern bool ks_flush_at_commit;	/* keys deleted: wipe this database's cache */
-extern StringInfo ks_ledger_lines;	/* to append to the ledger at commit */
 
 /* user who called byok, for the audit log (access.c) */
 extern Oid	ks_caller;

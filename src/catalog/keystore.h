@@ -62,6 +62,7 @@ extern int64 byok_keystore_rotate_for_limit(const char *tenant, const char *scop
 extern void byok_keystore_xact_end(bool commit);
 extern void byok_keystore_subxact_abort(SubTransactionId subid);
 extern bool byok_keystore_has_pending(void);
+extern void byok_keystore_pre_prepare(void);
 extern void byok_keystore_catalog_changed(void);
 
 extern void byok_check_tenant_name(const char *tenant);

@@ -188,6 +188,7 @@ byok_keystore_set_revoked(const char *tenant, bool revoke)
 	strlcpy(p->name, t.name, sizeof(p->name));
 	p->state = revoke ? BYOK_TENANT_REVOKED : BYOK_TENANT_ACTIVE;
 	p->rekeyed = false;
+	p->ledger = NULL;
 	p->subid = GetCurrentSubTransactionId();
 	ks_pending = lappend(ks_pending, p);
 	MemoryContextSwitchTo(old);
@@ -501,11 +502,9 @@ byok_keystore_destroy(const char *tenant)
 	strlcpy(p->name, t.name, sizeof(p->name));
 	p->state = BYOK_TENANT_CMK_DESTROYED;
 	p->rekeyed = false;
+	p->ledger = pstrdup(lines);	/* dropped with the change if its subtransaction aborts */
 	p->subid = GetCurrentSubTransactionId();
 	ks_pending = lappend(ks_pending, p);
-	if (ks_ledger_lines == NULL)
-		ks_ledger_lines = makeStringInfo();
-	appendStringInfoString(ks_ledger_lines, lines);
 	MemoryContextSwitchTo(old);
 	ks_bump_epoch = true;
 	return cert;

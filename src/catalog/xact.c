@@ -7,13 +7,24 @@
  * The transaction state (declared in catalog_internal.h): tenant state
  * changes waiting for commit (ks_pending), the DEKs this transaction made
  * (ks_created), whether the shared catalog epoch must move (ks_bump_epoch)
- * or this database's cached keys be wiped (ks_flush_at_commit), and the
- * destruction ledger's new lines (ks_ledger_lines).  byok.c's transaction
- * callbacks call in: byok_keystore_pre_commit() writes the ledger (an
- * error aborts the transaction), byok_keystore_xact_end() applies the
- * rest on commit and forgets it all on commit and abort alike, and
- * byok_keystore_subxact_abort() drops what an aborted subtransaction
- * queued.
+ * or this database's cached keys be wiped (ks_flush_at_commit); a destroy's
+ * destruction-ledger lines travel with its pending change.  byok.c's
+ * transaction callbacks call in: byok_keystore_pre_commit() writes the
+ * ledger (an error aborts the transaction) and the lockouts' WAL records,
+ * byok_keystore_xact_end() applies the rest on commit (and writes the
+ * committed changes' WAL records after the commit record) and forgets it
+ * all on commit and abort alike, and byok_keystore_subxact_abort() drops
+ * what an aborted subtransaction queued, its released children's included.
+ *
+ * WAL for the standbys (cache/wal.c).  A lockout (revoke, destroy) is
+ * written before the commit record, in the same flush, so no standby can
+ * replay the commit without it; if the transaction then fails to commit,
+ * a standby stays locked out (fail closed) until the next change of that
+ * tenant.  A destroy is written there as a revoke.  Every
+ * committed change is written again after the commit record (final:
+ * destroyed for good, reinstated, rekeyed, flushed, DEK epoch), so
+ * nothing that did not commit is ever applied as final or lets a tenant
+ * in.
  *
  * Transactions.  Tenant state changes (revoke, reinstate) take effect in
  * shared memory when their transaction commits (XACT_EVENT_COMMIT), so an
@@ -47,7 +58,6 @@ int			ks_ncreated = 0;
 int			ks_created_cap = 0;
 bool		ks_bump_epoch = false;
 bool		ks_flush_at_commit = false;	/* keys deleted: wipe this database's cache */
-StringInfo	ks_ledger_lines = NULL;	/* to append to the ledger at commit */
 
 /* At commit, wipe the tenant's cached keys and forget its CMK (see callers). */
 void
@@ -63,6 +73,7 @@ ks_pending_rekeyed(KsTenant *t)
 	strlcpy(p->name, t->name, sizeof(p->name));
 	p->state = BYOK_TENANT_ACTIVE;
 	p->rekeyed = true;
+	p->ledger = NULL;
 	p->subid = GetCurrentSubTransactionId();
 	ks_pending = lappend(ks_pending, p);
 	MemoryContextSwitchTo(old);
@@ -78,14 +89,41 @@ void
 byok_keystore_pre_commit(void)
 {
 	ListCell   *lc;
+	StringInfoData lines;
 
-	if (ks_ledger_lines != NULL && ks_ledger_lines->len > 0)
-		byok_ledger_append(ks_ledger_lines->data);
+	initStringInfo(&lines);
+	foreach(lc, ks_pending)
+	{
+		KsPending  *p = lfirst(lc);
+
+		if (p->ledger)
+			appendStringInfoString(&lines, p->ledger);
+	}
+	if (lines.len > 0)
+		byok_ledger_append(lines.data);
+	pfree(lines.data);
 	/*
-	 * What this commit changes, for the standbys (cache/wal.c): in the same
-	 * WAL flush as the commit record, so no standby sees one without the
-	 * other.
+	 * Lockouts, for the standbys: in the commit's own WAL flush (see above).
+	 * A destroy travels as a revoke until its commit: an administrator's
+	 * lockout that nothing lifts, made final by the record after the commit.
 	 */
+	foreach(lc, ks_pending)
+	{
+		KsPending  *p = lfirst(lc);
+
+		if (!p->rekeyed && (p->state == BYOK_TENANT_REVOKED || p->state == BYOK_TENANT_CMK_DESTROYED))
+			byok_wal_tenant_state(MyDatabaseId, p->catalog, p->tenant_id, p->name,
+								  BYOK_TENANT_REVOKED, false);
+	}
+}
+
+/* The committed changes, for the standbys: after the commit record, final. */
+static void
+ks_wal_committed(void)
+{
+	ListCell   *lc;
+	bool		any = false;
+
 	foreach(lc, ks_pending)
 	{
 		KsPending  *p = lfirst(lc);
@@ -93,13 +131,16 @@ byok_keystore_pre_commit(void)
 		if (p->rekeyed)
 			byok_wal_tenant_rekeyed(MyDatabaseId, p->catalog, p->tenant_id, p->name);
 		else
-			byok_wal_tenant_state(MyDatabaseId, p->catalog, p->tenant_id, p->name, p->state);
+			byok_wal_tenant_state(MyDatabaseId, p->catalog, p->tenant_id, p->name, p->state, true);
+		any = true;
 	}
 	/* (a whole database: no catalog lookup, the extension may be dropping) */
 	if (ks_flush_at_commit)
 		byok_wal_flush(MyDatabaseId, InvalidOid, 0, true);
 	if (ks_bump_epoch || ks_flush_at_commit)
 		byok_wal_epoch();
+	if (any || ks_flush_at_commit || ks_bump_epoch)
+		byok_wal_sync();
 }
 
 /*
@@ -114,6 +155,7 @@ byok_keystore_xact_end(bool commit)
 
 	if (commit)
 	{
+		ks_wal_committed();
 		foreach(lc, ks_pending)
 		{
 			KsPending  *p = lfirst(lc);
@@ -129,7 +171,6 @@ byok_keystore_xact_end(bool commit)
 			byok_catalog_epoch_bump();
 	}
 	ks_pending = NIL;
-	ks_ledger_lines = NULL;
 	ks_created = NULL;
 	ks_ncreated = ks_created_cap = 0;
 	ks_bump_epoch = false;
@@ -147,7 +188,11 @@ byok_keystore_catalog_changed(void)
 	ks_flush_at_commit = true;
 }
 
-/* A subtransaction aborted: drop the state changes it made. */
+/*
+ * A subtransaction aborted: drop the state changes it made, and those of
+ * its children released into it (subtransaction ids only grow within a
+ * transaction, so theirs are larger).
+ */
 void
 byok_keystore_subxact_abort(SubTransactionId subid)
 {
@@ -157,9 +202,32 @@ byok_keystore_subxact_abort(SubTransactionId subid)
 	{
 		KsPending  *p = lfirst(lc);
 
-		if (p->subid == subid)
+		if (p->subid >= subid)
 			ks_pending = foreach_delete_current(ks_pending, lc);
 	}
+}
+
+/*
+ * PREPARE TRANSACTION: a commit that may come from another session
+ * cannot apply what this one queued, so what is only a wipe (this
+ * database's cached keys, the DEK epoch) is applied now, early, which is
+ * harmless; tenant changes are refused by the caller.
+ */
+void
+byok_keystore_pre_prepare(void)
+{
+	if (ks_flush_at_commit)
+	{
+		byok_cache_flush_database(MyDatabaseId);
+		byok_wal_flush(MyDatabaseId, InvalidOid, 0, false);
+	}
+	if (ks_bump_epoch || ks_flush_at_commit)
+	{
+		byok_catalog_epoch_bump();
+		byok_wal_epoch();
+		byok_wal_sync();
+	}
+	ks_flush_at_commit = ks_bump_epoch = false;
 }
 
 bool
