@@ -27,6 +27,9 @@
  * to byok.key_events and exits.  On a hot standby the poller runs the same
  * way (locking the standby's sessions out too) and writes nothing.
  *
+ * Rounds start byok.poll_interval apart, less up to a tenth of it at
+ * random (wk_round_us): the nodes of a platform do not poll in lockstep.
+ *
  * Signals: SIGHUP reloads the configuration (byok.poll_interval takes
  * effect at once); SIGTERM ends the worker, which the postmaster starts
  * again a second later unless the server is shutting down; postmaster death
@@ -41,6 +44,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
 #include "executor/spi.h"
+#include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "portability/instr_time.h"
@@ -321,6 +325,20 @@ wk_launch_writer(void)
 		writer_handle = NULL;	/* no worker slot free: try next round */
 }
 
+/*
+ * The time to the next round: byok.poll_interval less up to a tenth of it
+ * at random, so that the pollers of many nodes (standbys, a platform's
+ * clusters) do not ask a provider in lockstep; never more than the
+ * interval, so the lockout bound holds.
+ */
+static int64
+wk_round_us(void)
+{
+	int64		us = (int64) byok_poll_interval * 1000;
+
+	return us - (int64) (pg_prng_double(&pg_global_prng_state) * (double) (us / 10));
+}
+
 void
 byok_poller_main(Datum arg)
 {
@@ -354,7 +372,7 @@ byok_poller_main(Datum arg)
 		}
 		if (now >= next_round)
 		{
-			next_round = now + (int64) byok_poll_interval * 1000;
+			next_round = now + wk_round_us();
 			wk_poll_round(slow_lane, round_cxt);
 		}
 		if (!slow_lane)

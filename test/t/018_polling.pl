@@ -161,6 +161,29 @@ for my $slowness ('none', 'latency 1000 ms', 'hung (byok.kms_timeout)')
 $kms->clear_faults;
 $watch->quit;
 
+# jitter: rounds end at most the interval apart, and not in lockstep (each
+# wait is the interval less up to a tenth of it at random)
+{
+	# sampled inside the server every 5 ms (a client's own stalls would merge rounds)
+	sq(q{CREATE TABLE round_ends (at float8);
+		DO $$ BEGIN
+			FOR i IN 1 .. 800 LOOP
+				INSERT INTO round_ends SELECT extract(epoch FROM last_round_at) FROM byok_poller_status();
+				PERFORM pg_sleep(0.005);
+			END LOOP;
+		END $$});
+	my @ends = split /\n/, sq(q{SELECT DISTINCT at FROM round_ends ORDER BY at});
+	shift @ends;    # the round that ended before the sampling began
+	my @gaps = map { ($ends[$_] - $ends[ $_ - 1 ]) * 1000 } 1 .. $#ends;
+	my @s = sort { $a <=> $b } @gaps;
+	cmp_ok(scalar(@gaps), '>=', 15, sprintf('%d poller rounds sampled at %d ms', scalar(@gaps), $interval_ms));
+	cmp_ok($s[-1] // 1e9, '<=', $interval_ms + 60, sprintf('never later than the interval (longest gap %.1f ms)', $s[-1] // -1));
+	# a wait shortened by more than 10 ms (half the jitter's range) comes in
+	# one round of two; in 15 rounds, all but certainly
+	cmp_ok($s[0] // 1e9, '<=', $interval_ms - 10,
+		sprintf('not in lockstep: gaps from %.1f to %.1f ms', $s[0] // -1, $s[-1] // -1));
+}
+
 $kms->stop;
 $node->stop;
 done_testing();
