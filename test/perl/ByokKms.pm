@@ -17,10 +17,15 @@ my $server_py = abs_path(dirname(__FILE__) . '/../kms/http_kms_server.py');
 # Start a server with fresh credentials: AWS secret, Vault token.  With
 # tls => [cert, key] it also serves HTTPS on a second port ({tls_url});
 # admin calls keep using plain HTTP.
+# every server started, stopped at the end of the test even if it dies
+my @started;
+END { $_->stop for @started; }
+
 sub start
 {
 	my ($class, $dir, %opts) = @_;
 	my $self = bless { dir => $dir, http => HTTP::Tiny->new(timeout => 30), tls => $opts{tls} }, $class;
+	push @started, $self;
 	$self->{akid} = 'AKIDBYOKTEST' . int(rand(1e6));
 	$self->{secret} = 'secret' . join('', map { ('a' .. 'z', 0 .. 9)[rand 36] } 1 .. 32);
 	$self->{token} = 'hvs.' . join('', map { ('a' .. 'z', 'A' .. 'Z')[rand 52] } 1 .. 24);

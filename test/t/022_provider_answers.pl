@@ -246,5 +246,6 @@ $kms->write_creds($kms->{akid}, $kms->{secret});
 is($s->run('SELECT 42'), '42', 'the session answers afterwards');
 $s->quit;
 
+$kms->stop;
 $node->stop;
 done_testing();
