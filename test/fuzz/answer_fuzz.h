@@ -29,6 +29,14 @@ af_status(const uint8_t *d, size_t n)
 	return n > 0 ? af_statuses[d[0] % (sizeof(af_statuses) / sizeof(af_statuses[0]))] : 200;
 }
 
+/* the body: what follows the two bytes of status and hint */
+static const char *
+af_body(const uint8_t *d, size_t n, size_t *len)
+{
+	*len = n >= 2 ? n - 2 : 0;
+	return (const char *) d + (n >= 2 ? 2 : n);
+}
+
 static void
 af_check_text(const char *s, size_t cap)
 {

@@ -17,8 +17,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	"data.plaintext", "data.ciphertext", "data"};
 	long		status = af_status(data, size);
 	int32_t		hint = size >= 2 ? data[1] % 8 : 0;
-	const char *body = (const char *) data + (size >= 2 ? 2 : size);
-	size_t		len = size >= 2 ? size - 2 : 0;
+	size_t		len;
+	const char *body = af_body(data, size, &len);
 	ByokAnswer	a;
 	ByokKmsStatus st;
 	ByokKeyState state = BYOK_KEY_STATE_COUNT;

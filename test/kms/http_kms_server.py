@@ -943,16 +943,7 @@ class Handler(BaseHTTPRequestHandler):
             data = b'{"CiphertextBlob": "!!not base64", "Plaintext": [1, {"data": '
         else:
             data = b'{"padding": "' + b"A" * (2 * 1024 * 1024) + b'"}'
-        self.status = 200
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        self._send_raw(200, ctype, data)
 
     def _send_bent(self, kind, api):
         """Injected bent answers, each what a broken or hostile key service or proxy might send:
@@ -986,6 +977,10 @@ class Handler(BaseHTTPRequestHandler):
             status = 200
             data = (b'{"KeyMetadata":{"KeyState":"Disabled","KeyState":"Enabled"}}' if api == "aws" else
                     b'{"data":{"min_decryption_version":99,"min_decryption_version":1}}')
+        self._send_raw(status, ctype, data)
+
+    def _send_raw(self, status, ctype, data):
+        """An answer of these exact bytes (injected faults: not necessarily JSON)."""
         self.status = status
         try:
             self.send_response(status)
