@@ -597,6 +597,67 @@ AS $$
     END
 $$;
 
+-- On a Citus worker, the coordinator's revocations and destructions arrive
+-- as Citus's UPDATE of this node's copy of byok.tenants: this trigger locks
+-- the tenant out at PREPARE (src/catalog/citus.c).  Elsewhere it does nothing.
+CREATE FUNCTION byok.tenant_state_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'byok_tenant_state_changed'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION byok.tenant_state_changed() FROM PUBLIC;
+CREATE TRIGGER tenant_state_changed AFTER UPDATE OF state ON byok.tenants
+    FOR EACH ROW EXECUTE FUNCTION byok.tenant_state_changed();
+
+-- A Citus cluster: run once on the coordinator, after CREATE EXTENSION byok
+-- and citus_set_coordinator_host.  The catalog tables every node reads
+-- become Citus reference tables: one copy on every node (nodes added later
+-- get theirs from Citus), written on the coordinator only, in Citus's
+-- distributed transaction.  byok's statement triggers on them are its own
+-- (citus.enable_unsafe_triggers for this call only), and the foreign keys
+-- between them are converted together (citus.enable_local_reference_table_
+-- foreign_keys off for this call only, so Citus does not turn the tables
+-- that reference byok.tenants into local ones first).  byok.key_events
+-- stays a table of each node: each node's poller writes what it saw there.
+-- Superuser only.  Idempotent.
+CREATE FUNCTION byok_citus_setup() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t text;
+    made text[] := '{}';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'extension "citus" is not installed in this database' USING ERRCODE = 'YK015';
+    END IF;
+    IF (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.<>) 0 THEN
+        RAISE EXCEPTION 'byok_citus_setup runs on the Citus coordinator' USING ERRCODE = 'YK015';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_node WHERE groupid OPERATOR(pg_catalog.=) 0) THEN
+        RAISE EXCEPTION 'the coordinator is not in Citus''s metadata'
+            USING ERRCODE = 'YK015',
+                  HINT = 'Run SELECT citus_set_coordinator_host(host, port) first: byok reads its catalog from each node''s own copy.';
+    END IF;
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    PERFORM pg_catalog.set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+    FOREACH t IN ARRAY ARRAY['tenants', 'tenant_keys', 'data_keys', 'scopes', 'protected_columns'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
+                       WHERE logicalrelid OPERATOR(pg_catalog.=) pg_catalog.format('byok.%I', t)::pg_catalog.regclass) THEN
+            PERFORM pg_catalog.create_reference_table(pg_catalog.format('byok.%I', t)::pg_catalog.regclass);
+            made := made OPERATOR(pg_catalog.||) t;
+        END IF;
+    END LOOP;
+    -- the rows now live in the copies; none may linger in the shells (a
+    -- destroyed tenant's wrapped keys would outlive its destruction there);
+    -- referencing tables first
+    FOREACH t IN ARRAY ARRAY['data_keys', 'tenant_keys', 'scopes', 'protected_columns', 'tenants'] LOOP
+        IF t OPERATOR(pg_catalog.=) ANY (made) THEN
+            PERFORM pg_catalog.truncate_local_data_after_distributing_table(
+                pg_catalog.format('byok.%I', t)::pg_catalog.regclass);
+        END IF;
+    END LOOP;
+END $fn$;
+REVOKE ALL ON FUNCTION byok_citus_setup() FROM PUBLIC;
+
 -- Rebuild the guard, view and generated functions of every protected
 -- table with this version's code (they are not members of the extension).
 CREATE FUNCTION byok.rebuild_table_objects(in_update boolean) RETURNS void

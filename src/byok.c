@@ -66,6 +66,7 @@ byok_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_COMMIT:
 			byok_handle_pre_commit();
 			byok_keystore_pre_commit();
+			byok_keystore_apply_lockouts();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			byok_handle_check_lockouts();
@@ -75,6 +76,8 @@ byok_xact_callback(XactEvent event, void *arg)
 						 errmsg("cannot prepare a transaction that revoked or reinstated a byok tenant")));
 			/* wipes this transaction queued for its commit are done now */
 			byok_keystore_pre_prepare();
+			/* a Citus worker's lockouts, before the coordinator commits */
+			byok_keystore_apply_lockouts();
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:

@@ -40,6 +40,7 @@
 #define ERRCODE_BYOK_TENANT_MISMATCH		MAKE_SQLSTATE('Y','K','0','1','2')
 #define ERRCODE_BYOK_NOT_LOADED				MAKE_SQLSTATE('Y','K','0','1','3')
 #define ERRCODE_BYOK_UNDECLARED_SCOPE		MAKE_SQLSTATE('Y','K','0','1','4')
+#define ERRCODE_BYOK_CLUSTER				MAKE_SQLSTATE('Y','K','0','1','5')
 
 /*
  * A tenant's state as the shared-memory tenant slot records it.  Only

@@ -214,6 +214,12 @@ if want regress; then
     else installcheck regress ISOLATION= TAP_TESTS=; fi
 fi
 want isolation && installcheck isolation REGRESS= TAP_TESTS=
+# Citus (test/t/024_citus.pl, and its mutants): built once from the vendored
+# source, cached in /var/cache/byok, installed into the system PostgreSQL
+if want tap || want mutants; then
+    byok_citus_install || { echo "not ok - Citus could not be built or installed"; failed=$((failed + 1)); }
+fi
+
 if want tap; then
     if [ -n "$TAP_SEL" ]; then installcheck tap REGRESS= ISOLATION= PROVE_TESTS="$TAP_SEL"
     else installcheck tap REGRESS= ISOLATION=; fi

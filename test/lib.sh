@@ -67,3 +67,42 @@ byok_cluster_stop() {
     [ -f "$dir/data/postmaster.pid" ] && runuser -u postgres -- $PG_BIN/pg_ctl -D "$dir/data" -m fast -w stop >/dev/null
     return 0
 }
+
+# Citus from the vendored source (PEERS.md): built once per PostgreSQL version
+# into BYOK_CACHE (default /var/cache/byok) and installed from there, so a run
+# after the first one only copies files.  Citus 13.2 supports PostgreSQL 15-17.
+CITUS_VERSION=13.2.2
+CITUS_TARBALL=${CITUS_TARBALL:-$REPO/../shared/vendor/citus-v$CITUS_VERSION.tar.gz}
+CITUS_SHA256=17f90093b6edaf3e9c43fb695341c70c1f576e88cc6d3d8e2ba88ebbbe4efe77
+
+byok_citus_install() {
+    local cache=${BYOK_CACHE:-/var/cache/byok} pgv src log p missing=()
+    pgv=$($PG_CONFIG --version | awk '{print $2}')
+    src=$cache/citus-$CITUS_VERSION-pg$pgv
+    log=$cache/citus-$CITUS_VERSION-pg$pgv.log
+    for p in liblz4-dev libzstd-dev libkrb5-dev; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || return 1
+    fi
+    if [ ! -f "$src/.built" ]; then
+        [ -f "$CITUS_TARBALL" ] || { echo "no Citus source at $CITUS_TARBALL"; return 1; }
+        echo "$CITUS_SHA256  $CITUS_TARBALL" | sha256sum -c --quiet - || { echo "Citus tarball checksum mismatch"; return 1; }
+        say "building Citus $CITUS_VERSION for PostgreSQL $pgv into $src (once; cached)"
+        rm -rf "$src"; mkdir -p "$src"
+        tar -C "$src" -xzf "$CITUS_TARBALL" || return 1
+        # PostgreSQL 15.20 exports have_createdb_privilege(), which Citus's
+        # compatibility header also defines for versions before 16
+        sed -i 's/^have_createdb_privilege(void)/citus_compat_have_createdb_privilege(void)/' \
+            "$src/src/include/pg_version_compat.h"
+        sed -i 's/!have_createdb_privilege()/!citus_compat_have_createdb_privilege()/' \
+            "$src/src/backend/distributed/commands/serialize_distributed_ddls.c"
+        if ! (cd "$src" && ./configure PG_CONFIG=$PG_CONFIG --without-libcurl >"$log" 2>&1 \
+                && make -j2 with_llvm=no >>"$log" 2>&1); then
+            tail -n 30 "$log"; return 1
+        fi
+        touch "$src/.built"
+    fi
+    make -s -C "$src" with_llvm=no install >/dev/null 2>>"$log" || { tail -n 30 "$log"; return 1; }
+}

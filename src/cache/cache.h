@@ -187,7 +187,7 @@ extern int	byok_tenant_set_state(int slot, int32 tenant_id, ByokTenantState stat
 extern int	byok_tenant_purge(int slot);
 extern void byok_tenant_rekeyed(int slot, int32 tenant_id);
 extern void byok_tenant_replay(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
-							   ByokTenantState state);
+							   ByokTenantState state, const char *source);
 extern int	byok_tenant_provider_state(int slot, int32 tenant_id, ByokTenantState state,
 									   bool confirmed, const char *reason,
 									   ByokStateChange *change);

@@ -539,7 +539,7 @@ byok_tenant_apply_ledger(bool (*listed) (const char *fp))
  */
 void
 byok_tenant_replay(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
-				   ByokTenantState state)
+				   ByokTenantState state, const char *source)
 {
 	MemoryContext mcxt = CurrentMemoryContext;
 	ByokStateChange change;
@@ -561,7 +561,7 @@ byok_tenant_replay(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
 	if (slot < 0)
 	{
 		ereport(WARNING,
-				(errmsg("byok: a change of tenant \"%s\" replayed from the primary could not be applied", name),
+				(errmsg("byok: a change of tenant \"%s\" %s could not be applied", name, source),
 				 errdetail("Every tenant slot is in use; a session makes the tenant's slot from the catalog once one is free."),
 				 errhint("Raise byok.max_tenants.")));
 		return;
@@ -581,7 +581,7 @@ byok_tenant_replay(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
 		else if (cur != state || ts->destroyed_unconfirmed)
 		{
 			/* (a provider's unconfirmed "destroyed" becomes the administrator's, final) */
-			kc_change_state(slot, state, "replayed from the primary", GetCurrentTimestamp(), &change);
+			kc_change_state(slot, state, source, GetCurrentTimestamp(), &change);
 			changed = true;
 		}
 	}
@@ -589,8 +589,8 @@ byok_tenant_replay(Oid dboid, Oid catalog, int32 tenant_id, const char *name,
 	if (changed)
 		ereport(LOG,
 				(errmsg("byok: tenant \"%s\" is now %s", name, byok_tenant_state_name(state)),
-				 errdetail_internal("replayed from the primary; was %s; %d cached keys wiped",
-									byok_tenant_state_name(change.old_state), change.purged)));
+				 errdetail_internal("%s; was %s; %d cached keys wiped",
+									source, byok_tenant_state_name(change.old_state), change.purged)));
 }
 
 /*

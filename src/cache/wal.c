@@ -164,7 +164,7 @@ bw_redo(XLogReaderState *record)
 	switch (info)
 	{
 		case BYOK_XLOG_STATE:
-			byok_tenant_replay(x.dboid, x.catalog, x.tenant_id, x.name, x.state);
+			byok_tenant_replay(x.dboid, x.catalog, x.tenant_id, x.name, x.state, "replayed from the primary");
 			break;
 		case BYOK_XLOG_REKEYED:
 			{

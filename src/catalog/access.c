@@ -95,6 +95,7 @@ ks_enter(KsAccess *acc)
 	ks_caller = acc->userid;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	ks_citus_refresh();
 }
 
 void
@@ -113,10 +114,11 @@ ks_exec(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types,
 
 	if (*plan == NULL)
 	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+		SPIPlanPtr	p = SPI_prepare(ks_citus_sql(sql), nargs, types);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		ks_citus_keep_plan(plan);
 		SPI_keepplan(p);
 		*plan = p;
 	}
@@ -130,7 +132,7 @@ ks_exec(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types,
 uint64
 ks_exec_once(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
 {
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	int			rc = SPI_execute_with_args(ks_citus_sql(sql), nargs, types, values, nulls, false, 0);
 
 	if (rc < 0)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));

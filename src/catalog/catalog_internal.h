@@ -112,6 +112,13 @@ extern void ks_tenant_key(KsTenant *t, uint8 *tk);
 extern int64 ks_insert_dek(KsTenant *t, const char *scope, int32 version, const uint8 *tk,
 						   bool on_conflict, const char *detail);
 
+/* citus.c */
+extern void ks_citus_refresh(void);
+extern void ks_citus_keep_plan(SPIPlanPtr *plan);
+extern const char *ks_citus_sql(const char *sql);
+extern bool ks_citus_worker(void);
+extern void ks_citus_converge(KsTenant *t);
+
 /* xact.c */
 extern void ks_pending_rekeyed(KsTenant *t);
 

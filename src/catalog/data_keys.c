@@ -83,6 +83,7 @@ ks_attach(KsTenant *t)
 
 	t->slot = byok_tenant_attach(MyDatabaseId, byok_keystore_catalog(), t->tenant_id,
 								 t->name, t->state, &t->generation);
+	ks_citus_converge(t);
 	st = pg_atomic_read_u32(&byok_tenant_slot(t->slot)->state);
 	if (st != BYOK_TENANT_ACTIVE)
 		byok_raise_tenant_state(st, t->name);
@@ -664,8 +665,10 @@ byok_keystore_save_usage(int64 dek_id, uint64 used)
 	/* called just before commit, where no snapshot is active any more */
 	PushActiveSnapshot(GetTransactionSnapshot());
 	ks_enter(&acc);
-	ks_exec_once("UPDATE byok.data_keys SET encryptions = GREATEST(encryptions, $2) "
-				 "WHERE dek_id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL);
+	/* a Citus worker counts in shared memory only: its catalog is the coordinator's */
+	if (!ks_citus_worker())
+		ks_exec_once("UPDATE byok.data_keys SET encryptions = GREATEST(encryptions, $2) "
+					 "WHERE dek_id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL);
 	ks_leave(&acc);
 	PopActiveSnapshot();
 }

@@ -63,6 +63,8 @@ extern void byok_keystore_xact_end(bool commit);
 extern void byok_keystore_subxact_abort(SubTransactionId subid);
 extern bool byok_keystore_has_pending(void);
 extern void byok_keystore_pre_prepare(void);
+extern void byok_keystore_apply_lockouts(void);
+extern void byok_keystore_forget_lockouts(void);
 extern void byok_keystore_catalog_changed(void);
 
 extern void byok_check_tenant_name(const char *tenant);

@@ -175,6 +175,7 @@ byok_keystore_xact_end(bool commit)
 	ks_ncreated = ks_created_cap = 0;
 	ks_bump_epoch = false;
 	ks_flush_at_commit = false;
+	byok_keystore_forget_lockouts();
 }
 
 /*

@@ -1,0 +1,371 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog/citus.c
+ *		byok's catalog on a Citus cluster: where its rows are read from and
+ *		where they may be written.
+ *
+ * On a Citus cluster byok_citus_setup() (extension/30_tenants.sql) makes the catalog tables that every node needs (tenants, tenant_keys,
+ * data_keys, scopes, protected_columns) Citus reference tables: one shard,
+ * a copy on every node, written by Citus in its distributed transaction
+ * (two-phase commit on the workers).  The table byok names is then an empty
+ * shell; the rows live in the node's copy, table "<name>_<shardid>".
+ *
+ * Reads go to that local copy directly, never through Citus's planner.
+ * Through Citus they would fail inside a query Citus pushed to a worker
+ * (a "nested distributed execution"), and while an ALTER TABLE runs Citus
+ * answers every SELECT on a distributed table with no rows
+ * (AlterTableConstraintCheck): a destruction-ledger or tenant-state read
+ * must never be answered by nothing.  Writes name the shell, so Citus
+ * copies them to every node in the same transaction; they are allowed on
+ * the coordinator only (its sequences are the cluster's ids), and refused
+ * on a worker with YK015.
+ *
+ * What is distributed is read once per transaction from Citus's own
+ * catalog (pg_dist_partition, pg_dist_shard, pg_dist_local_group); saved
+ * plans made for another placement are freed.  Without Citus, or before
+ * byok_citus_setup(), nothing changes: every statement runs as written.
+ *
+ * Locking.  None here; a FOR UPDATE read locks the local copy's row, which
+ * every catalog write reaches too (Citus writes the coordinator's copy in
+ * the writing transaction), so the per-tenant row locks still serialise.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type_d.h"
+#include "commands/extension.h"
+#include "commands/trigger.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "cache/wal.h"
+#include "catalog/catalog_internal.h"
+
+#define KS_MAX_REFERENCE	8	/* catalog tables made reference tables */
+#define KS_MAX_PLANS		64	/* saved plans of this backend */
+
+typedef struct KsPlacement
+{
+	bool		active;			/* this database's catalog is distributed */
+	bool		coordinator;	/* this node is the Citus coordinator */
+	int			ntables;
+	char		table[KS_MAX_REFERENCE][NAMEDATALEN];
+	int64		shard[KS_MAX_REFERENCE];
+} KsPlacement;
+
+static KsPlacement ks_place;	/* what this transaction reads from */
+static LocalTransactionId ks_place_lxid = InvalidLocalTransactionId;
+static KsPlacement ks_planned;	/* what the saved plans were made for */
+static SPIPlanPtr *ks_plans[KS_MAX_PLANS];
+static int	ks_nplans = 0;
+
+/* Forget saved plans made for another placement of the catalog. */
+static void
+ks_free_plans(void)
+{
+	for (int i = 0; i < ks_nplans; i++)
+	{
+		if (*ks_plans[i] != NULL)
+			SPI_freeplan(*ks_plans[i]);
+		*ks_plans[i] = NULL;
+	}
+	ks_nplans = 0;
+}
+
+/* Remember a saved plan, so a change of placement frees it. */
+void
+ks_citus_keep_plan(SPIPlanPtr *plan)
+{
+	for (int i = 0; i < ks_nplans; i++)
+		if (ks_plans[i] == plan)
+			return;
+	if (ks_nplans >= KS_MAX_PLANS)
+		elog(ERROR, "byok keeps at most %d catalog plans", KS_MAX_PLANS);
+	ks_plans[ks_nplans++] = plan;
+}
+
+/*
+ * Where this transaction's catalog rows are (inside ks_enter, as the
+ * bootstrap superuser).  Once per transaction.
+ */
+void
+ks_citus_refresh(void)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	uint64		n;
+
+	if (ks_place_lxid == MyProc->lxid)
+		return;
+	memset(&ks_place, 0, sizeof(ks_place));
+	if (OidIsValid(get_extension_oid("citus", true)))
+	{
+		values[0] = ObjectIdGetDatum(byok_keystore_catalog());
+		n = ks_exec_once("SELECT c.relname::pg_catalog.text, s.shardid, "
+						 " (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.=) 0, "
+						 " pg_catalog.to_regclass(pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' "
+						 "   OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname OPERATOR(pg_catalog.||) '_' "
+						 "   OPERATOR(pg_catalog.||) s.shardid)) IS NOT NULL "
+						 "FROM pg_catalog.pg_dist_partition p "
+						 "JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.logicalrelid "
+						 "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+						 "JOIN pg_catalog.pg_dist_shard s ON s.logicalrelid OPERATOR(pg_catalog.=) p.logicalrelid "
+						 "WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 "
+						 "AND p.partmethod OPERATOR(pg_catalog.=) 'n' AND p.repmodel OPERATOR(pg_catalog.=) 't' "
+						 "ORDER BY 1", 1, types, values, NULL);
+		if (n > KS_MAX_REFERENCE)
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_CLUSTER),
+					 errmsg("byok's catalog has more distributed tables than it knows"),
+					 errdetail("Citus lists " UINT64_FORMAT " reference tables in schema byok; byok makes at most %d.",
+							   n, KS_MAX_REFERENCE)));
+		for (uint64 i = 0; i < n; i++)
+		{
+			bool		isnull;
+
+			ks_get_text(i, 1, ks_place.table[i], NAMEDATALEN);
+			ks_place.shard[i] = DatumGetInt64(ks_get(i, 2, &isnull));
+			ks_place.coordinator = DatumGetBool(ks_get(i, 3, &isnull)) && !isnull;
+			if (!DatumGetBool(ks_get(i, 4, &isnull)))
+				ereport(ERROR,
+						(errcode(ERRCODE_BYOK_CLUSTER),
+						 errmsg("byok's catalog has no copy on this Citus node"),
+						 errdetail("Table byok.%s is a reference table without a placement here.",
+								   ks_place.table[i]),
+						 errhint("Run SELECT replicate_reference_tables() on the coordinator.")));
+		}
+		ks_place.ntables = (int) n;
+		ks_place.active = n > 0;
+	}
+	if (memcmp(&ks_place, &ks_planned, sizeof(ks_place)) != 0)
+	{
+		ks_free_plans();
+		ks_planned = ks_place;
+	}
+	ks_place_lxid = MyProc->lxid;
+}
+
+/* Is this a Citus worker, where byok's catalog is read but never written? */
+bool
+ks_citus_worker(void)
+{
+	return ks_place.active && !ks_place.coordinator;
+}
+
+static bool
+ks_ident_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+/*
+ * The statement to run for 'sql' on this node: reads name the local copies
+ * of the distributed tables; writes name the shell and are refused on a
+ * worker.  Returns 'sql' itself when nothing changes, else a palloc'd copy.
+ */
+const char *
+ks_citus_sql(const char *sql)
+{
+	StringInfoData out;
+	const char *p = sql;
+	const char *s = sql;
+	bool		read;
+
+	if (!ks_place.active || sql == NULL)
+		return sql;
+	while (*s == ' ' || *s == '\n' || *s == '(')
+		s++;
+	read = pg_strncasecmp(s, "SELECT", 6) == 0;
+	initStringInfo(&out);
+	while ((s = strstr(p, "byok.")) != NULL)
+	{
+		const char *name = s + 5;
+		int			len = 0;
+		int			i;
+
+		while (ks_ident_char(name[len]))
+			len++;
+		appendBinaryStringInfo(&out, p, name + len - p);
+		p = name + len;
+		if (s > sql && ks_ident_char(s[-1]))
+			continue;
+		for (i = 0; i < ks_place.ntables; i++)
+			if (strlen(ks_place.table[i]) == (size_t) len && strncmp(ks_place.table[i], name, len) == 0)
+				break;
+		if (i == ks_place.ntables)
+			continue;
+		if (read)
+			appendStringInfo(&out, "_" INT64_FORMAT, ks_place.shard[i]);
+		else if (!ks_place.coordinator)
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_CLUSTER),
+					 errmsg("byok's catalog is written on the Citus coordinator only"),
+					 errdetail("This change writes byok.%s, a reference table, on a worker.", ks_place.table[i]),
+					 errhint("Run administrative byok functions on the coordinator; a scope's first data key "
+							 "for a tenant is made there too (byok_encrypt once on the coordinator).")));
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/* ---- administrative changes reaching a worker ---- */
+
+/*
+ * A worker hears of a revocation, reinstatement or destruction as Citus's
+ * UPDATE of its copy of byok.tenants, inside a transaction the coordinator
+ * then prepares and commits (two-phase commit).  The row trigger
+ * tenant_state_changed queues the lockouts (revoked, destroyed); they are
+ * applied at PREPARE, before the coordinator can commit, so no session
+ * here reads past the coordinator's commit; a transaction that is then
+ * rolled back leaves the tenant locked out here until the next attach
+ * converges it from the catalog (below): fail closed.  A reinstatement is
+ * never applied early: the first session that needs the tenant's keys
+ * after the commit finds the catalog active and lets it back in
+ * (ks_citus_converge), so what did not commit never lets a tenant in.
+ */
+typedef struct KsLockout
+{
+	int32		tenant_id;
+	char		name[NAMEDATALEN];
+} KsLockout;
+
+static List *ks_lockouts = NIL;		/* KsLockout, in TopTransactionContext */
+
+PG_FUNCTION_INFO_V1(byok_tenant_state_changed);
+
+/* Is this node a Citus worker?  (SPI connected) */
+static bool
+ks_on_worker(void)
+{
+	bool		isnull;
+
+	if (!OidIsValid(get_extension_oid("citus", true)))
+		return false;
+	if (SPI_execute("SELECT l.groupid OPERATOR(pg_catalog.<>) 0 FROM pg_catalog.pg_dist_local_group l",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		return false;
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;
+}
+
+/* AFTER UPDATE OF state ON byok.tenants, FOR EACH ROW (and on its Citus copies) */
+Datum
+byok_tenant_state_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		worker;
+	bool		isnull;
+	Datum		id;
+	char	   *name;
+	char	   *state;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("byok.tenant_state_changed() is a row trigger on UPDATE of byok.tenants")));
+	row = td->tg_newtuple;
+	desc = td->tg_relation->rd_att;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	worker = ks_on_worker();
+	SPI_finish();
+	/* elsewhere the function that changed the state queued it itself */
+	if (!worker)
+		return PointerGetDatum(NULL);
+	id = SPI_getbinval(row, desc, SPI_fnumber(desc, "tenant_id"), &isnull);
+	name = SPI_getvalue(row, desc, SPI_fnumber(desc, "name"));
+	state = SPI_getvalue(row, desc, SPI_fnumber(desc, "state"));
+	if (!isnull && name != NULL && state != NULL &&
+		(strcmp(state, "revoked") == 0 || strcmp(state, "destroyed") == 0))
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		KsLockout  *l = palloc0(sizeof(KsLockout));
+
+		l->tenant_id = DatumGetInt32(id);
+		strlcpy(l->name, name, sizeof(l->name));
+		ks_lockouts = lappend(ks_lockouts, l);
+		MemoryContextSwitchTo(old);
+	}
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * PREPARE (or a worker's own commit): apply the queued lockouts to shared
+ * memory, and log them for this worker's own standbys.  Never raises.
+ */
+void
+byok_keystore_apply_lockouts(void)
+{
+	ListCell   *lc;
+	Oid			catalog;
+
+	if (ks_lockouts == NIL)
+		return;
+	catalog = get_namespace_oid("byok", true);
+	foreach(lc, ks_lockouts)
+	{
+		KsLockout  *l = lfirst(lc);
+
+		if (!OidIsValid(catalog))
+			break;
+		byok_tenant_replay(MyDatabaseId, catalog, l->tenant_id, l->name, BYOK_TENANT_REVOKED,
+						   "from the Citus coordinator");
+		byok_wal_tenant_state(MyDatabaseId, catalog, l->tenant_id, l->name, BYOK_TENANT_REVOKED, false);
+	}
+	byok_wal_sync();
+	ks_lockouts = NIL;
+}
+
+/* End of transaction: forget what was queued (applied or aborted). */
+void
+byok_keystore_forget_lockouts(void)
+{
+	ks_lockouts = NIL;
+}
+
+/*
+ * On a worker, at attach: bring the tenant's slot to the catalog's state
+ * where only the administrator decides (active, revoked, destroyed); the
+ * provider's states (cmk_disabled, kms_unreachable) stay the poller's.  A
+ * revoked slot is let back in only if the tenant's row is active and not
+ * locked by a transaction still in flight (a prepared revocation holds its
+ * row lock until COMMIT PREPARED: SKIP LOCKED sees no row then).
+ */
+void
+ks_citus_converge(KsTenant *t)
+{
+	static SPIPlanPtr plan_free = NULL;
+	ByokTenantSlot *ts = byok_tenant_slot(t->slot);
+	ByokTenantState cur = pg_atomic_read_u32(&ts->state);
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(t->tenant_id)};
+
+	if (!ks_citus_worker() || cur == t->state)
+		return;
+	if (cur != BYOK_TENANT_ACTIVE && cur != BYOK_TENANT_REVOKED)
+		return;
+	if (cur == BYOK_TENANT_REVOKED && t->state == BYOK_TENANT_ACTIVE)
+	{
+		KsAccess	acc;
+		uint64		n;
+
+		/* (called with or without a catalog connection: SPI nests) */
+		ks_enter(&acc);
+		n = ks_exec(&plan_free, "SELECT 1 FROM byok.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+					"AND state OPERATOR(pg_catalog.=) 'active' FOR SHARE SKIP LOCKED",
+					1, types, values, NULL, false);
+		ks_leave(&acc);
+		if (n != 1)
+			return;
+	}
+	byok_tenant_replay(MyDatabaseId, byok_keystore_catalog(), t->tenant_id, t->name, t->state,
+					   "from the catalog the Citus coordinator wrote");
+	t->generation = pg_atomic_read_u64(&ts->generation);
+}

@@ -1,0 +1,146 @@
+# byok on a Citus cluster (Citus 13.2, built from the vendored source by
+# test/check.sh): a coordinator and two workers (preloaded in both orders).
+# byok_citus_setup() makes the catalog reference tables; then pushed-down
+# decrypt, encrypt and byok_ciphertext_info work on the workers, ids are the
+# coordinator's, a worker refuses catalog writes, every worker holds the same
+# catalog, and an administrator's revocation, reinstatement and destruction
+# on the coordinator reach sessions on every worker that already hold keys.
+use strict;
+use warnings;
+use File::Path qw(make_path);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+use ByokTest;
+
+my $libdir = PostgreSQL::Test::Cluster->new('probe')->config_data('--pkglibdir');
+ok(-f "$libdir/citus.so", 'Citus is installed (test/check.sh builds it from the vendored source)')
+  or BAIL_OUT('no citus.so: run test/check.sh, which builds Citus');
+
+my $keyring = PostgreSQL::Test::Utils::tempdir() . '/keyring';
+make_path($keyring);
+chmod 0700, $keyring;
+
+sub citus_node
+{
+	my ($name, $order) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', join("\n",
+		"shared_preload_libraries = '$order'",
+		"byok.local_keyring = '$keyring'",
+		"byok.poll_interval = 200ms",
+		"wal_level = logical",
+		"max_prepared_transactions = 20",
+		"max_worker_processes = 32",
+		"citus.shard_count = 4",
+		"listen_addresses = '127.0.0.1'") . "\n");
+	$node->{byok_keyring} = $keyring;
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
+	return $node;
+}
+
+my $coord = citus_node('coordinator', 'citus,byok');
+my @workers = (citus_node('worker1', 'citus,byok'), citus_node('worker2', 'byok,citus'));
+sub cq { return $coord->safe_psql('postgres', $_[0]); }
+cq(sprintf(q{SELECT citus_set_coordinator_host('127.0.0.1', %d)}, $coord->port));
+cq(sprintf(q{SELECT citus_add_node('127.0.0.1', %d)}, $_->port)) for @workers;
+cq('CREATE EXTENSION byok');
+is($_->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'byok'}), '1.1',
+	$_->name . ': CREATE EXTENSION byok on the coordinator reached it') for @workers;
+
+# tenants made before the setup are carried over; those made after follow
+create_tenant($coord, 'acme', 'acme');
+create_tenant($coord, 'globex', 'globex');
+my ($state, $err) = sql_error($workers[0], 'SELECT byok_citus_setup()');
+is($state, 'YK015', 'byok_citus_setup on a worker is refused (YK015)');
+cq('SELECT byok_citus_setup()');
+cq('SELECT byok_citus_setup()');    # idempotent
+create_tenant($coord, 'initech', 'initech');
+
+my $rows = cq(q{SELECT string_agg(tenant_id || ':' || name || ':' || state, ',' ORDER BY tenant_id) FROM byok.tenants});
+is($rows, '1:acme:active,2:globex:active,3:initech:active', 'the coordinator numbers the tenants');
+my $catalog = q{SELECT md5(string_agg(d.dek_id || ':' || d.tenant_id || ':' || d.scope || ':' || encode(d.wrapped_key, 'hex'), ',' ORDER BY d.dek_id))
+  || md5((SELECT string_agg(tk.tenant_id || ':' || encode(tk.wrapped_key, 'hex'), ',' ORDER BY tk.tenant_id) FROM byok.tenant_keys tk))
+  FROM byok.data_keys d};
+my $want = cq($catalog);
+is($_->safe_psql('postgres', $catalog), $want, $_->name . ': the same tenants, tenant keys and data keys as the coordinator')
+  for @workers;
+
+cq(q{CREATE TABLE t (i int, tenant text, c bytea)});
+cq(q{SELECT create_distributed_table('t', 'i')});
+cq(q{INSERT INTO t SELECT g, (ARRAY['acme','globex','initech'])[1 + g % 3],
+       byok_encrypt((ARRAY['acme','globex','initech'])[1 + g % 3], 'v' || g) FROM generate_series(1, 60) g});
+my $plan = cq(q{SET citus.explain_all_tasks = on; EXPLAIN (VERBOSE, COSTS OFF) SELECT byok_decrypt_text(c) FROM t});
+ok($plan =~ /port=@{[ $workers[0]->port ]}/ && $plan =~ /port=@{[ $workers[1]->port ]}/
+	  && $plan =~ /byok_decrypt_text/, 'the decrypt is pushed down to both workers');
+is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t}), '60',
+	'pushed-down byok_decrypt_text on the workers: every value');
+is(cq(q{SELECT count(*) FILTER (WHERE (byok_ciphertext_info(c)).tenant = tenant) FROM t}), '60',
+	'pushed-down byok_ciphertext_info on the workers names each value\'s tenant');
+cq(q{CREATE TABLE t2 (i int, tenant text, c bytea)});
+cq(q{SELECT create_distributed_table('t2', 'i', colocate_with => 't')});
+cq(q{INSERT INTO t2 SELECT i, tenant, byok_encrypt(tenant, 'w' || i) FROM t});
+is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'w' || i) FROM t2}), '60',
+	'byok_encrypt in INSERT ... SELECT, evaluated on the workers: every value reads back');
+is($_->safe_psql('postgres', $catalog), $want, $_->name . ': encrypting on the workers wrote no catalog row')
+  for @workers;
+
+($state, $err) = sql_error($workers[0], q{SELECT byok_revoke_tenant('acme')});
+is($state, 'YK015', 'an administrative change on a worker is refused (YK015)');
+like($err, qr/written on the Citus coordinator only/, '... saying where to run it');
+
+# every worker keeps a local table of acme's values, read by sessions that
+# hold acme's keys across the revocation
+for my $w (@workers)
+{
+	$w->safe_psql('postgres', q{CREATE TABLE acme_local AS SELECT i, c FROM t WHERE tenant = 'acme'});
+}
+
+my (%max, @reinstate_ms);
+for my $drill (1 .. 10)
+{
+	my $d = lockout_drill(nodes => \@workers, sessions => 2,
+		perform => q{byok_decrypt(c) FROM acme_local WHERE i = 3 * (1 + n % 20)},
+		action => sub { cq(q{SELECT byok_revoke_tenant('acme')}) });
+	my $m = lockout_ok($d, 'YK002', 200 + 100, "drill $drill: revoke on the coordinator");
+	for my $s (@{ $d->{sessions} })
+	{
+		push @{ $max{ $s->{node} } }, $s->{refused_ms} if defined $s->{refused_ms};
+	}
+	my $t0 = time();
+	cq(q{SELECT byok_reinstate_tenant('acme')});
+	my $back = 1;
+	for my $w (@workers)
+	{
+		$back &&= $w->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local});
+	}
+	push @reinstate_ms, (time() - $t0) * 1000;
+	ok($back, "drill $drill: reinstated on the coordinator, both workers read acme again");
+	last unless defined $m && $m <= 300 && $back;
+}
+for my $w (map { $_->name } @workers)
+{
+	my @v = sort { $a <=> $b } @{ $max{$w} // [] };
+	diag(sprintf('%s: administrator revoke -> every session refused: median %.1f ms, max %.1f ms over %d sessions',
+		$w, median(@v) // -1, $v[-1] // -1, scalar(@v)));
+}
+my @r = sort { $a <=> $b } @reinstate_ms;
+diag(sprintf('reinstate -> both workers read again: median %.0f ms, max %.0f ms over %d drills',
+	median(@r) // -1, $r[-1] // -1, scalar(@r)));
+
+# a revocation in a transaction that rolls back changes nothing on a worker
+cq(q{BEGIN; SELECT byok_revoke_tenant('acme'); ROLLBACK;});
+is($workers[0]->safe_psql('postgres', q{SELECT count(byok_decrypt(c)) FROM acme_local}), '20',
+	'a revocation rolled back on the coordinator leaves the workers reading');
+
+# destruction: on every worker, at once, and for good
+cq(q{SELECT byok_destroy_tenant('globex')});
+($state, $err) = sql_error($coord, q{SELECT count(byok_decrypt(c)) FROM t WHERE tenant = 'globex'});
+is($state, 'YK004', 'a destroyed tenant cannot be read on any worker');
+is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t WHERE tenant <> 'globex'}), '40',
+	'the other tenants still read on the workers');
+
+done_testing();
