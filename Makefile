@@ -20,7 +20,7 @@ EXTENSION = byok
 # of extension/, in this order (rule below; test/t/019_install_script.pl);
 # the released 1.0 script and the update to 1.1 are installed as they are
 BYOK_SQL_PARTS = 10_catalog.sql 20_encryption.sql 30_tenants.sql 40_columns.sql 42_protect.sql \
-	45_ddl_guard.sql 50_reencrypt.sql 60_observability.sql 70_roles.sql
+	45_ddl_guard.sql 50_reencrypt.sql 60_observability.sql 70_roles.sql 80_cluster.sql
 DATA = extension/byok--1.0.sql extension/byok--1.0--1.1.sql
 DATA_built = byok--1.1.sql
 PGFILEDESC = "byok - bring-your-own-key envelope encryption"

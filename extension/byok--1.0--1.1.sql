@@ -607,8 +607,9 @@ REVOKE ALL ON FUNCTION byok.tenant_state_changed() FROM PUBLIC;
 CREATE TRIGGER tenant_state_changed AFTER UPDATE OF state ON byok.tenants
     FOR EACH ROW EXECUTE FUNCTION byok.tenant_state_changed();
 
--- A Citus cluster: run once on the coordinator, after CREATE EXTENSION byok
--- and citus_set_coordinator_host.  The catalog tables every node reads
+-- A Citus cluster, on the coordinator: CREATE EXTENSION byok runs it when
+-- the coordinator is already in Citus's metadata (citus_set_coordinator_host);
+-- otherwise run it once that is done.  The catalog tables every node reads
 -- become Citus reference tables: one copy on every node (nodes added later
 -- get theirs from Citus), written on the coordinator only, in Citus's
 -- distributed transaction.  byok's statement triggers on them are its own
@@ -688,3 +689,18 @@ BEGIN
 END $fn$;
 REVOKE ALL ON FUNCTION byok.rebuild_table_objects(boolean) FROM PUBLIC;
 SELECT byok.rebuild_table_objects(true);
+
+-- CREATE EXTENSION byok on a Citus coordinator that is in Citus's metadata
+-- sets the catalog up for the cluster at once (Citus then creates the
+-- extension on every worker, and on nodes added later).  Elsewhere, and on
+-- the workers, nothing happens here; a coordinator added to the metadata
+-- later runs byok_citus_setup() itself.
+DO $citus$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        IF (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.=) 0
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_node WHERE groupid OPERATOR(pg_catalog.=) 0) THEN
+            PERFORM byok_citus_setup();
+        END IF;
+    END IF;
+END $citus$;

@@ -42,6 +42,7 @@
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 
 #include "cache/wal.h"
 #include "catalog/catalog_internal.h"
@@ -270,6 +271,14 @@ byok_tenant_state_changed(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("byok.tenant_state_changed() is a row trigger on UPDATE of byok.tenants")));
+	/* byok.tenants or a Citus copy of it (tenants_<shardid>), nothing else */
+	if (RelationGetNamespace(td->tg_relation) != get_namespace_oid("byok", true) ||
+		strncmp(RelationGetRelationName(td->tg_relation), "tenants", 7) != 0 ||
+		(RelationGetRelationName(td->tg_relation)[7] != '\0' &&
+		 RelationGetRelationName(td->tg_relation)[7] != '_'))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("byok.tenant_state_changed() fires on byok.tenants only")));
 	row = td->tg_newtuple;
 	desc = td->tg_relation->rd_att;
 	if (SPI_connect() != SPI_OK_CONNECT)

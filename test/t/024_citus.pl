@@ -11,7 +11,7 @@ use File::Path qw(make_path);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time);
+use Time::HiRes qw(time usleep);
 use ByokTest;
 
 my $libdir = PostgreSQL::Test::Cluster->new('probe')->config_data('--pkglibdir');
@@ -33,6 +33,8 @@ sub citus_node
 		"byok.poll_interval = 200ms",
 		"wal_level = logical",
 		"max_prepared_transactions = 20",
+		"max_wal_senders = 10",
+		"max_replication_slots = 10",
 		"max_worker_processes = 32",
 		"citus.shard_count = 4",
 		"listen_addresses = '127.0.0.1'") . "\n");
@@ -48,15 +50,21 @@ sub cq { return $coord->safe_psql('postgres', $_[0]); }
 cq(sprintf(q{SELECT citus_set_coordinator_host('127.0.0.1', %d)}, $coord->port));
 cq(sprintf(q{SELECT citus_add_node('127.0.0.1', %d)}, $_->port)) for @workers;
 cq('CREATE EXTENSION byok');
-is($_->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'byok'}), '1.1',
-	$_->name . ': CREATE EXTENSION byok on the coordinator reached it') for @workers;
+my $distributed = q{SELECT string_agg(logicalrelid::text, ',' ORDER BY logicalrelid::text) FROM pg_dist_partition
+  WHERE logicalrelid::text LIKE 'byok.%' AND partmethod = 'n' AND repmodel = 't'};
+for my $n ($coord, @workers)
+{
+	is($n->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'byok'}), '1.1',
+		$n->name . ': CREATE EXTENSION byok on the coordinator reached it');
+	is($n->safe_psql('postgres', $distributed),
+		'byok.data_keys,byok.protected_columns,byok.scopes,byok.tenant_keys,byok.tenants',
+		$n->name . ': and made the catalog Citus reference tables');
+}
 
-# tenants made before the setup are carried over; those made after follow
 create_tenant($coord, 'acme', 'acme');
 create_tenant($coord, 'globex', 'globex');
 my ($state, $err) = sql_error($workers[0], 'SELECT byok_citus_setup()');
 is($state, 'YK015', 'byok_citus_setup on a worker is refused (YK015)');
-cq('SELECT byok_citus_setup()');
 cq('SELECT byok_citus_setup()');    # idempotent
 create_tenant($coord, 'initech', 'initech');
 
@@ -69,7 +77,7 @@ my $want = cq($catalog);
 is($_->safe_psql('postgres', $catalog), $want, $_->name . ': the same tenants, tenant keys and data keys as the coordinator')
   for @workers;
 
-cq(q{CREATE TABLE t (i int, tenant text, c bytea)});
+cq(q{CREATE TABLE t (i int PRIMARY KEY, tenant text, c bytea)});
 cq(q{SELECT create_distributed_table('t', 'i')});
 cq(q{INSERT INTO t SELECT g, (ARRAY['acme','globex','initech'])[1 + g % 3],
        byok_encrypt((ARRAY['acme','globex','initech'])[1 + g % 3], 'v' || g) FROM generate_series(1, 60) g});
@@ -80,7 +88,7 @@ is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t}),
 	'pushed-down byok_decrypt_text on the workers: every value');
 is(cq(q{SELECT count(*) FILTER (WHERE (byok_ciphertext_info(c)).tenant = tenant) FROM t}), '60',
 	'pushed-down byok_ciphertext_info on the workers names each value\'s tenant');
-cq(q{CREATE TABLE t2 (i int, tenant text, c bytea)});
+cq(q{CREATE TABLE t2 (i int PRIMARY KEY, tenant text, c bytea)});
 cq(q{SELECT create_distributed_table('t2', 'i', colocate_with => 't')});
 cq(q{INSERT INTO t2 SELECT i, tenant, byok_encrypt(tenant, 'w' || i) FROM t});
 is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'w' || i) FROM t2}), '60',
@@ -142,5 +150,71 @@ cq(q{SELECT byok_destroy_tenant('globex')});
 is($state, 'YK004', 'a destroyed tenant cannot be read on any worker');
 is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t WHERE tenant <> 'globex'}), '40',
 	'the other tenants still read on the workers');
+
+# the customer's own CMK disabled at the provider (the local keyring every
+# node shares): each node's own poller locks the tenant out
+my %pmax;
+for my $drill (1 .. 10)
+{
+	my $d = lockout_drill(nodes => \@workers, sessions => 2,
+		perform => q{byok_decrypt(c) FROM acme_local WHERE i = 3 * (1 + n % 20)},
+		action => sub { disable_key($coord, 'acme') });
+	my $m = lockout_ok($d, 'YK003', 200 + 100, "drill $drill: acme's CMK disabled at the provider");
+	for my $s (@{ $d->{sessions} })
+	{
+		push @{ $pmax{ $s->{node} } }, $s->{refused_ms} if defined $s->{refused_ms};
+	}
+	enable_key($coord, 'acme');
+	my $back = 1;
+	$back &&= $_->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}) for @workers;
+	ok($back, "drill $drill: CMK enabled again, both workers read acme");
+	last unless defined $m && $m <= 300 && $back;
+}
+for my $w (map { $_->name } @workers)
+{
+	my @v = sort { $a <=> $b } @{ $pmax{$w} // [] };
+	diag(sprintf('%s: CMK disabled -> every session refused: median %.1f ms, max %.1f ms over %d sessions',
+		$w, median(@v) // -1, $v[-1] // -1, scalar(@v)));
+}
+
+# a node added later: no copy of the catalog until Citus replicates the
+# reference tables (a clear error), then a rebalance under load moves shards
+# onto it and every value still decrypts
+my $w3 = citus_node('worker3', 'byok,citus');
+cq(sprintf(q{SELECT citus_add_node('127.0.0.1', %d)}, $w3->port));
+is($w3->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'byok'}), '1.1',
+	'worker3, added later, has byok');
+my $sample = cq(q{SELECT c FROM t WHERE tenant = 'acme' AND i = 3});
+($state, $err) = sql_error($w3, qq{SELECT byok_decrypt_text('$sample'::bytea)});
+is($state, 'YK015', 'worker3 before any reference table reached it: YK015, not a wrong answer');
+like($err, qr/replicate_reference_tables/, '... with the command that fixes it');
+# the rebalance in one session; reads, each its own transaction, in another
+# (logical replication waits for transactions older than its slot)
+my $reb = $coord->background_psql('postgres');
+$reb->{stdin} .= "SELECT rebalance_table_shards('t');\n\\warn REBALANCED\n";
+$reb->{run}->pump_nb;
+my $load = $coord->background_psql('postgres', on_error_stop => 0);
+my ($good, $bad, $first) = (0, 0, '');
+my $deadline = time() + 120;
+while (time() < $deadline)
+{
+	$reb->{run}->pump_nb;
+	last if $reb->{stderr} =~ /REBALANCED|ERROR/;
+	my ($out, $ret) = $load->query(
+		q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t WHERE tenant <> 'globex'});
+	if (!$ret && $out eq '40') { $good++; }
+	else { $bad++; $first ||= "$out $load->{stderr}"; $load->{stderr} = ''; }
+	usleep(20_000);
+}
+ok($reb->{stderr} =~ /REBALANCED/, 'the rebalance finished') or diag($reb->{stderr});
+$reb->quit;
+$load->quit;
+ok($good > 0 && $bad == 0, "every one of $good reads during the rebalance decrypted all 40 values ($bad did not: $first)");
+ok(cq(sprintf(q{SELECT count(*) FROM citus_shards WHERE table_name = 't'::regclass AND nodeport = %d}, $w3->port)) > 0,
+	'the rebalance moved shards onto worker3');
+is($w3->safe_psql('postgres', qq{SELECT byok_decrypt_text('$sample'::bytea)}), 'v3', 'worker3 decrypts with its own copy of the catalog');
+is($w3->safe_psql('postgres', $catalog), cq($catalog), 'worker3 holds the same catalog as the coordinator');
+is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t WHERE tenant <> 'globex'}), '40',
+	'after the rebalance every value decrypts');
 
 done_testing();
