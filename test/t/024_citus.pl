@@ -88,6 +88,14 @@ is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t}),
 	'pushed-down byok_decrypt_text on the workers: every value');
 is(cq(q{SELECT count(*) FILTER (WHERE (byok_ciphertext_info(c)).tenant = tenant) FROM t}), '60',
 	'pushed-down byok_ciphertext_info on the workers names each value\'s tenant');
+# the coordinator-only pattern: a MATERIALIZED CTE brings the ciphertext to
+# the coordinator, which decrypts it (README: keys off the workers)
+my $cte = q{WITH m AS MATERIALIZED (SELECT i, c FROM t WHERE tenant = 'initech') SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM m};
+$plan = cq("SET citus.explain_all_tasks = on; EXPLAIN (VERBOSE, COSTS OFF) $cte");
+my ($decrypt_task) = $plan =~ /Query: [^\n]*byok_decrypt_text[^\n]*\n\s*Node: host=\S+ port=(\d+)/;
+is($decrypt_task, $coord->port, 'through a MATERIALIZED CTE the decrypt runs on the coordinator')
+  or diag($plan);
+is(cq($cte), '20', '... and reads every value');
 cq(q{CREATE TABLE t2 (i int PRIMARY KEY, tenant text, c bytea)});
 cq(q{SELECT create_distributed_table('t2', 'i', colocate_with => 't')});
 cq(q{INSERT INTO t2 SELECT i, tenant, byok_encrypt(tenant, 'w' || i) FROM t});
