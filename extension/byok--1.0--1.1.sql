@@ -597,14 +597,15 @@ AS $$
     END
 $$;
 
--- On a Citus worker, the coordinator's revocations and destructions arrive
--- as Citus's UPDATE of this node's copy of byok.tenants: this trigger locks
--- the tenant out at PREPARE (src/catalog/citus.c).  Elsewhere it does nothing.
+-- On a Citus worker, the coordinator's revocations, destructions, tenant-key
+-- rotations and rewraps arrive as Citus's UPDATE of this node's copy of
+-- byok.tenants: this trigger locks the tenant out, or wipes its keys, at
+-- PREPARE (src/catalog/citus.c).  Elsewhere it does nothing.
 CREATE FUNCTION byok.tenant_state_changed() RETURNS trigger
 AS 'MODULE_PATHNAME', 'byok_tenant_state_changed'
 LANGUAGE C;
 REVOKE ALL ON FUNCTION byok.tenant_state_changed() FROM PUBLIC;
-CREATE TRIGGER tenant_state_changed AFTER UPDATE OF state ON byok.tenants
+CREATE TRIGGER tenant_state_changed AFTER UPDATE OF state, tk_version, provider, key_ref ON byok.tenants
     FOR EACH ROW EXECUTE FUNCTION byok.tenant_state_changed();
 
 -- A Citus cluster, on the coordinator: CREATE EXTENSION byok runs it when

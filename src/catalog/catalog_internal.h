@@ -118,6 +118,7 @@ extern void ks_citus_keep_plan(SPIPlanPtr *plan);
 extern const char *ks_citus_sql(const char *sql);
 extern bool ks_citus_worker(void);
 extern void ks_citus_converge(KsTenant *t);
+extern void ks_citus_flush_workers(const char *tenant);
 
 /* xact.c */
 extern void ks_pending_rekeyed(KsTenant *t);

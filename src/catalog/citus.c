@@ -228,11 +228,18 @@ ks_citus_sql(const char *sql)
  * never applied early: the first session that needs the tenant's keys
  * after the commit finds the catalog active and lets it back in
  * (ks_citus_converge), so what did not commit never lets a tenant in.
+ * A tenant-key rotation or a rewrap under another CMK (tk_version,
+ * provider, key_ref) wipes the tenant's cached keys here at PREPARE and
+ * makes the poller forget its CMK, so the next unwrap registers the CMK
+ * now in use: a customer disabling the new CMK is seen on every worker.
+ * (Retirements and destructions rewrite wrapped DEKs, and the statement
+ * trigger catalog_rewrapped wipes this database's keys at PREPARE.)
  */
 typedef struct KsLockout
 {
 	int32		tenant_id;
 	char		name[NAMEDATALEN];
+	bool		rekeyed;		/* its tenant key or CMK changed: wipe, forget the CMK */
 } KsLockout;
 
 static List *ks_lockouts = NIL;		/* KsLockout, in TopTransactionContext */
@@ -253,7 +260,28 @@ ks_on_worker(void)
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;
 }
 
-/* AFTER UPDATE OF state ON byok.tenants, FOR EACH ROW (and on its Citus copies) */
+/* a column of the row before and after the UPDATE differ (NULLs equal) */
+static bool
+ks_column_changed(TriggerData *td, const char *column)
+{
+	TupleDesc	desc = td->tg_relation->rd_att;
+	int			att = SPI_fnumber(desc, column);
+	char	   *before;
+	char	   *after;
+
+	if (att <= 0)
+		return false;
+	before = SPI_getvalue(td->tg_trigtuple, desc, att);
+	after = SPI_getvalue(td->tg_newtuple, desc, att);
+	if (before == NULL || after == NULL)
+		return before != after;
+	return strcmp(before, after) != 0;
+}
+
+/*
+ * AFTER UPDATE OF state, tk_version, provider, key_ref ON byok.tenants, FOR
+ * EACH ROW (and on its Citus copies)
+ */
 Datum
 byok_tenant_state_changed(PG_FUNCTION_ARGS)
 {
@@ -291,14 +319,18 @@ byok_tenant_state_changed(PG_FUNCTION_ARGS)
 	id = SPI_getbinval(row, desc, SPI_fnumber(desc, "tenant_id"), &isnull);
 	name = SPI_getvalue(row, desc, SPI_fnumber(desc, "name"));
 	state = SPI_getvalue(row, desc, SPI_fnumber(desc, "state"));
-	if (!isnull && name != NULL && state != NULL &&
-		(strcmp(state, "revoked") == 0 || strcmp(state, "destroyed") == 0))
+	if (isnull || name == NULL || state == NULL)
+		return PointerGetDatum(NULL);
+	if (strcmp(state, "revoked") == 0 || strcmp(state, "destroyed") == 0 ||
+		ks_column_changed(td, "tk_version") || ks_column_changed(td, "provider") ||
+		ks_column_changed(td, "key_ref"))
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 		KsLockout  *l = palloc0(sizeof(KsLockout));
 
 		l->tenant_id = DatumGetInt32(id);
 		strlcpy(l->name, name, sizeof(l->name));
+		l->rekeyed = strcmp(state, "revoked") != 0 && strcmp(state, "destroyed") != 0;
 		ks_lockouts = lappend(ks_lockouts, l);
 		MemoryContextSwitchTo(old);
 	}
@@ -324,6 +356,15 @@ byok_keystore_apply_lockouts(void)
 
 		if (!OidIsValid(catalog))
 			break;
+		if (l->rekeyed)
+		{
+			int			slot = byok_tenant_find(MyDatabaseId, catalog, l->tenant_id);
+
+			if (slot >= 0)
+				byok_tenant_rekeyed(slot, l->tenant_id);
+			byok_wal_tenant_rekeyed(MyDatabaseId, catalog, l->tenant_id, l->name);
+			continue;
+		}
 		byok_tenant_replay(MyDatabaseId, catalog, l->tenant_id, l->name, BYOK_TENANT_REVOKED,
 						   "from the Citus coordinator");
 		byok_wal_tenant_state(MyDatabaseId, catalog, l->tenant_id, l->name, BYOK_TENANT_REVOKED, false);
@@ -377,4 +418,59 @@ ks_citus_converge(KsTenant *t)
 	byok_tenant_replay(MyDatabaseId, byok_keystore_catalog(), t->tenant_id, t->name, t->state,
 					   "from the catalog the Citus coordinator wrote");
 	t->generation = pg_atomic_read_u64(&ts->generation);
+}
+
+/*
+ * A cache flush on the coordinator wipes the workers' caches too: the same
+ * byok_cache_flush on every worker, at once (Citus's run_command_on_workers,
+ * as the calling user, outside this transaction: a flush is not undone by
+ * a rollback anywhere).  A worker that does not answer is an error naming
+ * it, after every other node flushed.  Called outside ks_enter.
+ */
+void
+ks_citus_flush_workers(const char *tenant)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	char		nulls[1] = {' '};
+	char	   *command;
+	bool		isnull;
+	StringInfoData failed;
+
+	if (!ks_place.active || !ks_place.coordinator)
+		return;
+	if (tenant)
+		values[0] = CStringGetTextDatum(tenant);
+	else
+		nulls[0] = 'n';
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT pg_catalog.format('SELECT %I.byok_cache_flush(%L::pg_catalog.text)', n.nspname, $1) "
+							  "FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n "
+							  "ON n.oid OPERATOR(pg_catalog.=) e.extnamespace "
+							  "WHERE e.extname OPERATOR(pg_catalog.=) 'byok'",
+							  1, types, values, nulls, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "byok's schema not found");
+	command = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	values[0] = CStringGetTextDatum(command);
+	nulls[0] = ' ';
+	if (SPI_execute_with_args("SELECT w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport, w.result "
+							  "FROM pg_catalog.run_command_on_workers($1) w WHERE NOT w.success",
+							  1, types, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "run_command_on_workers failed");
+	initStringInfo(&failed);
+	for (uint64 i = 0; i < SPI_processed && i < 8; i++)
+	{
+		char	   *node = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *result = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		appendStringInfo(&failed, "%s%s: %.200s", i ? "; " : "", node ? node : "?", result ? result : "");
+	}
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CLUSTER),
+				 errmsg("the cache flush did not reach every Citus worker"),
+				 errdetail("%s", failed.data),
+				 errhint("The other nodes are flushed; run byok_cache_flush again once the worker answers.")));
+	SPI_finish();
 }

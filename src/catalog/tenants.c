@@ -227,6 +227,8 @@ byok_keystore_cache_flush(const char *tenant)
 	if (can_write)
 		ks_event(tenant ? t.tenant_id : 0, tenant, "cache_flushed", NULL, 0, NULL, NULL, detail);
 	ks_leave(&acc);
+	/* a Citus coordinator: every worker too, as the caller */
+	ks_citus_flush_workers(tenant);
 	return purged;
 }
 

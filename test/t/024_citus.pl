@@ -185,6 +185,32 @@ for my $w (map { $_->name } @workers)
 		$w, median(@v) // -1, $v[-1] // -1, scalar(@v)));
 }
 
+# a cache flush and a tenant-key rotation on the coordinator wipe the
+# workers' cached keys of the tenant
+sub on_workers { my ($sql) = @_; return join(',', map { $_->safe_psql('postgres', $sql) } @workers); }
+my $initech = q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t WHERE tenant = 'initech'};
+my $cached = q{SELECT coalesce(max(cached_keys), 0) > 0 FROM byok_stats() WHERE tenant = 'initech'};
+is(cq($initech), '20', 'initech reads (its keys cached on the workers)');
+is(on_workers($cached), 't,t', 'initech\'s keys are cached on both workers');
+cq(q{SELECT byok_cache_flush('initech')});
+is(on_workers($cached), 'f,f', 'byok_cache_flush(\'initech\') on the coordinator wipes them on both workers');
+is(cq($initech), '20', 'initech reads again');
+is(on_workers($cached), 't,t', 'and its keys are cached again');
+cq(q{SELECT byok_rotate_tenant_key('initech')});
+is(on_workers($cached), 'f,f', 'a tenant-key rotation on the coordinator wipes them on both workers');
+is(cq($initech), '20', 'initech reads under its new tenant key');
+
+# acme moved to another CMK: the workers watch the new one
+new_key($coord, 'acme2');
+cq(q{SELECT byok_rewrap_tenant('acme', 'local', 'acme2')});
+my $dr = lockout_drill(nodes => \@workers, sessions => 2,
+	perform => q{byok_decrypt(c) FROM acme_local WHERE i = 3 * (1 + n % 20)},
+	action => sub { disable_key($coord, 'acme2') });
+lockout_ok($dr, 'YK003', 200 + 100, 'acme rewrapped under a new CMK on the coordinator, the new CMK disabled');
+enable_key($coord, 'acme2');
+ok($_->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}),
+	$_->name . ': the new CMK enabled again, acme reads') for @workers;
+
 # a node added later: no copy of the catalog until Citus replicates the
 # reference tables (a clear error), then a rebalance under load moves shards
 # onto it and every value still decrypts
