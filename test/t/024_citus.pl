@@ -202,7 +202,11 @@ is(cq($initech), '20', 'initech reads under its new tenant key');
 
 # acme moved to another CMK: the workers watch the new one
 new_key($coord, 'acme2');
+my $acme_cached = q{SELECT coalesce(max(cached_keys), 0) > 0 FROM byok_stats() WHERE tenant = 'acme'};
+is(on_workers(q{SELECT count(byok_decrypt(c)) FROM acme_local}), '20,20', 'acme reads on both workers');
+is(on_workers($acme_cached), 't,t', 'acme\'s keys are cached on both workers');
 cq(q{SELECT byok_rewrap_tenant('acme', 'local', 'acme2')});
+is(on_workers($acme_cached), 'f,f', 'a rewrap on the coordinator wipes acme\'s keys on both workers');
 my $dr = lockout_drill(nodes => \@workers, sessions => 2,
 	perform => q{byok_decrypt(c) FROM acme_local WHERE i = 3 * (1 + n % 20)},
 	action => sub { disable_key($coord, 'acme2') });
