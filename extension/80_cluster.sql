@@ -54,6 +54,205 @@ BEGIN
 END $fn$;
 REVOKE ALL ON FUNCTION byok_citus_setup() FROM PUBLIC;
 
+-- What this node says about byok: its role in the cluster (primary,
+-- standby, Citus coordinator or worker), whether byok is loaded and its
+-- poller alive (a round within three intervals), the CMKs the poller
+-- watches, this database's tenants with a slot, those locked out, the
+-- keys cached, and the last state change applied here.
+CREATE FUNCTION byok_node_status(
+    OUT node_role text, OUT byok_loaded boolean, OUT poller_alive boolean,
+    OUT cmks_watched integer, OUT tenants integer, OUT tenants_locked_out integer,
+    OUT cached_keys bigint, OUT last_change_at timestamptz, OUT last_change text)
+RETURNS record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    p record;
+BEGIN
+    node_role := CASE WHEN pg_catalog.pg_is_in_recovery() THEN 'standby' ELSE 'primary' END;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        node_role := CASE WHEN (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.=) 0
+                          THEN 'coordinator' ELSE 'worker' END
+                     OPERATOR(pg_catalog.||) CASE WHEN pg_catalog.pg_is_in_recovery() THEN ' standby' ELSE '' END;
+    END IF;
+    BEGIN
+        SELECT * INTO p FROM @extschema@.byok_poller_status();
+    EXCEPTION WHEN SQLSTATE 'YK013' THEN
+        byok_loaded := false;
+        RETURN;
+    END;
+    byok_loaded := true;
+    poller_alive := p.pid IS NOT NULL AND p.last_round_at IS NOT NULL
+        AND p.last_round_at OPERATOR(pg_catalog.>) (pg_catalog.clock_timestamp()
+            OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => 3 OPERATOR(pg_catalog.*) p.poll_interval_ms
+                                                                   OPERATOR(pg_catalog./) 1000.0));
+    cmks_watched := p.last_round_cmks;
+    SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE s.state OPERATOR(pg_catalog.<>) 'active'),
+           COALESCE(pg_catalog.sum(s.cached_keys), 0)
+      INTO tenants, tenants_locked_out, cached_keys
+      FROM @extschema@.byok_stats() s;
+    SELECT s.state_changed_at, s.tenant OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) s.last_change
+      INTO last_change_at, last_change
+      FROM @extschema@.byok_stats() s WHERE s.state_changed_at IS NOT NULL
+      ORDER BY s.state_changed_at DESC LIMIT 1;
+END $fn$;
+REVOKE ALL ON FUNCTION byok_node_status() FROM PUBLIC;
+
+-- Every node at once, from the node asked: this one; on a Citus
+-- coordinator every worker (asked through Citus's run_command_on_workers,
+-- as the caller); and this node's streaming standbys (from
+-- pg_stat_replication: whether each has replayed everything this node
+-- wrote, byok's records included, and its replay lag).
+CREATE FUNCTION byok_cluster_status(
+    OUT node text, OUT node_role text, OUT reachable boolean, OUT byok_loaded boolean,
+    OUT poller_alive boolean, OUT cmks_watched integer, OUT tenants integer,
+    OUT tenants_locked_out integer, OUT cached_keys bigint, OUT last_change_at timestamptz,
+    OUT last_change text, OUT replay_lag interval, OUT detail text)
+RETURNS SETOF record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s record;
+    w record;
+    j jsonb;
+BEGIN
+    SELECT * INTO s FROM @extschema@.byok_node_status();
+    node := 'local'; reachable := true; replay_lag := NULL; detail := NULL;
+    node_role := s.node_role; byok_loaded := s.byok_loaded; poller_alive := s.poller_alive;
+    cmks_watched := s.cmks_watched; tenants := s.tenants; tenants_locked_out := s.tenants_locked_out;
+    cached_keys := s.cached_keys; last_change_at := s.last_change_at; last_change := s.last_change;
+    RETURN NEXT;
+    IF s.node_role OPERATOR(pg_catalog.=) 'coordinator' THEN
+        FOR w IN SELECT r.nodename, r.nodeport, r.success, r.result
+                 FROM pg_catalog.run_command_on_workers(pg_catalog.format(
+                     'SELECT pg_catalog.row_to_json(s) FROM %I.byok_node_status() s', '@extschema@')) r
+                 ORDER BY r.nodename, r.nodeport LOOP
+            node := w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport;
+            reachable := w.success;
+            node_role := 'worker'; byok_loaded := NULL; poller_alive := NULL; cmks_watched := NULL;
+            tenants := NULL; tenants_locked_out := NULL; cached_keys := NULL;
+            last_change_at := NULL; last_change := NULL; detail := NULL;
+            IF w.success THEN
+                j := w.result::jsonb;
+                node_role := j->>'node_role';
+                byok_loaded := (j->>'byok_loaded')::boolean;
+                poller_alive := (j->>'poller_alive')::boolean;
+                cmks_watched := (j->>'cmks_watched')::integer;
+                tenants := (j->>'tenants')::integer;
+                tenants_locked_out := (j->>'tenants_locked_out')::integer;
+                cached_keys := (j->>'cached_keys')::bigint;
+                last_change_at := (j->>'last_change_at')::timestamptz;
+                last_change := j->>'last_change';
+            ELSE
+                detail := pg_catalog.left(w.result, 200);
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+    END IF;
+    FOR w IN SELECT r.application_name, r.client_addr, r.state, r.replay_lsn, r.replay_lag
+             FROM pg_catalog.pg_stat_replication r ORDER BY r.application_name LOOP
+        node := w.application_name OPERATOR(pg_catalog.||) COALESCE(' (' OPERATOR(pg_catalog.||) w.client_addr::text OPERATOR(pg_catalog.||) ')', '');
+        node_role := 'standby'; reachable := w.state OPERATOR(pg_catalog.=) 'streaming';
+        byok_loaded := NULL; poller_alive := NULL; cmks_watched := NULL; tenants := NULL;
+        tenants_locked_out := NULL; cached_keys := NULL; last_change_at := NULL; last_change := NULL;
+        replay_lag := w.replay_lag;
+        detail := CASE WHEN w.replay_lsn OPERATOR(pg_catalog.>=) pg_catalog.pg_current_wal_flush_lsn()
+                       THEN 'replayed everything written here, byok''s changes included'
+                       ELSE 'replay behind by ' OPERATOR(pg_catalog.||)
+                            pg_catalog.pg_size_pretty(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_flush_lsn(), w.replay_lsn))
+                   END;
+        RETURN NEXT;
+    END LOOP;
+END $fn$;
+REVOKE ALL ON FUNCTION byok_cluster_status() FROM PUBLIC;
+
+-- The onboarding checks from every node that decrypts: here, and on a
+-- Citus coordinator every worker (each asks the provider itself).
+CREATE FUNCTION byok_validate_tenant(tenant text, all_nodes boolean,
+    OUT node text, OUT "check" text, OUT ok boolean, OUT detail text, OUT latency_ms float8)
+RETURNS SETOF record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    w record;
+    v record;
+BEGIN
+    FOR v IN SELECT * FROM @extschema@.byok_validate_tenant(byok_validate_tenant.tenant) LOOP
+        node := 'local'; "check" := v."check"; ok := v.ok; detail := v.detail; latency_ms := v.latency_ms;
+        RETURN NEXT;
+    END LOOP;
+    IF NOT all_nodes OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RETURN;
+    END IF;
+    IF (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.<>) 0 THEN
+        RETURN;
+    END IF;
+    FOR w IN SELECT r.nodename, r.nodeport, r.success, r.result
+             FROM pg_catalog.run_command_on_workers(pg_catalog.format(
+                 'SELECT pg_catalog.json_agg(v) FROM %I.byok_validate_tenant(%L) v', '@extschema@',
+                 byok_validate_tenant.tenant)) r
+             ORDER BY r.nodename, r.nodeport LOOP
+        node := w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport;
+        IF NOT w.success THEN
+            "check" := 'node'; ok := false; detail := pg_catalog.left(w.result, 200); latency_ms := NULL;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        FOR v IN SELECT * FROM pg_catalog.json_to_recordset(w.result::json)
+                 AS x("check" text, ok boolean, detail text, latency_ms float8) LOOP
+            "check" := v."check"; ok := v.ok; detail := v.detail; latency_ms := v.latency_ms;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END $fn$;
+REVOKE ALL ON FUNCTION byok_validate_tenant(text, boolean) FROM PUBLIC;
+
+-- The revocation drill on every node: here, and on a Citus coordinator on
+-- every worker; the slowest node's lockout is the cluster's.
+CREATE FUNCTION byok_revocation_drill(tenant text, all_nodes boolean,
+    OUT node text, OUT lockout_ms float8, OUT entries_purged integer, OUT residual_entries integer,
+    OUT stale_handles integer, OUT ok boolean, OUT slowest boolean)
+RETURNS SETOF record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    w record;
+    d record;
+    rows jsonb := '[]';
+BEGIN
+    SELECT * INTO d FROM @extschema@.byok_revocation_drill(byok_revocation_drill.tenant);
+    rows := rows OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(
+        pg_catalog.to_jsonb(d) OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('node', 'local'));
+    IF all_nodes AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        IF (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.=) 0 THEN
+            FOR w IN SELECT r.nodename, r.nodeport, r.success, r.result
+                     FROM pg_catalog.run_command_on_workers(pg_catalog.format(
+                         'SELECT pg_catalog.row_to_json(d) FROM %I.byok_revocation_drill(%L) d', '@extschema@',
+                         byok_revocation_drill.tenant)) r
+                     ORDER BY r.nodename, r.nodeport LOOP
+                rows := rows OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(
+                    CASE WHEN w.success THEN w.result::jsonb ELSE pg_catalog.jsonb_build_object('ok', false) END
+                    OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(
+                        'node', w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport));
+            END LOOP;
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT x.node, x.lockout_ms, x.entries_purged, x.residual_entries, x.stale_handles, x.ok,
+           x.lockout_ms IS NOT NULL AND x.lockout_ms OPERATOR(pg_catalog.=)
+               pg_catalog.max(x.lockout_ms) OVER ()
+      FROM pg_catalog.jsonb_to_recordset(rows) AS x(node text, lockout_ms float8, entries_purged integer,
+           residual_entries integer, stale_handles integer, ok boolean);
+END $fn$;
+REVOKE ALL ON FUNCTION byok_revocation_drill(text, boolean) FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION byok_node_status(), byok_cluster_status() TO byok_auditor;
+GRANT EXECUTE ON FUNCTION byok_validate_tenant(text, boolean), byok_revocation_drill(text, boolean) TO byok_admin;
+
 -- CREATE EXTENSION byok on a Citus coordinator that is in Citus's metadata
 -- sets the catalog up for the cluster at once (Citus then creates the
 -- extension on every worker, and on nodes added later).  Elsewhere, and on

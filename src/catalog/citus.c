@@ -40,6 +40,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -384,14 +385,19 @@ byok_keystore_forget_lockouts(void)
  * On a worker, at attach: bring the tenant's slot to the catalog's state
  * where only the administrator decides (active, revoked, destroyed); the
  * provider's states (cmk_disabled, kms_unreachable) stay the poller's.  A
- * revoked slot is let back in only if the tenant's row is active and not
- * locked by a transaction still in flight (a prepared revocation holds its
- * row lock until COMMIT PREPARED: SKIP LOCKED sees no row then).
+ * revoked slot is let back in only if the tenant's committed row is active
+ * and no transaction still in flight is changing it: a prepared revocation
+ * is the row's xmax, in progress until COMMIT PREPARED (true on a standby
+ * of the worker too, which knows the primary's running transactions).  No
+ * lock is taken, so no session here can hold up the coordinator's next
+ * change, and it works in read-only transactions and on standbys.  (Only
+ * Citus's single-row UPDATEs touch a worker's copy, so the xmax is never a
+ * MultiXact of several lockers.)
  */
 void
 ks_citus_converge(KsTenant *t)
 {
-	static SPIPlanPtr plan_free = NULL;
+	static SPIPlanPtr plan_row = NULL;
 	ByokTenantSlot *ts = byok_tenant_slot(t->slot);
 	ByokTenantState cur = pg_atomic_read_u32(&ts->state);
 	Oid			types[1] = {INT4OID};
@@ -404,15 +410,20 @@ ks_citus_converge(KsTenant *t)
 	if (cur == BYOK_TENANT_REVOKED && t->state == BYOK_TENANT_ACTIVE)
 	{
 		KsAccess	acc;
-		uint64		n;
+		bool		settled = false;
 
 		/* (called with or without a catalog connection: SPI nests) */
 		ks_enter(&acc);
-		n = ks_exec(&plan_free, "SELECT 1 FROM byok.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
-					"AND state OPERATOR(pg_catalog.=) 'active' FOR SHARE SKIP LOCKED",
-					1, types, values, NULL, false);
+		if (ks_exec(&plan_row, "SELECT xmax FROM byok.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+					"AND state OPERATOR(pg_catalog.=) 'active'", 1, types, values, NULL, true) == 1)
+		{
+			bool		isnull;
+			TransactionId xmax = DatumGetTransactionId(ks_get(0, 1, &isnull));
+
+			settled = isnull || !TransactionIdIsValid(xmax) || !TransactionIdIsInProgress(xmax);
+		}
 		ks_leave(&acc);
-		if (n != 1)
+		if (!settled)
 			return;
 	}
 	byok_tenant_replay(MyDatabaseId, byok_keystore_catalog(), t->tenant_id, t->name, t->state,
