@@ -126,6 +126,21 @@ REVOKE ALL ON FUNCTION byok.tenant_state_changed() FROM PUBLIC;
 CREATE TRIGGER tenant_state_changed AFTER UPDATE OF state, tk_version, provider, key_ref ON byok.tenants
     FOR EACH ROW EXECUTE FUNCTION byok.tenant_state_changed();
 
+-- On a Citus worker only Citus's own backends write the catalog tables it
+-- replicates (src/catalog/citus.c); elsewhere this does nothing.
+CREATE FUNCTION byok.catalog_write_check() RETURNS trigger
+AS 'MODULE_PATHNAME', 'byok_catalog_write_check'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION byok.catalog_write_check() FROM PUBLIC;
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.tenant_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.data_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.scopes
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+
 SELECT pg_catalog.pg_extension_config_dump('byok.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('byok.tenant_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('byok.data_keys', '');

@@ -51,6 +51,8 @@ CREATE TABLE byok.protected_columns (
     PRIMARY KEY (table_schema, table_name, column_name),
     CHECK (bind_row = (key_columns IS NOT NULL))
 );
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.protected_columns
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
 COMMENT ON TABLE byok.protected_columns IS 'byok: columns that hold only byok ciphertext, by schema, table and column name (stable across pg_dump and restore)';
 REVOKE ALL ON byok.protected_columns FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('byok.protected_columns', '');

@@ -608,6 +608,23 @@ REVOKE ALL ON FUNCTION byok.tenant_state_changed() FROM PUBLIC;
 CREATE TRIGGER tenant_state_changed AFTER UPDATE OF state, tk_version, provider, key_ref ON byok.tenants
     FOR EACH ROW EXECUTE FUNCTION byok.tenant_state_changed();
 
+-- On a Citus worker only Citus's own backends write the catalog tables it
+-- replicates (src/catalog/citus.c); elsewhere this does nothing.
+CREATE FUNCTION byok.catalog_write_check() RETURNS trigger
+AS 'MODULE_PATHNAME', 'byok_catalog_write_check'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION byok.catalog_write_check() FROM PUBLIC;
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.tenant_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.data_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.scopes
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.protected_columns
+    FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
+
 -- A Citus cluster, on the coordinator: CREATE EXTENSION byok runs it when
 -- the coordinator is already in Citus's metadata (citus_set_coordinator_host);
 -- otherwise run it once that is done.  The catalog tables every node reads

@@ -485,3 +485,44 @@ ks_citus_flush_workers(const char *tenant)
 				 errhint("The other nodes are flushed; run byok_cache_flush again once the worker answers.")));
 	SPI_finish();
 }
+
+/*
+ * BEFORE INSERT OR UPDATE OR DELETE, FOR EACH STATEMENT, on the catalog
+ * tables Citus replicates (and their copies): on a worker, only Citus's
+ * own backends write them (the coordinator's changes, a node's first copy,
+ * a shard move).  Any other writer there — byok's plpgsql functions run on
+ * a worker by mistake, a hand-written statement — would make ids from the
+ * worker's own sequences and lock rows the coordinator's changes do not
+ * see: refused with YK015.  (The C paths refuse before writing:
+ * ks_citus_sql.)  Elsewhere it does nothing.
+ */
+PG_FUNCTION_INFO_V1(byok_catalog_write_check);
+
+Datum
+byok_catalog_write_check(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	const char *app;
+	bool		worker;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_STATEMENT(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("byok.catalog_write_check() is a statement trigger")));
+	app = GetConfigOption("application_name", true, false);
+	if (app != NULL && (strncmp(app, "citus_internal gpid=", 20) == 0 ||
+						strncmp(app, "citus_rebalancer gpid=", 22) == 0 ||
+						strncmp(app, "citus_shard_", 12) == 0))
+		return PointerGetDatum(NULL);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	worker = ks_on_worker();
+	SPI_finish();
+	if (worker)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CLUSTER),
+				 errmsg("byok's catalog is written on the Citus coordinator only"),
+				 errdetail("This statement writes byok.%s on a worker.", RelationGetRelationName(td->tg_relation)),
+				 errhint("Run administrative byok functions on the coordinator.")));
+	return PointerGetDatum(NULL);
+}

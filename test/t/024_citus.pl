@@ -108,6 +108,16 @@ is($_->safe_psql('postgres', $catalog), $want, $_->name . ': encrypting on the w
 is($state, 'YK015', 'an administrative change on a worker is refused (YK015)');
 like($err, qr/written on the Citus coordinator only/, '... saying where to run it');
 
+# byok's plpgsql administration and hand-written statements on a worker's
+# catalog are refused too (their ids would come from the worker's sequences)
+($state, $err) = sql_error($workers[1], q{SELECT byok_declare_scope('pii')});
+is($state, 'YK015', 'byok_declare_scope on a worker is refused (YK015)');
+($state, $err) = sql_error($workers[1], q{DELETE FROM byok.scopes});
+is($state, 'YK015', 'a hand-written write of a replicated catalog table on a worker is refused (YK015)');
+cq(q{SELECT byok_declare_scope('pii')});
+is($_->safe_psql('postgres', q{SELECT count(*) FROM byok.scopes WHERE scope = 'pii'}), '1',
+	$_->name . ': a scope declared on the coordinator is declared here') for @workers;
+
 # every worker keeps a local table of acme's values, read by sessions that
 # hold acme's keys across the revocation
 for my $w (@workers)
@@ -166,6 +176,20 @@ $idle->quit;
 cq(q{SELECT byok_reinstate_tenant('acme')});
 ok($_->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}), $_->name . ': acme reinstated')
   for @workers;
+
+# the cluster seen from the coordinator: one row per node
+my $status = q{SELECT string_agg(node_role || ':' || reachable || ':' || byok_loaded || ':' || poller_alive
+                                 || ':' || (tenants_locked_out > 0), ',' ORDER BY node) FROM byok_cluster_status()};
+cq(q{SELECT byok_revoke_tenant('acme')});
+$_->poll_query_until('postgres', q{SELECT count(*) = 1 FROM byok_stats() WHERE tenant = 'acme' AND state = 'revoked'})
+  for @workers;
+is(cq($status), 'worker:true:true:true:true,worker:true:true:true:true,coordinator:true:true:true:true',
+	'byok_cluster_status: the coordinator and both workers, byok loaded, pollers alive, acme locked out on each');
+cq(q{SELECT byok_reinstate_tenant('acme')});
+is(cq(q{SELECT count(*) FILTER (WHERE ok) || '/' || count(*) || ':' || count(DISTINCT node) FROM byok_validate_tenant('initech', true)}),
+	'15/15:3', 'byok_validate_tenant(all_nodes): every check passes on every node (3 nodes)');
+is(cq(q{SELECT count(*) FILTER (WHERE ok) || ':' || count(*) FILTER (WHERE slowest) || ':' || count(*) FROM byok_revocation_drill('initech', true)}),
+	'3:1:3', 'byok_revocation_drill(all_nodes): drilled on every node, one of them the slowest');
 
 # a revocation in a transaction that rolls back changes nothing on a worker
 cq(q{BEGIN; SELECT byok_revoke_tenant('acme'); ROLLBACK;});
@@ -274,5 +298,11 @@ is($w3->safe_psql('postgres', qq{SELECT byok_decrypt_text('$sample'::bytea)}), '
 is($w3->safe_psql('postgres', $catalog), cq($catalog), 'worker3 holds the same catalog as the coordinator');
 is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t WHERE tenant <> 'globex'}), '40',
 	'after the rebalance every value decrypts');
+
+# a worker that does not answer shows as such
+$workers[1]->stop;
+is(cq(q{SELECT string_agg(node_role || ':' || reachable, ',' ORDER BY node) FROM byok_cluster_status() WHERE node <> 'local'}),
+	'worker:true,worker:false,worker:true', 'byok_cluster_status names the worker that does not answer');
+$workers[1]->start;
 
 done_testing();
