@@ -253,6 +253,52 @@ REVOKE ALL ON FUNCTION byok_revocation_drill(text, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION byok_node_status(), byok_cluster_status() TO byok_auditor;
 GRANT EXECUTE ON FUNCTION byok_validate_tenant(text, boolean), byok_revocation_drill(text, boolean) TO byok_admin;
 
+-- DEK usage on a Citus cluster (src/catalog/citus.c): every node reserves
+-- blocks of encryptions under a DEK from the coordinator's count, in a
+-- transaction of its own, so byok.dek_max_encryptions (the coordinator's)
+-- bounds the values sealed under one DEK by every node together.  Returns
+-- how many were granted (0: exhausted), -1 for a DEK not committed here.
+-- When one is exhausted a node asks the coordinator to rotate the scope.
+-- Superuser only: byok calls them as the bootstrap superuser.
+-- A reservation waits at most a second for a transaction holding Citus's
+-- lock on byok.data_keys (one that made or rotated a data key), then fails:
+-- a worker's encryption fails with YK015 rather than wait on it for ever.
+CREATE FUNCTION byok_reserve_encryptions(dek_id bigint, wanted bigint) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '1s'
+AS $fn$
+DECLARE
+    lim bigint := pg_catalog.current_setting('byok.dek_max_encryptions')::bigint;
+    cur bigint;
+    got bigint;
+BEGIN
+    LOOP
+        SELECT d.encryptions INTO cur FROM byok.data_keys d
+         WHERE d.dek_id OPERATOR(pg_catalog.=) byok_reserve_encryptions.dek_id AND d.wrapped_key IS NOT NULL;
+        IF NOT FOUND THEN
+            RETURN -1;
+        END IF;
+        got := LEAST(GREATEST(wanted, 0), GREATEST(lim OPERATOR(pg_catalog.-) cur, 0));
+        IF got OPERATOR(pg_catalog.=) 0 THEN
+            RETURN 0;
+        END IF;
+        -- (Citus serialises writes of a reference table: a lost race is rare)
+        UPDATE byok.data_keys d SET encryptions = cur OPERATOR(pg_catalog.+) got
+         WHERE d.dek_id OPERATOR(pg_catalog.=) byok_reserve_encryptions.dek_id
+           AND d.encryptions OPERATOR(pg_catalog.=) cur;
+        IF FOUND THEN
+            RETURN got;
+        END IF;
+    END LOOP;
+END $fn$;
+REVOKE ALL ON FUNCTION byok_reserve_encryptions(bigint, bigint) FROM PUBLIC;
+
+CREATE FUNCTION byok_rotate_for_limit(tenant text, scope text, dek_id bigint) RETURNS bigint
+AS 'MODULE_PATHNAME', 'byok_rotate_for_limit'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION byok_rotate_for_limit(text, text, bigint) FROM PUBLIC;
+
 -- CREATE EXTENSION byok on a Citus coordinator that is in Citus's metadata
 -- sets the catalog up for the cluster at once (Citus then creates the
 -- extension on every worker, and on nodes added later).  Elsewhere, and on

@@ -58,8 +58,19 @@ byok_shmem_startup(void)
 	byok_cache_shmem_startup();
 }
 
+static void byok_xact_event(XactEvent event);
+
 static void
 byok_xact_callback(XactEvent event, void *arg)
+{
+	/* (its list entry must stay while the callbacks run: catalog/citus.c) */
+	byok_in_xact_callback = true;
+	byok_xact_event(event);
+	byok_in_xact_callback = false;
+}
+
+static void
+byok_xact_event(XactEvent event)
 {
 	switch (event)
 	{
@@ -136,5 +147,6 @@ _PG_init(void)
 
 	RegisterXactCallback(byok_xact_callback, NULL);
 	RegisterSubXactCallback(byok_subxact_callback, NULL);
+	byok_keystore_xact_callbacks(byok_xact_callback, byok_subxact_callback);
 	byok_extdrop_install();
 }

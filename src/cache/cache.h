@@ -209,6 +209,8 @@ extern int	byok_cache_sweep_expired(void);
 extern uint64 byok_cache_add_use(const ByokCacheKey *key, int64 n, uint64 fallback);
 extern uint64 byok_cache_reserve(const ByokCacheKey *key, uint64 want, uint64 limit, bool *tracked,
 								 uint64 *before);
+extern uint64 byok_cache_reserve_node(const ByokCacheKey *key, uint64 want, bool *tracked, uint64 *before);
+extern bool byok_cache_allow(const ByokCacheKey *key, uint64 n);
 
 /* flight.c */
 extern ByokFlightRole byok_flight_begin(const ByokCacheKey *key, uint8 *out, int *slot,

@@ -105,6 +105,7 @@ typedef struct ByokCacheEntry
 	TimestampTz expires_at;		/* byok.cache_ttl after installation */
 	TimestampTz last_used;		/* approximate, written under shared lock */
 	uint64		used;			/* DEKs: values sealed so far (catalog + since) */
+	uint64		allowed;		/* DEKs on Citus: 'used' may reach this (reserved on the coordinator) */
 } ByokCacheEntry;
 
 typedef struct ByokTenantMapKey

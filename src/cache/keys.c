@@ -191,6 +191,7 @@ byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8
 			{
 				entry->cell = kc_free[--kc_shared->nfree];
 				entry->used = 0;
+				entry->allowed = 0;
 				ts->nentries++;
 			}
 		}
@@ -202,6 +203,7 @@ byok_cache_put(const ByokCacheKey *key, int slot, uint64 generation, const uint8
 			entry->expires_at = now + (TimestampTz) byok_cache_ttl * USECS_PER_SEC;
 			entry->last_used = now;
 			entry->used = Max(entry->used, used);
+			entry->allowed = Max(entry->allowed, entry->used);
 		}
 		ts->last_used = now;
 	}
@@ -292,4 +294,44 @@ byok_cache_reserve(const ByokCacheKey *key, uint64 want, uint64 limit, bool *tra
 	}
 	LWLockRelease(kc_lock);
 	return granted;
+}
+
+/*
+ * On a Citus cluster the coordinator's catalog counts what every node has
+ * reserved under a DEK (byok_reserve_encryptions), and a node seals only
+ * what it reserved: reserve up to 'want' from this node's reservations for
+ * the cached DEK 'key' (0 when they are used up: reserve more, then call
+ * again).  *tracked as for byok_cache_reserve.  Takes the lock exclusive.
+ */
+uint64
+byok_cache_reserve_node(const ByokCacheKey *key, uint64 want, bool *tracked, uint64 *before)
+{
+	ByokCacheEntry *entry;
+	uint64		granted = 0;
+
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	entry = hash_search(kc_cache, key, HASH_FIND, NULL);
+	*tracked = entry != NULL;
+	*before = entry ? entry->used : 0;
+	if (entry && entry->used < entry->allowed)
+	{
+		granted = Min(want, entry->allowed - entry->used);
+		entry->used += granted;
+	}
+	LWLockRelease(kc_lock);
+	return granted;
+}
+
+/* 'n' more encryptions reserved on the coordinator for this node's cached DEK 'key'. */
+bool
+byok_cache_allow(const ByokCacheKey *key, uint64 n)
+{
+	ByokCacheEntry *entry;
+
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	entry = hash_search(kc_cache, key, HASH_FIND, NULL);
+	if (entry)
+		entry->allowed += n;
+	LWLockRelease(kc_lock);
+	return entry != NULL;
 }

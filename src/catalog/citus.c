@@ -33,6 +33,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
 #include "commands/extension.h"
@@ -92,6 +93,38 @@ ks_citus_keep_plan(SPIPlanPtr *plan)
 }
 
 /*
+ * byok's transaction callbacks (byok.c), and moving them before Citus's.
+ * Callbacks run newest first, so with byok preloaded before citus, Citus's
+ * PRE_COMMIT (which prepares the workers' part) would run before byok's,
+ * which may still write the catalog (a data key's usage count): once per
+ * backend on a Citus node, byok registers its own again, in front.
+ */
+static XactCallback ks_xact_cb = NULL;
+static SubXactCallback ks_subxact_cb = NULL;
+bool		byok_in_xact_callback = false;	/* set by byok.c while its callback runs */
+
+void
+byok_keystore_xact_callbacks(XactCallback xact, SubXactCallback subxact)
+{
+	ks_xact_cb = xact;
+	ks_subxact_cb = subxact;
+}
+
+static void
+ks_callbacks_first(void)
+{
+	static bool moved = false;
+
+	if (moved || ks_xact_cb == NULL || byok_in_xact_callback)
+		return;
+	UnregisterXactCallback(ks_xact_cb, NULL);
+	RegisterXactCallback(ks_xact_cb, NULL);
+	UnregisterSubXactCallback(ks_subxact_cb, NULL);
+	RegisterSubXactCallback(ks_subxact_cb, NULL);
+	moved = true;
+}
+
+/*
  * Where this transaction's catalog rows are (inside ks_enter, as the
  * bootstrap superuser).  Once per transaction.
  */
@@ -144,12 +177,21 @@ ks_citus_refresh(void)
 		ks_place.ntables = (int) n;
 		ks_place.active = n > 0;
 	}
+	if (ks_place.active)
+		ks_callbacks_first();
 	if (memcmp(&ks_place, &ks_planned, sizeof(ks_place)) != 0)
 	{
 		ks_free_plans();
 		ks_planned = ks_place;
 	}
 	ks_place_lxid = MyProc->lxid;
+}
+
+/* Is this database's catalog distributed by Citus (in this transaction)? */
+bool
+ks_citus_active(void)
+{
+	return ks_place.active;
 }
 
 /* Is this a Citus worker, where byok's catalog is read but never written? */
@@ -525,4 +567,125 @@ byok_catalog_write_check(PG_FUNCTION_ARGS)
 				 errdetail("This statement writes byok.%s on a worker.", RelationGetRelationName(td->tg_relation)),
 				 errhint("Run administrative byok functions on the coordinator.")));
 	return PointerGetDatum(NULL);
+}
+
+/* ---- data-key usage on a Citus cluster ---- */
+
+/*
+ * byok.dek_max_encryptions bounds the values sealed under one DEK on every
+ * node together: each node reserves blocks from the coordinator's count
+ * (byok_reserve_encryptions, in a transaction of its own through Citus's
+ * run_command_on_coordinator, so a reservation is never rolled back) and
+ * seals only what it reserved; a block left unused when its cache entry
+ * goes is wasted, never reused.  When the coordinator grants nothing more,
+ * the scope rotates there (byok_rotate_for_limit) and every node reads the
+ * new DEK from its copy.  Both run as the bootstrap superuser (inside
+ * ks_enter), so Citus connects as it.
+ */
+static LocalTransactionId ks_nocitus_lxid = InvalidLocalTransactionId;
+
+bool
+byok_keystore_citus_counts(void)
+{
+	KsAccess	acc;
+
+	/*
+	 * A transaction that made or rotated a DEK holds Citus's lock on
+	 * byok.data_keys until it ends: a reservation in another transaction
+	 * would wait for it.  It counts in this backend instead, and its new
+	 * DEKs' counts are written at its commit (byok_keystore_save_usage).
+	 */
+	if (ks_ncreated > 0 || ks_bump_epoch)
+		return false;
+	if (ks_place_lxid == MyProc->lxid)
+		return ks_place.active;
+	if (ks_nocitus_lxid == MyProc->lxid)
+		return false;
+	if (!OidIsValid(get_extension_oid("citus", true)))
+	{
+		ks_nocitus_lxid = MyProc->lxid;
+		return false;
+	}
+	ks_enter(&acc);
+	ks_leave(&acc);
+	return ks_place.active;
+}
+
+/* Run "SELECT <byok's schema>.<call>" on the coordinator; its one value, as text.  Inside ks_enter. */
+static char *
+ks_on_coordinator(const char *call, const char *what)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(call)};
+	char	   *result;
+	bool		isnull;
+
+	ks_exec_once("SELECT r.success, r.result FROM pg_catalog.pg_extension e "
+				 "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace, "
+				 "LATERAL pg_catalog.run_command_on_coordinator(pg_catalog.format('SELECT %I.%s', n.nspname, $1)) r "
+				 "WHERE e.extname OPERATOR(pg_catalog.=) 'byok'", 1, types, values, NULL);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CLUSTER),
+				 errmsg("could not %s on the Citus coordinator", what),
+				 errdetail("run_command_on_coordinator returned " UINT64_FORMAT " rows.", SPI_processed)));
+	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (!DatumGetBool(ks_get(0, 1, &isnull)) || isnull || result == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CLUSTER),
+				 errmsg("could not %s on the Citus coordinator", what),
+				 errdetail("%.200s", result ? result : "no answer")));
+	return result;
+}
+
+/* the coordinator's answer, a count or an id: digits only, within [min, max] */
+static int64
+ks_answer_int(const char *answer, int64 min, int64 max, const char *what)
+{
+	char	   *end;
+	long long	v;
+
+	errno = 0;
+	v = strtoll(answer, &end, 10);
+	if (errno != 0 || end == answer || *end != '\0' || v < min || v > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CLUSTER),
+				 errmsg("could not %s on the Citus coordinator", what),
+				 errdetail("It answered \"%.40s\", not a number from " INT64_FORMAT " to " INT64_FORMAT ".",
+						   answer, min, max)));
+	return (int64) v;
+}
+
+/*
+ * Reserve up to 'want' encryptions under DEK 'dek_id': how many were
+ * granted (0: exhausted), or -1 when the coordinator has no such DEK
+ * committed (one this transaction made: counted by its own backend).
+ */
+int64
+byok_keystore_citus_reserve(int64 dek_id, uint64 want)
+{
+	KsAccess	acc;
+	char		call[96];
+	int64		got;
+
+	snprintf(call, sizeof(call), "byok_reserve_encryptions(" INT64_FORMAT ", " UINT64_FORMAT ")",
+			 dek_id, want);
+	ks_enter(&acc);
+	got = ks_answer_int(ks_on_coordinator(call, "reserve encryptions under a data key"),
+						-1, (int64) Min(want, (uint64) PG_INT64_MAX), "reserve encryptions under a data key");
+	ks_leave(&acc);
+	return got;
+}
+
+/* On a worker: rotate the exhausted DEK 'dek_id' on the coordinator; the DEK to use now.  Inside ks_enter. */
+int64
+ks_citus_rotate_on_coordinator(const char *tenant, const char *scope, int64 dek_id)
+{
+	StringInfoData call;
+	char	   *qt = quote_literal_cstr(tenant);
+	char	   *qs = quote_literal_cstr(scope);
+
+	initStringInfo(&call);
+	appendStringInfo(&call, "byok_rotate_for_limit(%s, %s, " INT64_FORMAT ")", qt, qs, dek_id);
+	return ks_answer_int(ks_on_coordinator(call.data, "rotate a data key"), 1, PG_INT64_MAX, "rotate a data key");
 }

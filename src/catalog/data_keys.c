@@ -659,14 +659,20 @@ byok_keystore_save_usage(int64 dek_id, uint64 used)
 	KsAccess	acc;
 	Oid			types[2] = {INT8OID, INT8OID};
 	Datum		values[2] = {Int64GetDatum(dek_id), Int64GetDatum((int64) used)};
+	bool		mine = false;
 
 	if (RecoveryInProgress() || XactReadOnly)
 		return;
 	/* called just before commit, where no snapshot is active any more */
 	PushActiveSnapshot(GetTransactionSnapshot());
 	ks_enter(&acc);
-	/* a Citus worker counts in shared memory only: its catalog is the coordinator's */
-	if (!ks_citus_worker())
+	/*
+	 * On Citus the coordinator's count is what every node reserved
+	 * (citus.c), except for the DEKs this transaction made, counted here.
+	 */
+	for (int i = 0; i < ks_ncreated; i++)
+		mine |= ks_created[i] == dek_id;
+	if (!ks_citus_active() || (mine && !ks_citus_worker()))
 		ks_exec_once("UPDATE byok.data_keys SET encryptions = GREATEST(encryptions, $2) "
 					 "WHERE dek_id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL);
 	ks_leave(&acc);
@@ -691,6 +697,13 @@ byok_keystore_rotate_for_limit(const char *tenant, const char *scope, int64 dek_
 	int32		version;
 
 	ks_enter(&acc);
+	if (ks_citus_worker())
+	{
+		/* a worker writes no catalog: the coordinator rotates, every copy shows it */
+		current = ks_citus_rotate_on_coordinator(tenant, scope, dek_id);
+		ks_leave(&acc);
+		return current;
+	}
 	ks_find_tenant(tenant, KS_LOCK_CHANGE, &t);	/* serialises rotations of this tenant */
 	values[0] = Int32GetDatum(t.tenant_id);
 	values[1] = CStringGetTextDatum(scope);

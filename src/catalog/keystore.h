@@ -16,6 +16,8 @@
 #ifndef BYOK_KEYSTORE_H
 #define BYOK_KEYSTORE_H
 
+#include "access/xact.h"
+
 #include "byok_defs.h"
 #include "cache/cache.h"
 
@@ -64,6 +66,10 @@ extern void byok_keystore_subxact_abort(SubTransactionId subid);
 extern bool byok_keystore_has_pending(void);
 extern void byok_keystore_pre_prepare(void);
 extern void byok_keystore_apply_lockouts(void);
+extern bool byok_keystore_citus_counts(void);
+extern void byok_keystore_xact_callbacks(XactCallback xact, SubXactCallback subxact);
+extern bool byok_in_xact_callback;
+extern int64 byok_keystore_citus_reserve(int64 dek_id, uint64 want);
 extern void byok_keystore_forget_lockouts(void);
 extern void byok_keystore_catalog_changed(void);
 

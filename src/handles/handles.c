@@ -518,8 +518,9 @@ byok_handle_pre_commit(void)
  * in the shared cache, and when the DEK is exhausted the scope rotates and
  * the handle of the next DEK reserves instead.  A DEK that is not in the
  * shared cache (byok.cache_ttl = 0, evicted, or made by this transaction)
- * falls back to this backend's own count.  Returns the handle to seal
- * with; it may seal at least one more value.
+ * falls back to this backend's own count.  On a Citus cluster the count
+ * is the coordinator's, for every node together (catalog/citus.c).
+ * Returns the handle to seal with; it may seal at least one more value.
  */
 ByokLocalKey *
 byok_handle_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
@@ -528,6 +529,7 @@ byok_handle_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
 	uint64		limit = (uint64) byok_dek_max_encryptions;
 	uint64		batch = Max(1, Min(64, limit / 1024));
 	uint64		step = Max(1, limit / 1000);
+	bool		citus = byok_keystore_citus_counts();
 
 	for (int tries = 0; tries < 8; tries++)
 	{
@@ -537,18 +539,48 @@ byok_handle_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
 		uint64		before;
 
 		byok_cache_key_init(&ck, MyDatabaseId, ks_catalog_for_drop, BYOK_CACHE_DEK, lk->dek_id, 0);
-		granted = byok_cache_reserve(&ck, batch, limit, &tracked, &before);
-		if (tracked)
+		if (citus)
 		{
-			lk->reserved += granted;
-			if (before / step != (before + granted) / step)
-				lk->persist = true;
+			/*
+			 * Citus: only what this node reserved on the coordinator, in
+			 * blocks of a thousandth of the limit for the node's cached DEK
+			 * (a batch for this handle alone when the DEK is not cached)
+			 */
+			granted = byok_cache_reserve_node(&ck, batch, &tracked, &before);
+			if (granted == 0)
+			{
+				int64		got = byok_keystore_citus_reserve(lk->dek_id, tracked ? Max(batch, step) : batch);
+
+				if (got < 0)
+				{
+					/* made by this transaction: not visible there yet; counted here */
+					uint64		seen = lk->used + lk->encrypts;
+
+					granted = seen >= limit ? 0 : Min(batch, limit - seen);
+				}
+				else if (!tracked)
+					granted = (uint64) got;
+				else if (got > 0 && byok_cache_allow(&ck, (uint64) got))
+					granted = byok_cache_reserve_node(&ck, batch, &tracked, &before);
+			}
+			if (tracked)
+				lk->reserved += granted;
 		}
 		else
 		{
-			uint64		seen = lk->used + lk->encrypts;
+			granted = byok_cache_reserve(&ck, batch, limit, &tracked, &before);
+			if (tracked)
+			{
+				lk->reserved += granted;
+				if (before / step != (before + granted) / step)
+					lk->persist = true;
+			}
+			else
+			{
+				uint64		seen = lk->used + lk->encrypts;
 
-			granted = seen >= limit ? 0 : Min(batch, limit - seen);
+				granted = seen >= limit ? 0 : Min(batch, limit - seen);
+			}
 		}
 		lk->allowed = lk->encrypts + granted;
 		if (granted > 0)

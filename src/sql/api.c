@@ -38,6 +38,7 @@ PG_FUNCTION_INFO_V1(byok_decrypt_as);
 PG_FUNCTION_INFO_V1(byok_ciphertext_info);
 PG_FUNCTION_INFO_V1(byok_create_tenant);
 PG_FUNCTION_INFO_V1(byok_rotate_data_key);
+PG_FUNCTION_INFO_V1(byok_rotate_for_limit);
 PG_FUNCTION_INFO_V1(byok_revoke_tenant);
 PG_FUNCTION_INFO_V1(byok_reinstate_tenant);
 PG_FUNCTION_INFO_V1(byok_cache_flush);
@@ -309,6 +310,23 @@ byok_rotate_data_key(PG_FUNCTION_ARGS)
 											text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	byok_handle_forget_current();
 	PG_RETURN_INT32(version);
+}
+
+/*
+ * The scope's DEK 'dek_id' reached byok.dek_max_encryptions on a Citus
+ * node: rotate unless another node just did; the DEK to seal with now.
+ * Superuser only (the workers ask the coordinator: catalog/citus.c).
+ */
+Datum
+byok_rotate_for_limit(PG_FUNCTION_ARGS)
+{
+	int64		next;
+
+	byok_check_loaded();
+	next = byok_keystore_rotate_for_limit(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+										  text_to_cstring(PG_GETARG_TEXT_PP(1)), PG_GETARG_INT64(2));
+	byok_handle_forget_current();
+	PG_RETURN_INT64(next);
 }
 
 Datum

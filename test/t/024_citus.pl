@@ -259,6 +259,36 @@ enable_key($coord, 'acme2');
 ok($_->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}),
 	$_->name . ': the new CMK enabled again, acme reads') for @workers;
 
+# byok.dek_max_encryptions bounds the values sealed under one data key by
+# every node together: the nodes reserve from the coordinator's count, and
+# a worker that finds a key exhausted has the coordinator rotate it
+for my $n ($coord, @workers)
+{
+	$n->safe_psql('postgres', q{ALTER SYSTEM SET byok.dek_max_encryptions = 100});
+	$n->safe_psql('postgres', q{SELECT pg_reload_conf()});
+}
+$_->poll_query_until('postgres', q{SELECT current_setting('byok.dek_max_encryptions') = '100'}) for ($coord, @workers);
+cq(q{SELECT byok_encrypt('initech', 'first', 'pii')});    # the scope's first data key, made on the coordinator
+cq(q{CREATE TABLE t3 (k int PRIMARY KEY, c bytea)});
+cq(q{SELECT create_distributed_table('t3', 'k', colocate_with => 't')});
+cq(q{INSERT INTO t3 SELECT t.i * 10 + g, byok_encrypt('initech', 'z' || (t.i * 10 + g), 'pii')
+       FROM t CROSS JOIN generate_series(1, 5) g});
+is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'z' || k) FROM t3}), '300',
+	'300 values sealed on the workers under a limit of 100 per data key all decrypt');
+my $per_key = cq(q{SELECT max(n) || ':' || count(*) FROM (SELECT (byok_ciphertext_info(c)).dek_id, count(*) n FROM t3 GROUP BY 1) x});
+my ($most, $keys) = split /:/, $per_key;
+ok($most <= 100 && $keys >= 3, "no data key sealed more than 100 of them ($most at most, over $keys keys)");
+is(cq(q{SELECT bool_and(d.encryptions <= 100) AND sum(d.encryptions) >= 301 FROM byok.data_keys d
+        JOIN byok.tenants t ON t.tenant_id = d.tenant_id WHERE t.name = 'initech' AND d.scope = 'pii'}), 't',
+	'the coordinator counted every one of them, no key past the limit');
+is($_->safe_psql('postgres', $catalog), cq($catalog), $_->name . ': the rotated keys are in its copy of the catalog')
+  for @workers;
+for my $n ($coord, @workers)
+{
+	$n->safe_psql('postgres', q{ALTER SYSTEM RESET byok.dek_max_encryptions});
+	$n->safe_psql('postgres', q{SELECT pg_reload_conf()});
+}
+
 # a node added later: no copy of the catalog until Citus replicates the
 # reference tables (a clear error), then a rebalance under load moves shards
 # onto it and every value still decrypts
