@@ -43,6 +43,7 @@
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -125,6 +126,22 @@ ks_callbacks_first(void)
 }
 
 /*
+ * byok's writes of the replicated tables must run in this backend, where
+ * its reads of the local copy see them (and its row locks are its own):
+ * Citus's local execution, on for the length of the catalog access (the
+ * GUC nest level of ks_enter's user switch) whatever the session set.
+ * With it off, a revoke waited on its own row lock through a loopback
+ * connection until Citus's deadlock detector cancelled it.
+ */
+static void
+ks_local_execution(void)
+{
+	if (ks_place.active)
+		(void) set_config_option("citus.enable_local_execution", "on", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
  * Where this transaction's catalog rows are (inside ks_enter, as the
  * bootstrap superuser).  Once per transaction.
  */
@@ -136,7 +153,10 @@ ks_citus_refresh(void)
 	uint64		n;
 
 	if (ks_place_lxid == MyProc->lxid)
+	{
+		ks_local_execution();
 		return;
+	}
 	memset(&ks_place, 0, sizeof(ks_place));
 	if (OidIsValid(get_extension_oid("citus", true)))
 	{
@@ -185,6 +205,7 @@ ks_citus_refresh(void)
 		ks_planned = ks_place;
 	}
 	ks_place_lxid = MyProc->lxid;
+	ks_local_execution();
 }
 
 /* Is this database's catalog distributed by Citus (in this transaction)? */

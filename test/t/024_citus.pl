@@ -177,6 +177,12 @@ cq(q{SELECT byok_reinstate_tenant('acme')});
 ok($_->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}), $_->name . ': acme reinstated')
   for @workers;
 
+# a session that turned Citus's local execution off still changes tenants
+# (byok's writes run in its own backend, where its reads see them)
+($state, $err) = sql_error($coord, q{SET citus.enable_local_execution = off; SET statement_timeout = '10s';
+  SELECT byok_revoke_tenant('acme'); SELECT byok_reinstate_tenant('acme');});
+is($state, '', 'revoke and reinstate with citus.enable_local_execution off') or diag($err);
+
 # the cluster seen from the coordinator: one row per node
 my $status = q{SELECT string_agg(node_role || ':' || reachable || ':' || byok_loaded || ':' || poller_alive
                                  || ':' || (tenants_locked_out > 0), ',' ORDER BY node) FROM byok_cluster_status()};
