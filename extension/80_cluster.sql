@@ -99,6 +99,33 @@ BEGIN
 END $fn$;
 REVOKE ALL ON FUNCTION byok_node_status() FROM PUBLIC;
 
+-- On a Citus coordinator: the rows of byok's node-level function 'fn'
+-- (byok_node_status, byok_validate_tenant or byok_revocation_drill, with
+-- 'tenant' for the last two) on every worker, as a JSON array per worker
+-- (Citus's run_command_on_workers, as the caller); elsewhere no rows.
+CREATE FUNCTION byok.on_workers(fn text, tenant text, OUT node text, OUT success boolean, OUT result text)
+RETURNS SETOF record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF fn IS NULL OR fn OPERATOR(pg_catalog.<>) ALL (ARRAY['byok_node_status', 'byok_validate_tenant', 'byok_revocation_drill']) THEN
+        RAISE EXCEPTION 'byok.on_workers runs byok''s node-level functions only' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RETURN;
+    END IF;
+    IF (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.<>) 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT r.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) r.nodeport, r.success, r.result
+      FROM pg_catalog.run_command_on_workers(pg_catalog.format('SELECT pg_catalog.json_agg(x) FROM %I.%I(%s) x',
+               '@extschema@', fn, COALESCE(pg_catalog.quote_literal(tenant), ''))) r
+     ORDER BY r.nodename, r.nodeport;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.on_workers(text, text) FROM PUBLIC;
+
 -- Every node at once, from the node asked: this one; on a Citus
 -- coordinator every worker (asked through Citus's run_command_on_workers,
 -- as the caller); and this node's streaming standbys (from
@@ -124,33 +151,28 @@ BEGIN
     cmks_watched := s.cmks_watched; tenants := s.tenants; tenants_locked_out := s.tenants_locked_out;
     cached_keys := s.cached_keys; last_change_at := s.last_change_at; last_change := s.last_change;
     RETURN NEXT;
-    IF s.node_role OPERATOR(pg_catalog.=) 'coordinator' THEN
-        FOR w IN SELECT r.nodename, r.nodeport, r.success, r.result
-                 FROM pg_catalog.run_command_on_workers(pg_catalog.format(
-                     'SELECT pg_catalog.row_to_json(s) FROM %I.byok_node_status() s', '@extschema@')) r
-                 ORDER BY r.nodename, r.nodeport LOOP
-            node := w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport;
-            reachable := w.success;
-            node_role := 'worker'; byok_loaded := NULL; poller_alive := NULL; cmks_watched := NULL;
-            tenants := NULL; tenants_locked_out := NULL; cached_keys := NULL;
-            last_change_at := NULL; last_change := NULL; detail := NULL;
-            IF w.success THEN
-                j := w.result::jsonb;
-                node_role := j->>'node_role';
-                byok_loaded := (j->>'byok_loaded')::boolean;
-                poller_alive := (j->>'poller_alive')::boolean;
-                cmks_watched := (j->>'cmks_watched')::integer;
-                tenants := (j->>'tenants')::integer;
-                tenants_locked_out := (j->>'tenants_locked_out')::integer;
-                cached_keys := (j->>'cached_keys')::bigint;
-                last_change_at := (j->>'last_change_at')::timestamptz;
-                last_change := j->>'last_change';
-            ELSE
-                detail := pg_catalog.left(w.result, 200);
-            END IF;
-            RETURN NEXT;
-        END LOOP;
-    END IF;
+    FOR w IN SELECT * FROM byok.on_workers('byok_node_status', NULL) LOOP
+        node := w.node;
+        reachable := w.success;
+        node_role := 'worker'; byok_loaded := NULL; poller_alive := NULL; cmks_watched := NULL;
+        tenants := NULL; tenants_locked_out := NULL; cached_keys := NULL;
+        last_change_at := NULL; last_change := NULL; detail := NULL;
+        IF w.success THEN
+            j := w.result::jsonb OPERATOR(pg_catalog.->) 0;
+            node_role := j->>'node_role';
+            byok_loaded := (j->>'byok_loaded')::boolean;
+            poller_alive := (j->>'poller_alive')::boolean;
+            cmks_watched := (j->>'cmks_watched')::integer;
+            tenants := (j->>'tenants')::integer;
+            tenants_locked_out := (j->>'tenants_locked_out')::integer;
+            cached_keys := (j->>'cached_keys')::bigint;
+            last_change_at := (j->>'last_change_at')::timestamptz;
+            last_change := j->>'last_change';
+        ELSE
+            detail := pg_catalog.left(w.result, 200);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
     FOR w IN SELECT r.application_name, r.client_addr, r.state, r.replay_lsn, r.replay_lag
              FROM pg_catalog.pg_stat_replication r ORDER BY r.application_name LOOP
         node := w.application_name OPERATOR(pg_catalog.||) COALESCE(' (' OPERATOR(pg_catalog.||) w.client_addr::text OPERATOR(pg_catalog.||) ')', '');
@@ -184,18 +206,11 @@ BEGIN
         node := 'local'; "check" := v."check"; ok := v.ok; detail := v.detail; latency_ms := v.latency_ms;
         RETURN NEXT;
     END LOOP;
-    IF NOT all_nodes OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+    IF NOT all_nodes THEN
         RETURN;
     END IF;
-    IF (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.<>) 0 THEN
-        RETURN;
-    END IF;
-    FOR w IN SELECT r.nodename, r.nodeport, r.success, r.result
-             FROM pg_catalog.run_command_on_workers(pg_catalog.format(
-                 'SELECT pg_catalog.json_agg(v) FROM %I.byok_validate_tenant(%L) v', '@extschema@',
-                 byok_validate_tenant.tenant)) r
-             ORDER BY r.nodename, r.nodeport LOOP
-        node := w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport;
+    FOR w IN SELECT * FROM byok.on_workers('byok_validate_tenant', byok_validate_tenant.tenant) LOOP
+        node := w.node;
         IF NOT w.success THEN
             "check" := 'node'; ok := false; detail := pg_catalog.left(w.result, 200); latency_ms := NULL;
             RETURN NEXT;
@@ -227,19 +242,12 @@ BEGIN
     SELECT * INTO d FROM @extschema@.byok_revocation_drill(byok_revocation_drill.tenant);
     rows := rows OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(
         pg_catalog.to_jsonb(d) OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('node', 'local'));
-    IF all_nodes AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
-        IF (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.=) 0 THEN
-            FOR w IN SELECT r.nodename, r.nodeport, r.success, r.result
-                     FROM pg_catalog.run_command_on_workers(pg_catalog.format(
-                         'SELECT pg_catalog.row_to_json(d) FROM %I.byok_revocation_drill(%L) d', '@extschema@',
-                         byok_revocation_drill.tenant)) r
-                     ORDER BY r.nodename, r.nodeport LOOP
-                rows := rows OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(
-                    CASE WHEN w.success THEN w.result::jsonb ELSE pg_catalog.jsonb_build_object('ok', false) END
-                    OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(
-                        'node', w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport));
-            END LOOP;
-        END IF;
+    IF all_nodes THEN
+        FOR w IN SELECT * FROM byok.on_workers('byok_revocation_drill', byok_revocation_drill.tenant) LOOP
+            rows := rows OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(
+                CASE WHEN w.success THEN w.result::jsonb OPERATOR(pg_catalog.->) 0 ELSE pg_catalog.jsonb_build_object('ok', false) END
+                OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('node', w.node));
+        END LOOP;
     END IF;
     RETURN QUERY
     SELECT x.node, x.lockout_ms, x.entries_purged, x.residual_entries, x.stale_handles, x.ok,
@@ -250,7 +258,7 @@ BEGIN
 END $fn$;
 REVOKE ALL ON FUNCTION byok_revocation_drill(text, boolean) FROM PUBLIC;
 
-GRANT EXECUTE ON FUNCTION byok_node_status(), byok_cluster_status() TO byok_auditor;
+GRANT EXECUTE ON FUNCTION byok_node_status(), byok_cluster_status(), byok.on_workers(text, text) TO byok_auditor;
 GRANT EXECUTE ON FUNCTION byok_validate_tenant(text, boolean), byok_revocation_drill(text, boolean) TO byok_admin;
 
 -- DEK usage on a Citus cluster (src/catalog/citus.c): every node reserves

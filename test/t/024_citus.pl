@@ -125,41 +125,52 @@ for my $w (@workers)
 	$w->safe_psql('postgres', q{CREATE TABLE acme_local AS SELECT i, c FROM t WHERE tenant = 'acme'});
 }
 
-my (%max, @reinstate_ms);
-for my $drill (1 .. 10)
+# Ten lockout drills on both workers (2 sessions each holding acme's keys):
+# 'lock' locks acme out, 'unlock' lets it back in, 'back' is the query that
+# says a worker reads again; the per-worker figures go to the log.
+sub worker_drills
 {
-	my $d = lockout_drill(nodes => \@workers, sessions => 2,
-		perform => q{byok_decrypt(c) FROM acme_local WHERE i = 3 * (1 + n % 20)},
-		action => sub { cq(q{SELECT byok_revoke_tenant('acme')}) });
-	my $m = lockout_ok($d, 'YK002', 200 + 100, "drill $drill: revoke on the coordinator");
-	for my $s (@{ $d->{sessions} })
+	my (%o) = @_;
+	my (%max, @back_ms);
+	for my $drill (1 .. 10)
 	{
-		push @{ $max{ $s->{node} } }, $s->{refused_ms} if defined $s->{refused_ms};
+		my $d = lockout_drill(nodes => \@workers, sessions => 2,
+			perform => q{byok_decrypt(c) FROM acme_local WHERE i = 3 * (1 + n % 20)}, action => $o{lock});
+		my $m = lockout_ok($d, $o{state}, 200 + 100, "drill $drill: $o{what}");
+		for my $s (@{ $d->{sessions} })
+		{
+			push @{ $max{ $s->{node} } }, $s->{refused_ms} if defined $s->{refused_ms};
+		}
+		my $t0 = time();
+		$o{unlock}->();
+		my $back = 1;
+		$back &&= $o{back}->($_) for @workers;
+		push @back_ms, (time() - $t0) * 1000;
+		ok($back, "drill $drill: $o{what}, then let in again: both workers read acme");
+		last unless defined $m && $m <= 300 && $back;
 	}
-	my $t0 = time();
-	cq(q{SELECT byok_reinstate_tenant('acme')});
-	my $back = 1;
-	# worker2 in read-only transactions: letting the tenant back in takes no lock
-	for my $w (@workers)
+	for my $w (map { $_->name } @workers)
 	{
+		my @v = sort { $a <=> $b } @{ $max{$w} // [] };
+		diag(sprintf('%s: %s -> every session refused: median %.1f ms, max %.1f ms over %d sessions',
+			$w, $o{what}, median(@v) // -1, $v[-1] // -1, scalar(@v)));
+	}
+	my @r = sort { $a <=> $b } @back_ms;
+	diag(sprintf('%s, let in again -> both workers read: median %.0f ms, max %.0f ms over %d drills',
+		$o{what}, median(@r) // -1, $r[-1] // -1, scalar(@r)));
+}
+
+# worker2 in read-only transactions: letting the tenant back in takes no lock
+worker_drills(what => 'revoke on the coordinator', state => 'YK002',
+	lock => sub { cq(q{SELECT byok_revoke_tenant('acme')}) },
+	unlock => sub { cq(q{SELECT byok_reinstate_tenant('acme')}) },
+	back => sub {
+		my ($w) = @_;
 		my $ro = $w == $workers[1];
-		$back &&= $w->poll_query_until('postgres',
+		return $w->poll_query_until('postgres',
 			($ro ? 'SET default_transaction_read_only = on; ' : '') . q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local},
 			$ro ? "SET\nt" : 't');
-	}
-	push @reinstate_ms, (time() - $t0) * 1000;
-	ok($back, "drill $drill: reinstated on the coordinator, both workers read acme again");
-	last unless defined $m && $m <= 300 && $back;
-}
-for my $w (map { $_->name } @workers)
-{
-	my @v = sort { $a <=> $b } @{ $max{$w} // [] };
-	diag(sprintf('%s: administrator revoke -> every session refused: median %.1f ms, max %.1f ms over %d sessions',
-		$w, median(@v) // -1, $v[-1] // -1, scalar(@v)));
-}
-my @r = sort { $a <=> $b } @reinstate_ms;
-diag(sprintf('reinstate -> both workers read again: median %.0f ms, max %.0f ms over %d drills',
-	median(@r) // -1, $r[-1] // -1, scalar(@r)));
+	});
 
 # a worker session that let acme back in and stays in its transaction does
 # not hold up the coordinator's next revocation
@@ -197,6 +208,9 @@ is(cq(q{SELECT count(*) FILTER (WHERE ok) || '/' || count(*) || ':' || count(DIS
 is(cq(q{SELECT count(*) FILTER (WHERE ok) || ':' || count(*) FILTER (WHERE slowest) || ':' || count(*) FROM byok_revocation_drill('initech', true)}),
 	'3:1:3', 'byok_revocation_drill(all_nodes): drilled on every node, one of them the slowest');
 
+($state) = sql_error($coord, q{SELECT * FROM byok.on_workers('pg_terminate_backend', '1')});
+is($state, '22023', 'byok.on_workers runs byok\'s node-level functions only');
+
 # a revocation in a transaction that rolls back changes nothing on a worker
 cq(q{BEGIN; SELECT byok_revoke_tenant('acme'); ROLLBACK;});
 is($workers[0]->safe_psql('postgres', q{SELECT count(byok_decrypt(c)) FROM acme_local}), '20',
@@ -211,29 +225,10 @@ is(cq(q{SELECT count(*) FILTER (WHERE byok_decrypt_text(c) = 'v' || i) FROM t WH
 
 # the customer's own CMK disabled at the provider (the local keyring every
 # node shares): each node's own poller locks the tenant out
-my %pmax;
-for my $drill (1 .. 10)
-{
-	my $d = lockout_drill(nodes => \@workers, sessions => 2,
-		perform => q{byok_decrypt(c) FROM acme_local WHERE i = 3 * (1 + n % 20)},
-		action => sub { disable_key($coord, 'acme') });
-	my $m = lockout_ok($d, 'YK003', 200 + 100, "drill $drill: acme's CMK disabled at the provider");
-	for my $s (@{ $d->{sessions} })
-	{
-		push @{ $pmax{ $s->{node} } }, $s->{refused_ms} if defined $s->{refused_ms};
-	}
-	enable_key($coord, 'acme');
-	my $back = 1;
-	$back &&= $_->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}) for @workers;
-	ok($back, "drill $drill: CMK enabled again, both workers read acme");
-	last unless defined $m && $m <= 300 && $back;
-}
-for my $w (map { $_->name } @workers)
-{
-	my @v = sort { $a <=> $b } @{ $pmax{$w} // [] };
-	diag(sprintf('%s: CMK disabled -> every session refused: median %.1f ms, max %.1f ms over %d sessions',
-		$w, median(@v) // -1, $v[-1] // -1, scalar(@v)));
-}
+worker_drills(what => 'CMK disabled at the provider', state => 'YK003',
+	lock => sub { disable_key($coord, 'acme') },
+	unlock => sub { enable_key($coord, 'acme') },
+	back => sub { $_[0]->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}) });
 
 # a cache flush and a tenant-key rotation on the coordinator wipe the
 # workers' cached keys of the tenant
