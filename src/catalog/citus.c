@@ -33,6 +33,9 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
@@ -44,8 +47,10 @@
 #include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "cache/wal.h"
 #include "catalog/catalog_internal.h"
@@ -63,6 +68,7 @@ typedef struct KsPlacement
 } KsPlacement;
 
 static KsPlacement ks_place;	/* what this transaction reads from */
+static LocalTransactionId ks_catalog_written_lxid = InvalidLocalTransactionId;	/* wrote the replicated catalog */
 static LocalTransactionId ks_place_lxid = InvalidLocalTransactionId;
 static KsPlacement ks_planned;	/* what the saved plans were made for */
 static SPIPlanPtr *ks_plans[KS_MAX_PLANS];
@@ -445,51 +451,93 @@ byok_keystore_forget_lockouts(void)
 }
 
 /*
- * On a worker, at attach: bring the tenant's slot to the catalog's state
- * where only the administrator decides (active, revoked, destroyed); the
- * provider's states (cmk_disabled, kms_unreachable) stay the poller's.  A
- * revoked slot is let back in only if the tenant's committed row is active
- * and no transaction still in flight is changing it: a prepared revocation
- * is the row's xmax, in progress until COMMIT PREPARED (true on a standby
- * of the worker too, which knows the primary's running transactions).  No
- * lock is taken, so no session here can hold up the coordinator's next
- * change, and it works in read-only transactions and on standbys.  (Only
- * Citus's single-row UPDATEs touch a worker's copy, so the xmax is never a
- * MultiXact of several lockers.)
+ * The tenant's row in this node's copy of byok.tenants as the latest
+ * committed state has it (never the caller's snapshot: a REPEATABLE READ
+ * transaction begun before a revocation would still see the tenant
+ * active).  Sets *state and *settled: no transaction still in flight is
+ * updating the row (a prepared revocation is its update xid, in progress
+ * until COMMIT PREPARED; on a standby of the worker the primary's running
+ * transactions count; row locks, and the lockers of a MultiXact, do not).
+ * False if the row is not there.
+ */
+static bool
+ks_latest_tenant_row(int32 tenant_id, ByokTenantState *state, bool *settled)
+{
+	char		name[NAMEDATALEN + 24];
+	Oid			relid = InvalidOid;
+	Relation	rel;
+	Snapshot	snap;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
+
+	for (int i = 0; i < ks_place.ntables; i++)
+		if (strcmp(ks_place.table[i], "tenants") == 0)
+		{
+			snprintf(name, sizeof(name), "tenants_" INT64_FORMAT, ks_place.shard[i]);
+			relid = get_relname_relid(name, byok_keystore_catalog());
+		}
+	if (!OidIsValid(relid))
+		return false;
+	rel = table_open(relid, AccessShareLock);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+		bool		isnull;
+		Datum		id = heap_getattr(tup, SPI_fnumber(desc, "tenant_id"), desc, &isnull);
+		Datum		st;
+		HeapTupleHeader h = tup->t_data;
+		char	   *statestr;
+
+		if (isnull || DatumGetInt32(id) != tenant_id)
+			continue;
+		st = heap_getattr(tup, SPI_fnumber(desc, "state"), desc, &isnull);
+		statestr = isnull ? "" : TextDatumGetCString(st);
+		*state = strcmp(statestr, "active") == 0 ? BYOK_TENANT_ACTIVE :
+			strcmp(statestr, "revoked") == 0 ? BYOK_TENANT_REVOKED : BYOK_TENANT_CMK_DESTROYED;
+		*settled = true;
+		if (!(h->t_infomask & HEAP_XMAX_INVALID) && !HEAP_XMAX_IS_LOCKED_ONLY(h->t_infomask))
+		{
+			TransactionId updater = (h->t_infomask & HEAP_XMAX_IS_MULTI) ?
+				HeapTupleGetUpdateXid(h) : HeapTupleHeaderGetRawXmax(h);
+
+			*settled = !TransactionIdIsValid(updater) || !TransactionIdIsInProgress(updater);
+		}
+		found = true;
+		break;
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * On a worker, at attach: bring the tenant's slot to the catalog's latest
+ * committed state where only the administrator decides (active, revoked,
+ * destroyed); the provider's states (cmk_disabled, kms_unreachable) stay
+ * the poller's.  A revoked slot is let back in only once the row is active
+ * and settled (ks_latest_tenant_row).  No lock is taken on the row, so no
+ * session here can hold up the coordinator's next change, and it works in
+ * read-only transactions and on standbys.
  */
 void
 ks_citus_converge(KsTenant *t)
 {
-	static SPIPlanPtr plan_row = NULL;
 	ByokTenantSlot *ts = byok_tenant_slot(t->slot);
 	ByokTenantState cur = pg_atomic_read_u32(&ts->state);
-	Oid			types[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(t->tenant_id)};
+	ByokTenantState latest;
+	bool		settled;
 
-	if (!ks_citus_worker() || cur == t->state)
+	if (!ks_citus_worker() || (cur != BYOK_TENANT_ACTIVE && cur != BYOK_TENANT_REVOKED))
 		return;
-	if (cur != BYOK_TENANT_ACTIVE && cur != BYOK_TENANT_REVOKED)
+	if (!ks_latest_tenant_row(t->tenant_id, &latest, &settled) || latest == cur)
 		return;
-	if (cur == BYOK_TENANT_REVOKED && t->state == BYOK_TENANT_ACTIVE)
-	{
-		KsAccess	acc;
-		bool		settled = false;
-
-		/* (called with or without a catalog connection: SPI nests) */
-		ks_enter(&acc);
-		if (ks_exec(&plan_row, "SELECT xmax FROM byok.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
-					"AND state OPERATOR(pg_catalog.=) 'active'", 1, types, values, NULL, true) == 1)
-		{
-			bool		isnull;
-			TransactionId xmax = DatumGetTransactionId(ks_get(0, 1, &isnull));
-
-			settled = isnull || !TransactionIdIsValid(xmax) || !TransactionIdIsInProgress(xmax);
-		}
-		ks_leave(&acc);
-		if (!settled)
-			return;
-	}
-	byok_tenant_replay(MyDatabaseId, byok_keystore_catalog(), t->tenant_id, t->name, t->state,
+	if (latest == BYOK_TENANT_ACTIVE && !settled)
+		return;
+	byok_tenant_replay(MyDatabaseId, byok_keystore_catalog(), t->tenant_id, t->name, latest,
 					   "from the catalog the Citus coordinator wrote");
 	t->generation = pg_atomic_read_u64(&ts->generation);
 }
@@ -581,6 +629,8 @@ byok_catalog_write_check(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	worker = ks_on_worker();
 	SPI_finish();
+	/* (this transaction now holds Citus's locks on the replicated catalog) */
+	ks_catalog_written_lxid = MyProc->lxid;
 	if (worker)
 		ereport(ERROR,
 				(errcode(ERRCODE_BYOK_CLUSTER),
@@ -610,14 +660,6 @@ byok_keystore_citus_counts(void)
 {
 	KsAccess	acc;
 
-	/*
-	 * A transaction that made or rotated a DEK holds Citus's lock on
-	 * byok.data_keys until it ends: a reservation in another transaction
-	 * would wait for it.  It counts in this backend instead, and its new
-	 * DEKs' counts are written at its commit (byok_keystore_save_usage).
-	 */
-	if (ks_ncreated > 0 || ks_bump_epoch)
-		return false;
 	if (ks_place_lxid == MyProc->lxid)
 		return ks_place.active;
 	if (ks_nocitus_lxid == MyProc->lxid)
@@ -679,8 +721,13 @@ ks_answer_int(const char *answer, int64 min, int64 max, const char *what)
 
 /*
  * Reserve up to 'want' encryptions under DEK 'dek_id': how many were
- * granted (0: exhausted), or -1 when the coordinator has no such DEK
- * committed (one this transaction made: counted by its own backend).
+ * granted (0: exhausted).  A transaction on the coordinator that has
+ * written the replicated catalog (a data key made or rotated, a tenant
+ * changed) holds Citus's locks on it until it ends, so a reservation in a
+ * transaction of its own would wait for it: it reserves in its own
+ * transaction instead, which a rollback undoes (the values it sealed are
+ * then not counted: the slack of an aborted transaction that changed the
+ * catalog).
  */
 int64
 byok_keystore_citus_reserve(int64 dek_id, uint64 want)
@@ -692,9 +739,30 @@ byok_keystore_citus_reserve(int64 dek_id, uint64 want)
 	snprintf(call, sizeof(call), "byok_reserve_encryptions(" INT64_FORMAT ", " UINT64_FORMAT ")",
 			 dek_id, want);
 	ks_enter(&acc);
-	got = ks_answer_int(ks_on_coordinator(call, "reserve encryptions under a data key"),
-						-1, (int64) Min(want, (uint64) PG_INT64_MAX), "reserve encryptions under a data key");
+	if (!ks_citus_worker() && ks_catalog_written_lxid == MyProc->lxid)
+	{
+		Oid			types[2] = {INT8OID, INT8OID};
+		Datum		values[2] = {Int64GetDatum(dek_id), Int64GetDatum((int64) Min(want, (uint64) PG_INT64_MAX))};
+		bool		isnull;
+
+		ks_exec_once("SELECT pg_catalog.format('SELECT %I.byok_reserve_encryptions($1, $2)', n.nspname) "
+					 "FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n "
+					 "ON n.oid OPERATOR(pg_catalog.=) e.extnamespace WHERE e.extname OPERATOR(pg_catalog.=) 'byok'",
+					 0, NULL, NULL, NULL);
+		ks_exec_once(TextDatumGetCString(ks_get(0, 1, &isnull)), 2, types, values, NULL);
+		got = DatumGetInt64(ks_get(0, 1, &isnull));
+		if (isnull)
+			got = -1;
+	}
+	else
+		got = ks_answer_int(ks_on_coordinator(call, "reserve encryptions under a data key"),
+							-1, (int64) Min(want, (uint64) PG_INT64_MAX), "reserve encryptions under a data key");
 	ks_leave(&acc);
+	if (got < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_BYOK_CLUSTER),
+				 errmsg("could not reserve encryptions under data key " INT64_FORMAT " on the Citus coordinator", dek_id),
+				 errdetail("The coordinator has no usable data key with that id.")));
 	return got;
 }
 

@@ -659,20 +659,14 @@ byok_keystore_save_usage(int64 dek_id, uint64 used)
 	KsAccess	acc;
 	Oid			types[2] = {INT8OID, INT8OID};
 	Datum		values[2] = {Int64GetDatum(dek_id), Int64GetDatum((int64) used)};
-	bool		mine = false;
 
 	if (RecoveryInProgress() || XactReadOnly)
 		return;
 	/* called just before commit, where no snapshot is active any more */
 	PushActiveSnapshot(GetTransactionSnapshot());
 	ks_enter(&acc);
-	/*
-	 * On Citus the coordinator's count is what every node reserved
-	 * (citus.c), except for the DEKs this transaction made, counted here.
-	 */
-	for (int i = 0; i < ks_ncreated; i++)
-		mine |= ks_created[i] == dek_id;
-	if (!ks_citus_active() || (mine && !ks_citus_worker()))
+	/* on Citus the coordinator's count is what every node reserved (citus.c) */
+	if (!ks_citus_active())
 		ks_exec_once("UPDATE byok.data_keys SET encryptions = GREATEST(encryptions, $2) "
 					 "WHERE dek_id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL);
 	ks_leave(&acc);

@@ -549,19 +549,17 @@ byok_handle_reserve(ByokLocalKey *lk, const char *tenant, int tenant_len,
 			granted = byok_cache_reserve_node(&ck, batch, &tracked, &before);
 			if (granted == 0)
 			{
-				int64		got = byok_keystore_citus_reserve(lk->dek_id, tracked ? Max(batch, step) : batch);
+				uint64		got = (uint64) byok_keystore_citus_reserve(lk->dek_id,
+																	 tracked ? Max(batch, step) : batch);
 
-				if (got < 0)
-				{
-					/* made by this transaction: not visible there yet; counted here */
-					uint64		seen = lk->used + lk->encrypts;
-
-					granted = seen >= limit ? 0 : Min(batch, limit - seen);
-				}
-				else if (!tracked)
-					granted = (uint64) got;
-				else if (got > 0 && byok_cache_allow(&ck, (uint64) got))
+				/* (the DEK left the cache meanwhile: this handle seals what was reserved) */
+				if (tracked && got > 0 && byok_cache_allow(&ck, got))
 					granted = byok_cache_reserve_node(&ck, batch, &tracked, &before);
+				else
+				{
+					tracked = false;
+					granted = got;
+				}
 			}
 			if (tracked)
 				lk->reserved += granted;

@@ -188,6 +188,38 @@ cq(q{SELECT byok_reinstate_tenant('acme')});
 ok($_->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}), $_->name . ': acme reinstated')
   for @workers;
 
+# a REPEATABLE READ transaction on a worker that began before a revocation
+# still sees acme active in its snapshot: it must not let acme back in
+my $rr = $workers[0]->background_psql('postgres', on_error_stop => 0);
+$rr->query_safe(q{BEGIN ISOLATION LEVEL REPEATABLE READ});
+$rr->query_safe(q{SELECT count(*) FROM pg_class});
+cq(q{SELECT byok_revoke_tenant('acme')});
+$rr->query(q{SELECT count(byok_decrypt(c)) FROM acme_local});
+like($rr->{stderr}, qr/revoked/, 'a REPEATABLE READ transaction older than the revocation is refused');
+$rr->quit;
+($state) = sql_error($workers[0], q{SELECT count(byok_decrypt(c)) FROM acme_local});
+is($state, 'YK002', '... and did not let acme back in on its worker');
+cq(q{SELECT byok_reinstate_tenant('acme')});
+ok($workers[0]->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}), 'acme reinstated');
+
+# the two-phase commit's window: a revocation prepared on a worker but not
+# committed yet locks acme out there, and nothing lets it back in until
+# the transaction ends (here it is rolled back)
+my $w0 = $workers[0];
+my $copy = $w0->safe_psql('postgres',
+	q{SELECT 'byok.tenants_' || shardid FROM pg_dist_shard WHERE logicalrelid = 'byok.tenants'::regclass});
+$w0->safe_psql('postgres', qq{SET application_name = 'citus_internal gpid=1';
+BEGIN;
+UPDATE $copy SET state = 'revoked' WHERE name = 'acme';
+PREPARE TRANSACTION 'byok_window';});
+($state) = sql_error($w0, q{SELECT count(byok_decrypt(c)) FROM acme_local});
+is($state, 'YK002', 'a revocation prepared on the worker locks acme out there at PREPARE');
+($state) = sql_error($w0, q{SELECT count(byok_decrypt(c)) FROM acme_local});
+is($state, 'YK002', '... and no session lets it back in while the revocation is in flight');
+$w0->safe_psql('postgres', q{ROLLBACK PREPARED 'byok_window'});
+ok($w0->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}),
+	'the prepared revocation rolled back: acme reads again');
+
 # a session that turned Citus's local execution off still changes tenants
 # (byok's writes run in its own backend, where its reads see them)
 ($state, $err) = sql_error($coord, q{SET citus.enable_local_execution = off; SET statement_timeout = '10s';
