@@ -54,6 +54,13 @@ CREATE TABLE byok.protected_columns (
 CREATE TRIGGER catalog_write_check BEFORE INSERT OR UPDATE OR DELETE ON byok.protected_columns
     FOR EACH STATEMENT EXECUTE FUNCTION byok.catalog_write_check();
 COMMENT ON TABLE byok.protected_columns IS 'byok: columns that hold only byok ciphertext, by schema, table and column name (stable across pg_dump and restore)';
+-- Whether the registry lists a column of a table (NULLs: any), read from
+-- this node's own copy: the event triggers ask this, never through Citus
+-- (src/catalog/data_keys.c, byok_keystore_protected).
+CREATE FUNCTION byok.protected(tschema name, tname name, col name) RETURNS boolean
+AS 'MODULE_PATHNAME', 'byok_protected'
+LANGUAGE C STABLE;
+REVOKE ALL ON FUNCTION byok.protected(name, name, name) FROM PUBLIC;
 REVOKE ALL ON byok.protected_columns FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('byok.protected_columns', '');
 

@@ -534,22 +534,19 @@ AS $fn$
 DECLARE
     o record;
 BEGIN
-    IF NOT EXISTS (SELECT FROM byok.protected_columns) THEN
+    IF NOT byok.protected(NULL, NULL, NULL) THEN
         RETURN;
     END IF;
     FOR o IN SELECT d.object_type, d.address_names FROM pg_catalog.pg_event_trigger_dropped_objects() d
              WHERE d.object_type IN ('table', 'table column') LOOP
         IF o.object_type = 'table' THEN
-            IF EXISTS (SELECT FROM byok.protected_columns p
-                       WHERE p.table_schema = o.address_names[1] AND p.table_name = o.address_names[2]) THEN
+            IF byok.protected(o.address_names[1]::name, o.address_names[2]::name, NULL) THEN
                 DELETE FROM byok.protected_columns p
                 WHERE p.table_schema = o.address_names[1] AND p.table_name = o.address_names[2];
                 PERFORM byok.drop_function(byok.object_name(k, o.address_names[1]::name, o.address_names[2]::name))
                 FROM pg_catalog.unnest(ARRAY['guard', 'dml', 'sync']) AS k;
             END IF;
-        ELSIF EXISTS (SELECT FROM byok.protected_columns p
-                      WHERE p.table_schema = o.address_names[1] AND p.table_name = o.address_names[2]
-                        AND p.column_name = o.address_names[3] AND p.state = 'protected')
+        ELSIF byok.protected(o.address_names[1]::name, o.address_names[2]::name, o.address_names[3]::name)
               AND pg_catalog.to_regclass(pg_catalog.format('%I.%I', o.address_names[1], o.address_names[2])) IS NOT NULL THEN
             PERFORM byok.drop_table_objects(o.address_names[1]::name, o.address_names[2]::name);
             DELETE FROM byok.protected_columns p

@@ -20,7 +20,7 @@ DECLARE
     t record;
     r record;
 BEGIN
-    IF NOT EXISTS (SELECT FROM byok.protected_columns) THEN
+    IF NOT byok.protected(NULL, NULL, NULL) THEN
         RETURN;
     END IF;
     FOR t IN SELECT DISTINCT c.oid AS rel, n.nspname, c.relname
@@ -37,9 +37,7 @@ BEGIN
                              AND g.tgname OPERATOR(pg_catalog.=) ANY (ARRAY['zzz_byok_guard', 'zzz_byok_sync']::pg_catalog.name[])
                              AND f.pronamespace OPERATOR(pg_catalog.=) 'byok'::pg_catalog.regnamespace)
              ORDER BY 2, 3 LOOP
-        IF NOT EXISTS (SELECT FROM byok.protected_columns p
-                       WHERE p.table_schema OPERATOR(pg_catalog.=) t.nspname
-                         AND p.table_name OPERATOR(pg_catalog.=) t.relname) THEN
+        IF NOT byok.protected(t.nspname, t.relname, NULL) THEN
             RAISE EXCEPTION USING ERRCODE = '0A000',
                 MESSAGE = pg_catalog.format('a table with columns protected by byok cannot be renamed or moved (here to %s)',
                                             t.rel::pg_catalog.regclass),

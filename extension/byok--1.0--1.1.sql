@@ -56,6 +56,14 @@ BEGIN
 END $fn$;
 REVOKE ALL ON FUNCTION byok.registered_table(name, name) FROM PUBLIC;
 
+-- Whether the registry lists a column of a table (NULLs: any), read from
+-- this node's own copy: the event triggers ask this, never through Citus
+-- (src/catalog/data_keys.c, byok_keystore_protected).
+CREATE FUNCTION byok.protected(tschema name, tname name, col name) RETURNS boolean
+AS 'MODULE_PATHNAME', 'byok_protected'
+LANGUAGE C STABLE;
+REVOKE ALL ON FUNCTION byok.protected(name, name, name) FROM PUBLIC;
+
 -- Refuse a DDL command that leaves byok.protected_columns naming something
 -- other than what was protected: a protected table renamed or moved to
 -- another schema (or its schema renamed), a protected, tenant or row-key
@@ -71,7 +79,7 @@ DECLARE
     t record;
     r record;
 BEGIN
-    IF NOT EXISTS (SELECT FROM byok.protected_columns) THEN
+    IF NOT byok.protected(NULL, NULL, NULL) THEN
         RETURN;
     END IF;
     FOR t IN SELECT DISTINCT c.oid AS rel, n.nspname, c.relname
@@ -88,9 +96,7 @@ BEGIN
                              AND g.tgname OPERATOR(pg_catalog.=) ANY (ARRAY['zzz_byok_guard', 'zzz_byok_sync']::pg_catalog.name[])
                              AND f.pronamespace OPERATOR(pg_catalog.=) 'byok'::pg_catalog.regnamespace)
              ORDER BY 2, 3 LOOP
-        IF NOT EXISTS (SELECT FROM byok.protected_columns p
-                       WHERE p.table_schema OPERATOR(pg_catalog.=) t.nspname
-                         AND p.table_name OPERATOR(pg_catalog.=) t.relname) THEN
+        IF NOT byok.protected(t.nspname, t.relname, NULL) THEN
             RAISE EXCEPTION USING ERRCODE = '0A000',
                 MESSAGE = pg_catalog.format('a table with columns protected by byok cannot be renamed or moved (here to %s)',
                                             t.rel::pg_catalog.regclass),
@@ -596,6 +602,38 @@ AS $$
                                r.original_type)
     END
 $$;
+
+
+-- The DROP guard reads the registry through byok.protected (this node's copy).
+CREATE OR REPLACE FUNCTION byok.on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    o record;
+BEGIN
+    IF NOT byok.protected(NULL, NULL, NULL) THEN
+        RETURN;
+    END IF;
+    FOR o IN SELECT d.object_type, d.address_names FROM pg_catalog.pg_event_trigger_dropped_objects() d
+             WHERE d.object_type IN ('table', 'table column') LOOP
+        IF o.object_type = 'table' THEN
+            IF byok.protected(o.address_names[1]::name, o.address_names[2]::name, NULL) THEN
+                DELETE FROM byok.protected_columns p
+                WHERE p.table_schema = o.address_names[1] AND p.table_name = o.address_names[2];
+                PERFORM byok.drop_function(byok.object_name(k, o.address_names[1]::name, o.address_names[2]::name))
+                FROM pg_catalog.unnest(ARRAY['guard', 'dml', 'sync']) AS k;
+            END IF;
+        ELSIF byok.protected(o.address_names[1]::name, o.address_names[2]::name, o.address_names[3]::name)
+              AND pg_catalog.to_regclass(pg_catalog.format('%I.%I', o.address_names[1], o.address_names[2])) IS NOT NULL THEN
+            PERFORM byok.drop_table_objects(o.address_names[1]::name, o.address_names[2]::name);
+            DELETE FROM byok.protected_columns p
+            WHERE p.table_schema = o.address_names[1] AND p.table_name = o.address_names[2]
+              AND p.column_name = o.address_names[3];
+            PERFORM byok.create_table_objects(o.address_names[1]::name, o.address_names[2]::name, NULL);
+        END IF;
+    END LOOP;
+END $fn$;
 
 -- On a Citus worker, the coordinator's revocations, destructions, tenant-key
 -- rotations and rewraps arrive as Citus's UPDATE of this node's copy of

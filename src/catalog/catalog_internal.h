@@ -118,6 +118,7 @@ extern void ks_citus_keep_plan(SPIPlanPtr *plan);
 extern const char *ks_citus_sql(const char *sql);
 extern bool ks_citus_worker(void);
 extern bool ks_citus_active(void);
+extern bool ks_citus_missing(const char *table);
 extern int64 ks_citus_rotate_on_coordinator(const char *tenant, const char *scope, int64 dek_id);
 extern void ks_citus_converge(KsTenant *t);
 extern void ks_citus_flush_workers(const char *tenant);

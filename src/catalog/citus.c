@@ -53,6 +53,7 @@
 #include "utils/snapmgr.h"
 
 #include "cache/wal.h"
+#include "guc.h"
 #include "catalog/catalog_internal.h"
 
 #define KS_MAX_REFERENCE	8	/* catalog tables made reference tables */
@@ -65,6 +66,7 @@ typedef struct KsPlacement
 	int			ntables;
 	char		table[KS_MAX_REFERENCE][NAMEDATALEN];
 	int64		shard[KS_MAX_REFERENCE];
+	bool		here[KS_MAX_REFERENCE];	/* this node holds a copy */
 } KsPlacement;
 
 static KsPlacement ks_place;	/* what this transaction reads from */
@@ -192,13 +194,7 @@ ks_citus_refresh(void)
 			ks_get_text(i, 1, ks_place.table[i], NAMEDATALEN);
 			ks_place.shard[i] = DatumGetInt64(ks_get(i, 2, &isnull));
 			ks_place.coordinator = DatumGetBool(ks_get(i, 3, &isnull)) && !isnull;
-			if (!DatumGetBool(ks_get(i, 4, &isnull)))
-				ereport(ERROR,
-						(errcode(ERRCODE_BYOK_CLUSTER),
-						 errmsg("byok's catalog has no copy on this Citus node"),
-						 errdetail("Table byok.%s is a reference table without a placement here.",
-								   ks_place.table[i]),
-						 errhint("Run SELECT replicate_reference_tables() on the coordinator.")));
+			ks_place.here[i] = DatumGetBool(ks_get(i, 4, &isnull));
 		}
 		ks_place.ntables = (int) n;
 		ks_place.active = n > 0;
@@ -219,6 +215,19 @@ bool
 ks_citus_active(void)
 {
 	return ks_place.active;
+}
+
+/*
+ * A node Citus has not copied byok's table 'table' to yet (a node added
+ * later, while Citus builds its copies).  Inside ks_enter.
+ */
+bool
+ks_citus_missing(const char *table)
+{
+	for (int i = 0; i < ks_place.ntables; i++)
+		if (strcmp(ks_place.table[i], table) == 0)
+			return !ks_place.here[i];
+	return false;
 }
 
 /* Is this a Citus worker, where byok's catalog is read but never written? */
@@ -270,6 +279,12 @@ ks_citus_sql(const char *sql)
 				break;
 		if (i == ks_place.ntables)
 			continue;
+		if (read && !ks_place.here[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_BYOK_CLUSTER),
+					 errmsg("byok's catalog has no copy on this Citus node"),
+					 errdetail("Table byok.%s is a reference table without a placement here.", ks_place.table[i]),
+					 errhint("Run SELECT replicate_reference_tables() on the coordinator.")));
 		if (read)
 			appendStringInfo(&out, "_" INT64_FORMAT, ks_place.shard[i]);
 		else if (!ks_place.coordinator)
@@ -741,18 +756,31 @@ byok_keystore_citus_reserve(int64 dek_id, uint64 want)
 	ks_enter(&acc);
 	if (!ks_citus_worker() && ks_catalog_written_lxid == MyProc->lxid)
 	{
+		/*
+		 * Here, read from this node's copy (an ALTER TABLE in progress
+		 * would have Citus answer a read through it with no rows) and
+		 * written through Citus; this transaction holds Citus's lock on
+		 * the table, so no other reservation comes between.
+		 */
 		Oid			types[2] = {INT8OID, INT8OID};
-		Datum		values[2] = {Int64GetDatum(dek_id), Int64GetDatum((int64) Min(want, (uint64) PG_INT64_MAX))};
+		Datum		values[2] = {Int64GetDatum(dek_id), 0};
 		bool		isnull;
 
-		ks_exec_once("SELECT pg_catalog.format('SELECT %I.byok_reserve_encryptions($1, $2)', n.nspname) "
-					 "FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n "
-					 "ON n.oid OPERATOR(pg_catalog.=) e.extnamespace WHERE e.extname OPERATOR(pg_catalog.=) 'byok'",
-					 0, NULL, NULL, NULL);
-		ks_exec_once(TextDatumGetCString(ks_get(0, 1, &isnull)), 2, types, values, NULL);
-		got = DatumGetInt64(ks_get(0, 1, &isnull));
-		if (isnull)
-			got = -1;
+		got = -1;
+		if (ks_exec_once("SELECT encryptions FROM byok.data_keys WHERE dek_id OPERATOR(pg_catalog.=) $1 "
+						 "AND wrapped_key IS NOT NULL", 1, types, values, NULL) == 1)
+		{
+			int64		cur = DatumGetInt64(ks_get(0, 1, &isnull));
+			int64		limit = (int64) byok_dek_max_encryptions;
+
+			got = (isnull || cur >= limit) ? 0 : (int64) Min(want, (uint64) (limit - cur));
+			if (got > 0)
+			{
+				values[1] = Int64GetDatum(cur + got);
+				ks_exec_once("UPDATE byok.data_keys SET encryptions = $2 WHERE dek_id OPERATOR(pg_catalog.=) $1",
+							 2, types, values, NULL);
+			}
+		}
 	}
 	else
 		got = ks_answer_int(ks_on_coordinator(call, "reserve encryptions under a data key"),

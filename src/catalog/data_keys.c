@@ -732,3 +732,51 @@ byok_keystore_rotate_for_limit(const char *tenant, const char *scope, int64 dek_
 	ks_leave(&acc);
 	return current;
 }
+
+/*
+ * Does byok.protected_columns register a column of table 'tschema'.'tname'
+ * (any table when NULL; with 'col', that column, protected)?  For the
+ * event triggers: through ks_exec they read this node's own copy of the
+ * registry, never through Citus (a query on a shard may not start a
+ * distributed one, and Citus answers no rows while an ALTER TABLE runs).
+ */
+bool
+byok_keystore_protected(const char *tschema, const char *tname, const char *col)
+{
+	static SPIPlanPtr plan_any = NULL;
+	static SPIPlanPtr plan_table = NULL;
+	static SPIPlanPtr plan_column = NULL;
+	KsAccess	acc;
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	uint64		n;
+
+	ks_enter(&acc);
+	/* (a node still waiting for its copy has no table of its own protected) */
+	if (ks_citus_missing("protected_columns"))
+		n = 0;
+	else if (tschema == NULL || tname == NULL)
+		n = ks_exec(&plan_any, "SELECT 1 FROM byok.protected_columns LIMIT 1", 0, NULL, NULL, NULL, true);
+	else
+	{
+		values[0] = CStringGetTextDatum(tschema);
+		values[1] = CStringGetTextDatum(tname);
+		if (col == NULL)
+			n = ks_exec(&plan_table, "SELECT 1 FROM byok.protected_columns "
+						"WHERE table_schema::pg_catalog.text OPERATOR(pg_catalog.=) $1 "
+						"AND table_name::pg_catalog.text OPERATOR(pg_catalog.=) $2 LIMIT 1",
+						2, types, values, NULL, true);
+		else
+		{
+			values[2] = CStringGetTextDatum(col);
+			n = ks_exec(&plan_column, "SELECT 1 FROM byok.protected_columns "
+						"WHERE table_schema::pg_catalog.text OPERATOR(pg_catalog.=) $1 "
+						"AND table_name::pg_catalog.text OPERATOR(pg_catalog.=) $2 "
+						"AND column_name::pg_catalog.text OPERATOR(pg_catalog.=) $3 "
+						"AND state OPERATOR(pg_catalog.=) 'protected' LIMIT 1",
+						3, types, values, NULL, true);
+		}
+	}
+	ks_leave(&acc);
+	return n > 0;
+}

@@ -67,6 +67,7 @@ extern bool byok_keystore_has_pending(void);
 extern void byok_keystore_pre_prepare(void);
 extern void byok_keystore_apply_lockouts(void);
 extern bool byok_keystore_citus_counts(void);
+extern bool byok_keystore_protected(const char *tschema, const char *tname, const char *col);
 extern void byok_keystore_xact_callbacks(XactCallback xact, SubXactCallback subxact);
 extern bool byok_in_xact_callback;
 extern int64 byok_keystore_citus_reserve(int64 dek_id, uint64 want);

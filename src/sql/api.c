@@ -39,6 +39,7 @@ PG_FUNCTION_INFO_V1(byok_ciphertext_info);
 PG_FUNCTION_INFO_V1(byok_create_tenant);
 PG_FUNCTION_INFO_V1(byok_rotate_data_key);
 PG_FUNCTION_INFO_V1(byok_rotate_for_limit);
+PG_FUNCTION_INFO_V1(byok_protected);
 PG_FUNCTION_INFO_V1(byok_revoke_tenant);
 PG_FUNCTION_INFO_V1(byok_reinstate_tenant);
 PG_FUNCTION_INFO_V1(byok_cache_flush);
@@ -327,6 +328,15 @@ byok_rotate_for_limit(PG_FUNCTION_ARGS)
 										  text_to_cstring(PG_GETARG_TEXT_PP(1)), PG_GETARG_INT64(2));
 	byok_handle_forget_current();
 	PG_RETURN_INT64(next);
+}
+
+/* byok.protected(tschema, tname, col): see byok_keystore_protected (NULLs: any) */
+Datum
+byok_protected(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(byok_keystore_protected(PG_ARGISNULL(0) ? NULL : NameStr(*PG_GETARG_NAME(0)),
+										   PG_ARGISNULL(1) ? NULL : NameStr(*PG_GETARG_NAME(1)),
+										   PG_ARGISNULL(2) ? NULL : NameStr(*PG_GETARG_NAME(2))));
 }
 
 Datum

@@ -292,6 +292,25 @@ enable_key($coord, 'acme2');
 ok($_->poll_query_until('postgres', q{SELECT count(byok_decrypt(c)) = 20 FROM acme_local}),
 	$_->name . ': the new CMK enabled again, acme reads') for @workers;
 
+# DDL on distributed tables goes on while byok protects a column (here of a
+# table local to the coordinator): byok's event triggers read the registry
+# from each node's own copy, also on the shards' DDL on the workers
+cq(q{CREATE TABLE loc (id int PRIMARY KEY, tenant text, secret text)});
+cq(q{INSERT INTO loc SELECT g, 'initech', 's' || g FROM generate_series(1, 5) g});
+cq(q{SELECT byok_protect_column('loc', 'secret', 'tenant')});
+is(cq(q{SELECT string_agg(secret, ',' ORDER BY id) FROM loc_decrypted}), 's1,s2,s3,s4,s5',
+	'byok_protect_column on a table of the coordinator: the view decrypts');
+cq(q{CREATE TABLE ddl_probe (id int PRIMARY KEY, v text)});
+cq(q{SELECT create_distributed_table('ddl_probe', 'id')});
+for my $ddl ('ALTER TABLE ddl_probe RENAME TO ddl_probe2', 'ALTER TABLE ddl_probe2 ADD COLUMN w int',
+	'ALTER TABLE ddl_probe2 DROP COLUMN w', 'DROP TABLE ddl_probe2')
+{
+	($state, $err) = sql_error($coord, $ddl);
+	is($state, '', "on a distributed table while a column is protected: $ddl") or diag($err);
+}
+($state) = sql_error($coord, 'ALTER TABLE loc RENAME TO loc2');
+is($state, '0A000', 'and the protected table still cannot be renamed');
+
 # byok.dek_max_encryptions bounds the values sealed under one data key by
 # every node together: the nodes reserve from the coordinator's count, and
 # a worker that finds a key exhausted has the coordinator rotate it
