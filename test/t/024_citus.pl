@@ -107,6 +107,8 @@ is($_->safe_psql('postgres', $catalog), $want, $_->name . ': encrypting on the w
 ($state, $err) = sql_error($workers[0], q{SELECT byok_revoke_tenant('acme')});
 is($state, 'YK015', 'an administrative change on a worker is refused (YK015)');
 like($err, qr/written on the Citus coordinator only/, '... saying where to run it');
+like($err, qr/writes byok\.tenants, a reference table, on a worker/,
+	'... refused by byok before it writes anything (not only by the trigger on the worker\'s copy)');
 
 # byok's plpgsql administration and hand-written statements on a worker's
 # catalog are refused too (their ids would come from the worker's sequences)
