@@ -82,6 +82,11 @@ CREATE FUNCTION byok.exec_as_owner(tbl regclass, query text) RETURNS bigint[]
 AS 'MODULE_PATHNAME', 'byok_exec_as_owner'
 LANGUAGE C VOLATILE STRICT;
 REVOKE ALL ON FUNCTION byok.exec_as_owner(regclass, text) FROM PUBLIC;
+-- The same, for a query of one text column: every row's value.
+CREATE FUNCTION byok.exec_as_owner_texts(tbl regclass, query text) RETURNS text[]
+AS 'MODULE_PATHNAME', 'byok_exec_as_owner_texts'
+LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION byok.exec_as_owner_texts(regclass, text) FROM PUBLIC;
 
 -- Refuse inside a security-restricted operation (src/catalog/asowner.c): code
 -- that runs as a table's owner must not act through byok with the session's
@@ -337,6 +342,10 @@ DECLARE
     ins_cols_noid text[] := '{}';
     ins_vals_noid text[] := '{}';
     upd_set  text[] := '{}';
+    upd_set_nokey text[] := '{}';        -- the same without the key columns
+    upd_vars text[] := '{}';
+    upd_pre  text[] := '{}';
+    nsealed  integer := 0;
     ret_cols text[] := '{}';
     ret_into text[] := '{}';
     any_val  text[] := '{}';
@@ -347,6 +356,7 @@ DECLARE
     del_sql  text;
     unchanged text;
     expr     text;
+    ret      text;
 BEGIN
     SELECT p.* INTO first FROM byok.protected_columns p
     WHERE p.table_schema = tschema AND p.table_name = tname AND p.state = 'protected'
@@ -484,8 +494,15 @@ $g$,
                               THEN pg_catalog.format(' AND %s IS NOT DISTINCT FROM %s',
                                                      byok.aad_sql(r.key_columns, 'NEW.'), byok.aad_sql(r.key_columns, 'OLD.'))
                               ELSE '' END;
-            upd_set := upd_set || pg_catalog.format('%1$I = CASE WHEN %2$s THEN t.%1$I ELSE %3$s END',
-                                                    a.attname, unchanged, byok.enc_sql(r, 'NEW.'));
+            -- sealed before the UPDATE, which then calls no volatile
+            -- function (Citus refuses one in an UPDATE of its tables)
+            nsealed := nsealed + 1;
+            upd_vars := upd_vars || pg_catalog.format('byok$ct%s pg_catalog.bytea;', nsealed);
+            upd_pre := upd_pre || pg_catalog.format('byok$ct%s := CASE WHEN %s THEN NULL ELSE %s END;',
+                                                    nsealed, unchanged, byok.enc_sql(r, 'NEW.'));
+            upd_set := upd_set || pg_catalog.format('%1$I = CASE WHEN %2$s THEN t.%1$I ELSE byok$ct%3$s END',
+                                                    a.attname, unchanged, nsealed);
+            upd_set_nokey := upd_set_nokey || upd_set[pg_catalog.cardinality(upd_set)];
         ELSE
             sel := sel || pg_catalog.format('t.%I', a.attname);
             IF a.attgenerated = '' AND a.attidentity = '' AND a.atthasdef THEN
@@ -507,6 +524,9 @@ $g$,
                 END IF;
                 IF a.attidentity <> 'a' THEN
                     upd_set := upd_set || pg_catalog.format('%1$I = NEW.%1$I', a.attname);
+                    IF a.attname <> ALL (coalesce(idcols, '{}')) THEN
+                        upd_set_nokey := upd_set_nokey || pg_catalog.format('%1$I = NEW.%1$I', a.attname);
+                    END IF;
                 END IF;
             END IF;
             ret_cols := ret_cols || pg_catalog.format('t.%I', a.attname);
@@ -567,12 +587,20 @@ $g$,
     ELSE
         expr := (SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = OLD.%1$I', k), ' AND ')
                  FROM pg_catalog.unnest(idcols) AS k);
-        upd_sql := pg_catalog.format(E'UPDATE %I.%I AS t SET %s\n        WHERE %s%s;\n        IF NOT FOUND THEN\n            RETURN NULL;\n        END IF;\n        RETURN NEW;',
-            tschema, tname, pg_catalog.array_to_string(upd_set, E',\n            '), expr,
-            CASE WHEN pg_catalog.cardinality(ret_cols) > 0
-                 THEN pg_catalog.format(E'\n        RETURNING %s INTO %s', pg_catalog.array_to_string(ret_cols, ', '),
-                                        pg_catalog.array_to_string(ret_into, ', '))
-                 ELSE '' END);
+        -- the key columns are set only when they change: Citus refuses any
+        -- assignment to a distribution column, which is in every key
+        ret := CASE WHEN pg_catalog.cardinality(ret_cols) > 0
+                    THEN pg_catalog.format(E'\n            RETURNING %s INTO %s', pg_catalog.array_to_string(ret_cols, ', '),
+                                           pg_catalog.array_to_string(ret_into, ', '))
+                    ELSE '' END;
+        upd_sql := pg_catalog.format(E'%sIF %s THEN\n            UPDATE %I.%I AS t SET %s\n            WHERE %s%s;\n'
+                                     || E'        ELSE\n            UPDATE %I.%I AS t SET %s\n            WHERE %s%s;\n        END IF;\n'
+                                     || E'        IF NOT FOUND THEN\n            RETURN NULL;\n        END IF;\n        RETURN NEW;',
+            (SELECT pg_catalog.string_agg(x || E'\n        ', '') FROM pg_catalog.unnest(upd_pre) AS x),
+            (SELECT pg_catalog.string_agg(pg_catalog.format('NEW.%1$I IS NOT DISTINCT FROM OLD.%1$I', k), ' AND ')
+             FROM pg_catalog.unnest(idcols) AS k),
+            tschema, tname, pg_catalog.array_to_string(upd_set_nokey, E',\n                '), expr, ret,
+            tschema, tname, pg_catalog.array_to_string(upd_set, E',\n                '), expr, ret);
         IF idalways THEN
             upd_sql := pg_catalog.format(E'IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN\n            RAISE EXCEPTION USING ERRCODE = ''428C9'', MESSAGE = %2$L;\n        END IF;\n        ',
                 idcol, pg_catalog.format('column "%s" can only be updated to DEFAULT', idcol)) || upd_sql;
@@ -581,7 +609,7 @@ $g$,
             tschema, tname, expr);
     END IF;
 
-    PERFORM byok.create_trigger_function(dml_fn, true, pg_catalog.format($b$
+    PERFORM byok.create_trigger_function(dml_fn, true, pg_catalog.format($b$%7$s
 BEGIN
     IF TG_OP = 'DELETE' THEN
         %1$s
@@ -607,7 +635,9 @@ BEGIN
 END
 $b$, del_sql, nt, pg_catalog.array_to_string(any_val, ' OR '),
        pg_catalog.format('a row of %s with protected values needs a tenant, but column "%s" is null', vq, first.tenant_column),
-       ins_sql, upd_sql));
+       ins_sql, upd_sql,
+       CASE WHEN pg_catalog.cardinality(upd_vars) > 0
+            THEN E'\nDECLARE\n    ' || pg_catalog.array_to_string(upd_vars, E'\n    ') ELSE '' END));
     EXECUTE pg_catalog.format('COMMENT ON FUNCTION byok.%I() IS %L', dml_fn,
         pg_catalog.format('byok: writes through %s (generated; rebuilt by byok_protect_column)', vq));
     EXECUTE pg_catalog.format('CREATE TRIGGER byok_dml INSTEAD OF INSERT OR UPDATE OR DELETE ON %s '

@@ -214,7 +214,11 @@ DECLARE
     r byok.protected_columns;
     acl aclitem[];
     counts bigint[];
+    citus text := byok.citus_kind(tbl);
 BEGIN
+    IF citus IS NOT NULL THEN
+        PERFORM byok.citus_settings();
+    END IF;
     r := byok.plan_protection(tbl, col, tenant_col, scope, view_name, bind_row);
     counts := byok.exec_as_owner(tbl, pg_catalog.format(
         'SELECT pg_catalog.count(*) FILTER (WHERE %1$I IS NOT NULL), '
@@ -223,6 +227,9 @@ BEGIN
     IF counts[2] OPERATOR(pg_catalog.>) 0 THEN
         RAISE EXCEPTION USING ERRCODE = '23502',
             MESSAGE = pg_catalog.format('%s row(s) of %s have a value in column "%s" but no tenant', counts[2], tbl, col);
+    END IF;
+    IF citus IS NOT NULL THEN
+        PERFORM byok.citus_prepare_keys(tbl, r);
     END IF;
     acl := byok.drop_table_objects(r.table_schema, r.table_name);
     IF r.original_default IS NOT NULL THEN

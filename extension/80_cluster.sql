@@ -307,6 +307,103 @@ AS 'MODULE_PATHNAME', 'byok_rotate_for_limit'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION byok_rotate_for_limit(text, text, bigint) FROM PUBLIC;
 
+-- ---- protected columns of Citus tables ----
+
+-- What Citus makes of tbl: 'distributed', 'reference', 'local' (a Citus
+-- local table of the coordinator), or NULL (a table of this node only, or
+-- no Citus here).
+CREATE FUNCTION byok.citus_kind(tbl regclass) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    k text;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT CASE WHEN p.partmethod OPERATOR(pg_catalog.<>) ''n'' THEN ''distributed'' '
+            'WHEN p.repmodel OPERATOR(pg_catalog.=) ''t'' THEN ''reference'' ELSE ''local'' END '
+            'FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1'
+        INTO k USING tbl;
+    RETURN k;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_kind(regclass) FROM PUBLIC;
+
+-- The rows an UPDATE or DELETE through a protected view reads on a Citus
+-- cluster (src/catalog/viewdml.c): runs the SELECT of the view's rows it
+-- is given, with its parameters, as the caller (SECURITY INVOKER).
+CREATE FUNCTION byok.view_rows(query text, params text[]) RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'byok_view_rows'
+LANGUAGE C VOLATILE;
+
+-- Before protecting a column of a Citus table (one transaction, as
+-- byok_protect_column): one connection per node and no parallel work, so
+-- the rewrite of the shards and the trigger functions and triggers that
+-- follow may share the transaction (Citus refuses a function's DDL after
+-- parallel work), and byok's own triggers are allowed on the table.  For
+-- the rest of the calling transaction.
+CREATE FUNCTION byok.citus_settings() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_settings() FROM PUBLIC;
+
+-- The shards of a Citus table are rewritten on the nodes that hold them,
+-- where each value is sealed under its tenant's data key of the column's
+-- scope.  A worker makes no data key (byok's catalog is written on the
+-- coordinator) and reserves its encryptions from the coordinator in a
+-- transaction of its own, which sees committed keys only: so the scope is
+-- declared and every tenant of the column gets its first data key first,
+-- committed, in a transaction of their own on the coordinator (Citus's
+-- run_command_on_coordinator).  Should the protection then fail, those
+-- keys stay, unused, as byok_encrypt would have left them.
+CREATE FUNCTION byok.citus_first_keys(scope text, tenants text[]) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t text;
+    n integer := 0;
+BEGIN
+    PERFORM byok.check_not_restricted();
+    PERFORM @extschema@.byok_declare_scope(scope);
+    FOREACH t IN ARRAY tenants LOOP
+        -- the scope's current data key, made when it has none
+        PERFORM @extschema@.byok_encrypt(t, ''::pg_catalog.text, scope, NULL::pg_catalog.bytea);
+        n := n OPERATOR(pg_catalog.+) 1;
+    END LOOP;
+    RETURN n;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_first_keys(text, text[]) FROM PUBLIC;
+
+CREATE FUNCTION byok.citus_prepare_keys(tbl regclass, r byok.protected_columns) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenants text[];
+    ok boolean;
+    answer text;
+BEGIN
+    tenants := byok.exec_as_owner_texts(tbl, pg_catalog.format(
+        'SELECT DISTINCT (%I)::pg_catalog.text FROM %I.%I WHERE %I IS NOT NULL AND %I IS NOT NULL',
+        r.tenant_column, r.table_schema, r.table_name, r.column_name, r.tenant_column));
+    SELECT x.success, x.result INTO ok, answer
+    FROM pg_catalog.run_command_on_coordinator(pg_catalog.format('SELECT byok.citus_first_keys(%L, %L)',
+                                                                 r.scope, tenants)) x;
+    IF NOT coalesce(ok, false) THEN
+        RAISE EXCEPTION USING ERRCODE = 'YK015',
+            MESSAGE = pg_catalog.format('could not make the first data keys of scope %s on the Citus coordinator', r.scope),
+            DETAIL = pg_catalog.left(coalesce(answer, 'no answer'), 300);
+    END IF;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_prepare_keys(regclass, byok.protected_columns) FROM PUBLIC;
+
 -- CREATE EXTENSION byok on a Citus coordinator that is in Citus's metadata
 -- sets the catalog up for the cluster at once (Citus then creates the
 -- extension on every worker, and on nodes added later).  Elsewhere, and on

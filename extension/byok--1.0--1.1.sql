@@ -206,8 +206,8 @@ END $$;
 -- the table's owner (byok.exec_as_owner): its triggers, domains and casts
 -- never run with byok's rights.
 CREATE OR REPLACE FUNCTION byok_protect_column(tbl regclass, col name, tenant_col name,
-                                               scope text DEFAULT NULL, view_name name DEFAULT NULL,
-                                               bind_row boolean DEFAULT false)
+                                    scope text DEFAULT NULL, view_name name DEFAULT NULL,
+                                    bind_row boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -219,7 +219,11 @@ DECLARE
     r byok.protected_columns;
     acl aclitem[];
     counts bigint[];
+    citus text := byok.citus_kind(tbl);
 BEGIN
+    IF citus IS NOT NULL THEN
+        PERFORM byok.citus_settings();
+    END IF;
     r := byok.plan_protection(tbl, col, tenant_col, scope, view_name, bind_row);
     counts := byok.exec_as_owner(tbl, pg_catalog.format(
         'SELECT pg_catalog.count(*) FILTER (WHERE %1$I IS NOT NULL), '
@@ -228,6 +232,9 @@ BEGIN
     IF counts[2] OPERATOR(pg_catalog.>) 0 THEN
         RAISE EXCEPTION USING ERRCODE = '23502',
             MESSAGE = pg_catalog.format('%s row(s) of %s have a value in column "%s" but no tenant', counts[2], tbl, col);
+    END IF;
+    IF citus IS NOT NULL THEN
+        PERFORM byok.citus_prepare_keys(tbl, r);
     END IF;
     acl := byok.drop_table_objects(r.table_schema, r.table_name);
     IF r.original_default IS NOT NULL THEN
@@ -240,6 +247,7 @@ BEGIN
     PERFORM byok.create_table_objects(r.table_schema, r.table_name, acl);
     RAISE NOTICE 'byok: % value(s) of column "%" of % encrypted', counts[1], col, tbl;
 END $fn$;
+REVOKE ALL ON FUNCTION byok_protect_column(regclass, name, name, text, name, boolean) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION byok.online_plan(tbl regclass, col name, batch_size integer,
                                             OUT pages bigint, OUT pages_per_batch bigint, OUT total bigint)
@@ -714,6 +722,412 @@ BEGIN
     END LOOP;
 END $fn$;
 REVOKE ALL ON FUNCTION byok_citus_setup() FROM PUBLIC;
+
+CREATE FUNCTION byok.exec_as_owner_texts(tbl regclass, query text) RETURNS text[]
+AS 'MODULE_PATHNAME', 'byok_exec_as_owner_texts'
+LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION byok.exec_as_owner_texts(regclass, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION byok.create_table_objects(tschema name, tname name, view_acl aclitem[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tbl      regclass := pg_catalog.format('%I.%I', tschema, tname)::regclass;
+    guard_fn name := byok.object_name('guard', tschema, tname);
+    dml_fn   name := byok.object_name('dml', tschema, tname);
+    r        byok.protected_columns;
+    first    byok.protected_columns;
+    shadows  name[];
+    idcols   name[];
+    a        record;
+    nt       text;                  -- NEW.<tenant column>
+    vq       text;                  -- the view, qualified
+    viewq    regclass;
+    owner    name;
+    body     text := '';
+    sel      text[] := '{}';
+    defaults text[] := '{}';
+    ins_cols text[] := '{}';
+    ins_vals text[] := '{}';
+    ins_cols_noid text[] := '{}';
+    ins_vals_noid text[] := '{}';
+    upd_set  text[] := '{}';
+    upd_set_nokey text[] := '{}';        -- the same without the key columns
+    upd_vars text[] := '{}';
+    upd_pre  text[] := '{}';
+    nsealed  integer := 0;
+    ret_cols text[] := '{}';
+    ret_into text[] := '{}';
+    any_val  text[] := '{}';
+    idcol    name;
+    idalways boolean := false;
+    ins_sql  text;
+    upd_sql  text;
+    del_sql  text;
+    unchanged text;
+    expr     text;
+    ret      text;
+BEGIN
+    SELECT p.* INTO first FROM byok.protected_columns p
+    WHERE p.table_schema = tschema AND p.table_name = tname AND p.state = 'protected'
+    ORDER BY p.column_name LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT pg_catalog.array_agg(byok.shadow_name(p.column_name)) INTO shadows
+    FROM byok.protected_columns p
+    WHERE p.table_schema = tschema AND p.table_name = tname AND p.state = 'converting';
+    shadows := coalesce(shadows, '{}');
+    nt := pg_catalog.format('NEW.%I', first.tenant_column);
+    vq := pg_catalog.format('%I.%I', first.view_schema, first.view_name);
+    SELECT pg_catalog.pg_get_userbyid(c.relowner) INTO owner FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+
+    -- how the view's UPDATE and DELETE find a row: the primary key, else a
+    -- replica identity index
+    SELECT pg_catalog.array_agg(att.attname ORDER BY k.n) INTO idcols
+    FROM (SELECT i.indkey FROM pg_catalog.pg_index i
+          WHERE i.indrelid = tbl AND (i.indisprimary OR i.indisreplident)
+          ORDER BY i.indisprimary DESC LIMIT 1) ix,
+         pg_catalog.unnest(ix.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, n)
+         JOIN pg_catalog.pg_attribute att ON att.attrelid = tbl AND att.attnum = k.attnum;
+
+    -- the guard: one block per protected column
+    FOR r IN SELECT p.* FROM byok.protected_columns p
+             WHERE p.table_schema = tschema AND p.table_name = tname AND p.state = 'protected'
+             ORDER BY p.column_name LOOP
+        body := body || pg_catalog.format($g$
+    IF NEW.%1$I IS NOT NULL THEN
+        IF TG_OP = 'UPDATE' AND NEW.%1$I IS NOT DISTINCT FROM OLD.%1$I THEN
+            IF (NEW.%2$I)::pg_catalog.text IS DISTINCT FROM (OLD.%2$I)::pg_catalog.text THEN
+                RAISE EXCEPTION USING ERRCODE = 'YK012',
+                    MESSAGE = %3$L,
+                    DETAIL = %11$L,
+                    HINT = %4$L;
+            END IF;%5$s
+        ELSE
+            IF NEW.%2$I IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '23502',
+                    MESSAGE = %6$L,
+                    HINT = 'A protected value is encrypted under its row''s tenant.';
+            END IF;
+            -- format v1: at least 38 bytes, version byte 1
+            IF (CASE WHEN pg_catalog.octet_length(NEW.%1$I) < 38 THEN true
+                     ELSE pg_catalog.get_byte(NEW.%1$I, 0) <> 1 END) THEN
+                RAISE EXCEPTION USING ERRCODE = 'YK010',
+                    MESSAGE = %7$L,
+                    DETAIL = 'The value is not a byok ciphertext.',
+                    HINT = %4$L;
+            END IF;
+            SELECT i.tenant, i.scope INTO ct_tenant, ct_scope
+            FROM @extschema@.byok_ciphertext_info(NEW.%1$I) AS i;
+            IF ct_tenant IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'YK010',
+                    MESSAGE = %7$L,
+                    DETAIL = 'The value names a data key this database does not have.',
+                    HINT = %4$L;
+            END IF;
+            IF ct_tenant <> (NEW.%2$I)::pg_catalog.text THEN
+                RAISE EXCEPTION USING ERRCODE = 'YK012',
+                    MESSAGE = %8$L,
+                    DETAIL = pg_catalog.format('The value belongs to tenant %%s, the row to tenant %%s.',
+                                               ct_tenant, (NEW.%2$I)::pg_catalog.text),
+                    HINT = %4$L;
+            END IF;
+            IF ct_scope <> %9$L THEN
+                RAISE EXCEPTION USING ERRCODE = 'YK010',
+                    MESSAGE = %10$L,
+                    DETAIL = pg_catalog.format('The value was encrypted for scope %%s.', ct_scope),
+                    HINT = %4$L;
+            END IF;
+        END IF;
+    END IF;
+$g$,
+            r.column_name, r.tenant_column,
+            pg_catalog.format('the tenant of a row of %s changed without re-encrypting its protected values', tbl),
+            pg_catalog.format('Write plaintext through the view %s, which encrypts it under the row''s tenant.', vq),
+            CASE WHEN r.bind_row THEN pg_catalog.format($k$
+            IF %s IS DISTINCT FROM %s THEN
+                RAISE EXCEPTION USING ERRCODE = 'YK011',
+                    MESSAGE = %L,
+                    DETAIL = %L,
+                    HINT = %L;
+            END IF;$k$,
+                byok.aad_sql(r.key_columns, 'NEW.'), byok.aad_sql(r.key_columns, 'OLD.'),
+                pg_catalog.format('the primary key of a row of %s changed without re-encrypting its row-bound values', tbl),
+                pg_catalog.format('Column "%s" is bound to its row''s primary key.', r.column_name),
+                pg_catalog.format('Update the row through the view %s, which re-encrypts it.', vq))
+            ELSE '' END,
+            pg_catalog.format('protected column "%s" of %s needs a tenant, but column "%s" is null',
+                              r.column_name, tbl, r.tenant_column),
+            pg_catalog.format('column "%s" of %s holds only byok ciphertexts', r.column_name, tbl),
+            pg_catalog.format('column "%s" of %s holds only ciphertexts of the row''s own tenant',
+                              r.column_name, tbl),
+            r.scope,
+            pg_catalog.format('column "%s" of %s holds only ciphertexts of scope %s',
+                              r.column_name, tbl, r.scope),
+            pg_catalog.format('Column "%s" still holds a ciphertext of the old tenant.', r.column_name));
+    END LOOP;
+
+    PERFORM byok.create_trigger_function(guard_fn, false, pg_catalog.format(E'\nDECLARE\n    ct_tenant text;\n    ct_scope text;\nBEGIN%s    RETURN NEW;\nEND\n', body));
+    EXECUTE pg_catalog.format('COMMENT ON FUNCTION byok.%I() IS %L', guard_fn,
+        pg_catalog.format('byok: the guard of %s (generated; rebuilt by byok_protect_column)', tbl));
+    EXECUTE pg_catalog.format('CREATE TRIGGER zzz_byok_guard BEFORE INSERT OR UPDATE ON %I.%I '
+                              'FOR EACH ROW EXECUTE FUNCTION byok.%I()', tschema, tname, guard_fn);
+
+    -- the view and its INSTEAD OF trigger
+    FOR a IN SELECT att.attname, att.attgenerated, att.attidentity, att.atthasdef,
+                    pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS def
+             FROM pg_catalog.pg_attribute att
+             LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = att.attrelid AND d.adnum = att.attnum
+             WHERE att.attrelid = tbl AND att.attnum > 0 AND NOT att.attisdropped
+               AND att.attname <> ALL (shadows)
+             ORDER BY att.attnum LOOP
+        SELECT p.* INTO r FROM byok.protected_columns p
+        WHERE p.table_schema = tschema AND p.table_name = tname AND p.column_name = a.attname
+          AND p.state = 'protected';
+        IF FOUND THEN
+            sel := sel || (byok.dec_sql(r, 't.') || pg_catalog.format(' AS %I', a.attname));
+            IF r.original_default IS NOT NULL THEN
+                defaults := defaults || pg_catalog.format('ALTER COLUMN %I SET DEFAULT %s', a.attname, r.original_default);
+            END IF;
+            any_val := any_val || pg_catalog.format('NEW.%I IS NOT NULL', a.attname);
+            ins_cols := ins_cols || pg_catalog.quote_ident(a.attname);
+            ins_vals := ins_vals || byok.enc_sql(r, 'NEW.');
+            ins_cols_noid := ins_cols_noid || pg_catalog.quote_ident(a.attname);
+            ins_vals_noid := ins_vals_noid || byok.enc_sql(r, 'NEW.');
+            unchanged := CASE WHEN byok.is_bytea_type(r.original_type)
+                              THEN pg_catalog.format('NEW.%1$I IS NOT DISTINCT FROM OLD.%1$I', a.attname)
+                              ELSE pg_catalog.format('(NEW.%1$I)::pg_catalog.text IS NOT DISTINCT FROM (OLD.%1$I)::pg_catalog.text', a.attname)
+                         END
+                      || pg_catalog.format(' AND (NEW.%1$I)::pg_catalog.text IS NOT DISTINCT FROM (OLD.%1$I)::pg_catalog.text', r.tenant_column)
+                      || CASE WHEN r.bind_row
+                              THEN pg_catalog.format(' AND %s IS NOT DISTINCT FROM %s',
+                                                     byok.aad_sql(r.key_columns, 'NEW.'), byok.aad_sql(r.key_columns, 'OLD.'))
+                              ELSE '' END;
+            -- sealed before the UPDATE, which then calls no volatile
+            -- function (Citus refuses one in an UPDATE of its tables)
+            nsealed := nsealed + 1;
+            upd_vars := upd_vars || pg_catalog.format('byok$ct%s pg_catalog.bytea;', nsealed);
+            upd_pre := upd_pre || pg_catalog.format('byok$ct%s := CASE WHEN %s THEN NULL ELSE %s END;',
+                                                    nsealed, unchanged, byok.enc_sql(r, 'NEW.'));
+            upd_set := upd_set || pg_catalog.format('%1$I = CASE WHEN %2$s THEN t.%1$I ELSE byok$ct%3$s END',
+                                                    a.attname, unchanged, nsealed);
+            upd_set_nokey := upd_set_nokey || upd_set[pg_catalog.cardinality(upd_set)];
+        ELSE
+            sel := sel || pg_catalog.format('t.%I', a.attname);
+            IF a.attgenerated = '' AND a.attidentity = '' AND a.atthasdef THEN
+                defaults := defaults || pg_catalog.format('ALTER COLUMN %I SET DEFAULT %s', a.attname, a.def);
+            END IF;
+            IF a.attgenerated = '' THEN
+                ins_cols := ins_cols || pg_catalog.quote_ident(a.attname);
+                ins_vals := ins_vals || pg_catalog.format('NEW.%I', a.attname);
+                IF a.attidentity <> '' THEN
+                    IF idcol IS NOT NULL THEN
+                        RAISE EXCEPTION USING ERRCODE = '0A000',
+                            MESSAGE = pg_catalog.format('byok cannot protect columns of %s: it has more than one identity column', tbl);
+                    END IF;
+                    idcol := a.attname;
+                    idalways := a.attidentity = 'a';
+                ELSE
+                    ins_cols_noid := ins_cols_noid || pg_catalog.quote_ident(a.attname);
+                    ins_vals_noid := ins_vals_noid || pg_catalog.format('NEW.%I', a.attname);
+                END IF;
+                IF a.attidentity <> 'a' THEN
+                    upd_set := upd_set || pg_catalog.format('%1$I = NEW.%1$I', a.attname);
+                    IF a.attname <> ALL (coalesce(idcols, '{}')) THEN
+                        upd_set_nokey := upd_set_nokey || pg_catalog.format('%1$I = NEW.%1$I', a.attname);
+                    END IF;
+                END IF;
+            END IF;
+            ret_cols := ret_cols || pg_catalog.format('t.%I', a.attname);
+            ret_into := ret_into || pg_catalog.format('NEW.%I', a.attname);
+        END IF;
+    END LOOP;
+
+    EXECUTE pg_catalog.format(
+        'CREATE VIEW %s WITH (security_barrier = true, security_invoker = true) AS SELECT %s FROM %I.%I AS t '
+        'WHERE COALESCE(pg_catalog.current_setting(''byok.tenant'', true), '''') = '''' '
+        'OR (t.%I)::pg_catalog.text = pg_catalog.current_setting(''byok.tenant'', true)',
+        vq, pg_catalog.array_to_string(sel, ', '), tschema, tname, first.tenant_column);
+    viewq := vq::regclass;
+    EXECUTE pg_catalog.format('ALTER VIEW %s OWNER TO %I', vq, owner);
+    IF pg_catalog.cardinality(defaults) > 0 THEN
+        EXECUTE pg_catalog.format('ALTER VIEW %s %s', vq, pg_catalog.array_to_string(defaults, ', '));
+    END IF;
+    IF view_acl IS NOT NULL THEN
+        PERFORM byok.apply_acl(viewq, view_acl, false);
+    ELSE
+        PERFORM byok.apply_acl(viewq, (SELECT c.relacl FROM pg_catalog.pg_class c WHERE c.oid = tbl), true);
+    END IF;
+    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', vq,
+        pg_catalog.format('byok: %s with its protected columns decrypted; writes are encrypted under each row''s tenant '
+                          '(generated; rebuilt by byok_protect_column)', tbl));
+
+    -- INSERT
+    ins_sql := pg_catalog.format('INSERT INTO %I.%I AS t (%s) VALUES (%s)%s;',
+        tschema, tname, pg_catalog.array_to_string(ins_cols, ', '),
+        pg_catalog.array_to_string(ins_vals, ', '),
+        CASE WHEN pg_catalog.cardinality(ret_cols) > 0
+             THEN pg_catalog.format(' RETURNING %s INTO %s', pg_catalog.array_to_string(ret_cols, ', '),
+                                    pg_catalog.array_to_string(ret_into, ', '))
+             ELSE '' END);
+    IF idalways THEN
+        -- as in the table itself: GENERATED ALWAYS takes no explicit value
+        ins_sql := pg_catalog.format('RAISE EXCEPTION USING ERRCODE = ''428C9'', MESSAGE = %L, DETAIL = %L;',
+            pg_catalog.format('cannot insert a non-DEFAULT value into column "%s"', idcol),
+            pg_catalog.format('Column "%s" is an identity column defined as GENERATED ALWAYS.', idcol));
+    END IF;
+    IF idcol IS NOT NULL THEN
+        -- no value for the identity column: let the table generate it
+        ins_sql := pg_catalog.format(E'IF NEW.%I IS NULL THEN\n            %s\n        ELSE\n            %s\n        END IF;',
+            idcol,
+            pg_catalog.format('INSERT INTO %I.%I AS t (%s) VALUES (%s) RETURNING %s INTO %s;',
+                tschema, tname, pg_catalog.array_to_string(ins_cols_noid, ', '),
+                pg_catalog.array_to_string(ins_vals_noid, ', '),
+                pg_catalog.array_to_string(ret_cols, ', '), pg_catalog.array_to_string(ret_into, ', ')),
+            ins_sql);
+    END IF;
+
+    -- UPDATE and DELETE
+    IF idcols IS NULL THEN
+        upd_sql := pg_catalog.format('RAISE EXCEPTION USING ERRCODE = ''0A000'', MESSAGE = %L, HINT = %L;',
+            pg_catalog.format('cannot update or delete rows of %s: table %s has no primary key', vq, tbl),
+            'Add a primary key (the view rebuilds when a column is protected), or write the table directly with byok_encrypt().');
+        del_sql := upd_sql;
+    ELSE
+        expr := (SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = OLD.%1$I', k), ' AND ')
+                 FROM pg_catalog.unnest(idcols) AS k);
+        -- the key columns are set only when they change: Citus refuses any
+        -- assignment to a distribution column, which is in every key
+        ret := CASE WHEN pg_catalog.cardinality(ret_cols) > 0
+                    THEN pg_catalog.format(E'\n            RETURNING %s INTO %s', pg_catalog.array_to_string(ret_cols, ', '),
+                                           pg_catalog.array_to_string(ret_into, ', '))
+                    ELSE '' END;
+        upd_sql := pg_catalog.format(E'%sIF %s THEN\n            UPDATE %I.%I AS t SET %s\n            WHERE %s%s;\n'
+                                     || E'        ELSE\n            UPDATE %I.%I AS t SET %s\n            WHERE %s%s;\n        END IF;\n'
+                                     || E'        IF NOT FOUND THEN\n            RETURN NULL;\n        END IF;\n        RETURN NEW;',
+            (SELECT pg_catalog.string_agg(x || E'\n        ', '') FROM pg_catalog.unnest(upd_pre) AS x),
+            (SELECT pg_catalog.string_agg(pg_catalog.format('NEW.%1$I IS NOT DISTINCT FROM OLD.%1$I', k), ' AND ')
+             FROM pg_catalog.unnest(idcols) AS k),
+            tschema, tname, pg_catalog.array_to_string(upd_set_nokey, E',\n                '), expr, ret,
+            tschema, tname, pg_catalog.array_to_string(upd_set, E',\n                '), expr, ret);
+        IF idalways THEN
+            upd_sql := pg_catalog.format(E'IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN\n            RAISE EXCEPTION USING ERRCODE = ''428C9'', MESSAGE = %2$L;\n        END IF;\n        ',
+                idcol, pg_catalog.format('column "%s" can only be updated to DEFAULT', idcol)) || upd_sql;
+        END IF;
+        del_sql := pg_catalog.format(E'DELETE FROM %I.%I AS t WHERE %s;\n        IF NOT FOUND THEN\n            RETURN NULL;\n        END IF;\n        RETURN OLD;',
+            tschema, tname, expr);
+    END IF;
+
+    PERFORM byok.create_trigger_function(dml_fn, true, pg_catalog.format($b$%7$s
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        %1$s
+    END IF;
+    IF %2$s IS NULL AND (%3$s) THEN
+        RAISE EXCEPTION USING ERRCODE = '23502',
+            MESSAGE = %4$L,
+            HINT = 'A protected value is encrypted under its row''s tenant.';
+    END IF;
+    -- a session bound to a tenant writes only that tenant's rows, even
+    -- without a value to encrypt
+    IF COALESCE(pg_catalog.current_setting('byok.tenant', true), '') <> ''
+       AND (%2$s)::pg_catalog.text IS DISTINCT FROM pg_catalog.current_setting('byok.tenant', true) THEN
+        RAISE EXCEPTION USING ERRCODE = 'YK012',
+            MESSAGE = pg_catalog.format('this session is bound to tenant "%%s"', pg_catalog.current_setting('byok.tenant', true)),
+            DETAIL = pg_catalog.format('Writing a row of tenant "%%s" is not allowed in this session.', %2$s);
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        %5$s
+        RETURN NEW;
+    END IF;
+    %6$s
+END
+$b$, del_sql, nt, pg_catalog.array_to_string(any_val, ' OR '),
+       pg_catalog.format('a row of %s with protected values needs a tenant, but column "%s" is null', vq, first.tenant_column),
+       ins_sql, upd_sql,
+       CASE WHEN pg_catalog.cardinality(upd_vars) > 0
+            THEN E'\nDECLARE\n    ' || pg_catalog.array_to_string(upd_vars, E'\n    ') ELSE '' END));
+    EXECUTE pg_catalog.format('COMMENT ON FUNCTION byok.%I() IS %L', dml_fn,
+        pg_catalog.format('byok: writes through %s (generated; rebuilt by byok_protect_column)', vq));
+    EXECUTE pg_catalog.format('CREATE TRIGGER byok_dml INSTEAD OF INSERT OR UPDATE OR DELETE ON %s '
+                              'FOR EACH ROW EXECUTE FUNCTION byok.%I()', vq, dml_fn);
+END $fn$;
+
+CREATE FUNCTION byok.view_rows(query text, params text[]) RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'byok_view_rows'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION byok.citus_kind(tbl regclass) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    k text;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT CASE WHEN p.partmethod OPERATOR(pg_catalog.<>) ''n'' THEN ''distributed'' '
+            'WHEN p.repmodel OPERATOR(pg_catalog.=) ''t'' THEN ''reference'' ELSE ''local'' END '
+            'FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1'
+        INTO k USING tbl;
+    RETURN k;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_kind(regclass) FROM PUBLIC;
+
+CREATE FUNCTION byok.citus_settings() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_settings() FROM PUBLIC;
+
+CREATE FUNCTION byok.citus_first_keys(scope text, tenants text[]) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t text;
+    n integer := 0;
+BEGIN
+    PERFORM byok.check_not_restricted();
+    PERFORM @extschema@.byok_declare_scope(scope);
+    FOREACH t IN ARRAY tenants LOOP
+        -- the scope's current data key, made when it has none
+        PERFORM @extschema@.byok_encrypt(t, ''::pg_catalog.text, scope, NULL::pg_catalog.bytea);
+        n := n OPERATOR(pg_catalog.+) 1;
+    END LOOP;
+    RETURN n;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_first_keys(text, text[]) FROM PUBLIC;
+
+CREATE FUNCTION byok.citus_prepare_keys(tbl regclass, r byok.protected_columns) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenants text[];
+    ok boolean;
+    answer text;
+BEGIN
+    tenants := byok.exec_as_owner_texts(tbl, pg_catalog.format(
+        'SELECT DISTINCT (%I)::pg_catalog.text FROM %I.%I WHERE %I IS NOT NULL AND %I IS NOT NULL',
+        r.tenant_column, r.table_schema, r.table_name, r.column_name, r.tenant_column));
+    SELECT x.success, x.result INTO ok, answer
+    FROM pg_catalog.run_command_on_coordinator(pg_catalog.format('SELECT byok.citus_first_keys(%L, %L)',
+                                                                 r.scope, tenants)) x;
+    IF NOT coalesce(ok, false) THEN
+        RAISE EXCEPTION USING ERRCODE = 'YK015',
+            MESSAGE = pg_catalog.format('could not make the first data keys of scope %s on the Citus coordinator', r.scope),
+            DETAIL = pg_catalog.left(coalesce(answer, 'no answer'), 300);
+    END IF;
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_prepare_keys(regclass, byok.protected_columns) FROM PUBLIC;
 
 -- Rebuild the guard, view and generated functions of every protected
 -- table with this version's code (they are not members of the extension).

@@ -56,6 +56,8 @@ byok_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	byok_cache_shmem_startup();
+	/* after every library's _PG_init: ahead of Citus's planner either way */
+	byok_viewdml_install();
 }
 
 static void byok_xact_event(XactEvent event);

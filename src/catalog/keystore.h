@@ -78,4 +78,7 @@ extern void byok_check_tenant_name(const char *tenant);
 extern void byok_check_scope(const char *scope, int len);
 extern void byok_raise_tenant_state(ByokTenantState state, const char *tenant) pg_attribute_noreturn();
 
+/* viewdml.c: UPDATE and DELETE through a byok view on Citus (planner hook) */
+extern void byok_viewdml_install(void);
+
 #endif							/* BYOK_KEYSTORE_H */
