@@ -285,6 +285,10 @@ BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_trigger g
                WHERE g.tgrelid OPERATOR(pg_catalog.=) byok.registered_table(tschema, tname)
                  AND g.tgname OPERATOR(pg_catalog.=) 'zzz_byok_guard') THEN
+        IF byok.citus_kind(byok.registered_table(tschema, tname)) IS NOT NULL THEN
+            -- byok's own trigger on a Citus table (for the rest of the transaction)
+            PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+        END IF;
         EXECUTE pg_catalog.format('DROP TRIGGER zzz_byok_guard ON %I.%I', tschema, tname);
     END IF;
     PERFORM byok.drop_function(byok.object_name('guard', tschema, tname));
@@ -458,6 +462,10 @@ $g$,
             pg_catalog.format('Column "%s" still holds a ciphertext of the old tenant.', r.column_name));
     END LOOP;
 
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        -- byok's own trigger on a Citus table (for the rest of the transaction)
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
     PERFORM byok.create_trigger_function(guard_fn, false, pg_catalog.format(E'\nDECLARE\n    ct_tenant text;\n    ct_scope text;\nBEGIN%s    RETURN NEW;\nEND\n', body));
     EXECUTE pg_catalog.format('COMMENT ON FUNCTION byok.%I() IS %L', guard_fn,
         pg_catalog.format('byok: the guard of %s (generated; rebuilt by byok_protect_column)', tbl));

@@ -239,6 +239,9 @@ BEGIN
     INSERT INTO byok.protected_columns SELECT r.*;
     PERFORM byok.exec_as_owner(tbl, pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I TYPE pg_catalog.bytea USING %s',
                                                       r.table_schema, r.table_name, col, byok.enc_sql(r, '')));
+    IF citus OPERATOR(pg_catalog.=) 'reference' THEN
+        PERFORM byok.citus_sync_copies(tbl, col);
+    END IF;
     PERFORM byok.create_table_objects(r.table_schema, r.table_name, acl);
     RAISE NOTICE 'byok: % value(s) of column "%" of % encrypted', counts[1], col, tbl;
 END $fn$;
@@ -268,7 +271,13 @@ BEGIN
         RAISE NOTICE 'byok: resuming the conversion of column "%" of %', col, tbl;
         RETURN;
     END IF;
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        PERFORM byok.citus_settings();
+    END IF;
     r := byok.plan_protection(tbl, col, tenant_col, scope, view_name, bind_row);
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        PERFORM byok.citus_prepare_keys(tbl, r);
+    END IF;
     IF EXISTS (SELECT FROM byok.protected_columns p WHERE p.table_schema = r.table_schema
                AND p.table_name = r.table_name AND p.state = 'converting') THEN
         RAISE EXCEPTION USING ERRCODE = '55006',
@@ -362,6 +371,35 @@ BEGIN
 END $fn$;
 REVOKE ALL ON FUNCTION byok.online_batch(regclass, name, bigint, bigint) FROM PUBLIC;
 
+-- Step 3 on a Citus table: up to batch_size values without a ciphertext,
+-- chosen by key (a MATERIALIZED CTE that Citus plans on its own: its
+-- VOLATILE random() rules out sending the statement to the shards as it
+-- stands) and touched, so the sync trigger encrypts them where they are.
+CREATE FUNCTION byok.online_batch_citus(tbl regclass, col name, batch_size integer)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    sh name := byok.shadow_name(col);
+    keys name[] := byok.key_columns(tbl);
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    IF keys IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = pg_catalog.format('byok protects columns of Citus tables online with a primary key only; %s has none', tbl);
+    END IF;
+    RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
+        'WITH v AS MATERIALIZED (SELECT %1$s FROM %2$s WHERE %3$I IS NOT NULL AND %4$I IS NULL '
+        'AND pg_catalog.random() OPERATOR(pg_catalog.>=) 0 LIMIT %5$s) '
+        'UPDATE %2$s AS t SET %4$I = NULL FROM v WHERE %6$s AND t.%4$I IS NULL',
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
+        tbl, col, sh, batch_size,
+        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+         FROM pg_catalog.unnest(keys) AS k))))[1];
+END $fn$;
+REVOKE ALL ON FUNCTION byok.online_batch_citus(regclass, name, integer) FROM PUBLIC;
+
 -- Step 4 (SHARE UPDATE EXCLUSIVE: reads and writes go on): prove that every
 -- value has its ciphertext.
 CREATE FUNCTION byok.online_validate(tbl regclass, col name) RETURNS void
@@ -394,6 +432,9 @@ DECLARE
     col_not_null boolean;
 BEGIN
     PERFORM byok.check_table_owner(tbl);
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        PERFORM byok.citus_settings();
+    END IF;
     EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
     SELECT p.* INTO r FROM byok.protected_columns p, pg_catalog.pg_class c, pg_catalog.pg_namespace n
     WHERE c.oid OPERATOR(pg_catalog.=) tbl AND n.oid OPERATOR(pg_catalog.=) c.relnamespace
@@ -417,6 +458,9 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, sh);
     END IF;
     EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT byok_converting', tbl);
+    IF byok.citus_kind(tbl) OPERATOR(pg_catalog.=) 'reference' THEN
+        PERFORM byok.citus_sync_copies(tbl, sh);
+    END IF;
     EXECUTE pg_catalog.format('ALTER TABLE %s DROP COLUMN %I', tbl, col);
     EXECUTE pg_catalog.format('ALTER TABLE %s RENAME COLUMN %I TO %I', tbl, sh, col);
     r.state := 'protected';
@@ -454,7 +498,17 @@ BEGIN
     COMMIT;
     SELECT * INTO p FROM byok.online_plan(tbl, col, batch_size);
     COMMIT;
-    WHILE page OPERATOR(pg_catalog.<) p.pages LOOP
+    -- a Citus table: batches of values, not of pages (its shards are elsewhere)
+    WHILE byok.citus_kind(tbl) IS NOT NULL LOOP
+        n := byok.online_batch_citus(tbl, col, batch_size);
+        COMMIT;
+        EXIT WHEN n OPERATOR(pg_catalog.=) 0;
+        done := done OPERATOR(pg_catalog.+) n;
+        batch := batch OPERATOR(pg_catalog.+) 1;
+        RAISE NOTICE 'byok: column "%" of %: batch %: % of % value(s) encrypted',
+            col, tname, batch, done, p.total;
+    END LOOP;
+    WHILE page OPERATOR(pg_catalog.<) p.pages AND byok.citus_kind(tbl) IS NULL LOOP
         n := byok.online_batch(tbl, col, page, p.pages_per_batch);
         COMMIT;
         done := done OPERATOR(pg_catalog.+) n;
@@ -490,6 +544,9 @@ DECLARE
     acl aclitem[];
 BEGIN
     PERFORM byok.check_table_owner(tbl);
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        PERFORM byok.citus_settings();
+    END IF;
     SELECT n.nspname, c.relname INTO s, t FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
     WHERE c.oid OPERATOR(pg_catalog.=) tbl AND c.relkind OPERATOR(pg_catalog.=) 'r';
@@ -540,18 +597,31 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     o record;
+    fn_kind text;
 BEGIN
     IF NOT byok.protected(NULL, NULL, NULL) THEN
         RETURN;
     END IF;
-    FOR o IN SELECT d.object_type, d.address_names FROM pg_catalog.pg_event_trigger_dropped_objects() d
+    FOR o IN SELECT d.object_type, d.address_names, d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
              WHERE d.object_type IN ('table', 'table column') LOOP
         IF o.object_type = 'table' THEN
             IF byok.protected(o.address_names[1]::name, o.address_names[2]::name, NULL) THEN
                 DELETE FROM byok.protected_columns p
                 WHERE p.table_schema = o.address_names[1] AND p.table_name = o.address_names[2];
-                PERFORM byok.drop_function(byok.object_name(k, o.address_names[1]::name, o.address_names[2]::name))
-                FROM pg_catalog.unnest(ARRAY['guard', 'dml', 'sync']) AS k;
+                IF byok.citus_kind(o.objid::pg_catalog.regclass) IS NOT NULL THEN
+                    -- Citus drops the shards after this trigger: on the
+                    -- workers, their triggers still use the functions
+                    FOREACH fn_kind IN ARRAY ARRAY['guard', 'dml', 'sync'] LOOP
+                        IF pg_catalog.to_regprocedure(pg_catalog.format('byok.%I()',
+                               byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name))) IS NOT NULL THEN
+                            EXECUTE pg_catalog.format('DROP FUNCTION byok.%I() CASCADE',
+                                                      byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name));
+                        END IF;
+                    END LOOP;
+                ELSE
+                    PERFORM byok.drop_function(byok.object_name(k, o.address_names[1]::name, o.address_names[2]::name))
+                    FROM pg_catalog.unnest(ARRAY['guard', 'dml', 'sync']) AS k;
+                END IF;
             END IF;
         ELSIF byok.protected(o.address_names[1]::name, o.address_names[2]::name, o.address_names[3]::name)
               AND pg_catalog.to_regclass(pg_catalog.format('%I.%I', o.address_names[1], o.address_names[2])) IS NOT NULL THEN

@@ -111,6 +111,40 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION byok.reencrypt_batch(regclass, name, bigint, bigint) FROM PUBLIC;
 
+-- One batch of byok_reencrypt on a Citus table: up to batch_size values,
+-- chosen and re-encrypted by a SELECT that Citus runs where the rows are
+-- (a MATERIALIZED CTE; its VOLATILE function makes Citus plan it on its
+-- own), then written by key, each only if it still holds the ciphertext
+-- that was re-encrypted (a row written meanwhile is left for the next
+-- batch).  A reference table's copies all get the same new ciphertext.
+-- Returns the number of values written.
+CREATE FUNCTION byok.reencrypt_batch_citus(tbl regclass, col name, batch_size integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r byok.protected_columns;
+    aad text;
+    keys name[] := byok.key_columns(tbl);
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'byok re-encrypts Citus tables with a primary key only; % has none', tbl USING ERRCODE = '0A000';
+    END IF;
+    SELECT p.* INTO r FROM byok.protected_columns p, pg_catalog.pg_class c, pg_catalog.pg_namespace n
+    WHERE c.oid OPERATOR(pg_catalog.=) tbl AND n.oid OPERATOR(pg_catalog.=) c.relnamespace
+      AND p.table_schema OPERATOR(pg_catalog.=) n.nspname AND p.table_name OPERATOR(pg_catalog.=) c.relname
+      AND p.column_name OPERATOR(pg_catalog.=) col;
+    aad := CASE WHEN r.bind_row THEN byok.aad_sql(r.key_columns, '') ELSE 'NULL::pg_catalog.bytea' END;
+    RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
+        'WITH v AS MATERIALIZED (SELECT %1$s, %2$I AS "byok$old", @extschema@.byok_reencrypt_value(%2$I, %3$s) AS "byok$new" '
+        'FROM %4$s WHERE %2$I IS NOT NULL AND @extschema@.byok_needs_reencrypt(%2$I) LIMIT %5$s) '
+        'UPDATE %4$s AS t SET %2$I = v."byok$new" FROM v WHERE %6$s AND t.%2$I OPERATOR(pg_catalog.=) v."byok$old"',
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
+        col, aad, tbl, batch_size,
+        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+         FROM pg_catalog.unnest(keys) AS k))))[1];
+END $$;
+REVOKE ALL ON FUNCTION byok.reencrypt_batch_citus(regclass, name, integer) FROM PUBLIC;
+
 -- Rewrites every value of a column not under its scope's current data key
 -- version (and current algorithm), in short batches that commit, so
 -- ordinary reads and writes are never blocked for long.  Resumable: run it
@@ -130,7 +164,16 @@ BEGIN
     SELECT * INTO plan FROM byok.reencrypt_begin(tbl, col);
     step := GREATEST(1, (plan.step OPERATOR(pg_catalog.*) batch_size) OPERATOR(pg_catalog./) 1000);
     COMMIT;
-    WHILE p OPERATOR(pg_catalog.<) plan.pages LOOP
+    -- a Citus table: batches of values, not of pages (its shards are elsewhere)
+    WHILE byok.citus_kind(tbl) IS NOT NULL LOOP
+        n := byok.reencrypt_batch_citus(tbl, col, batch_size);
+        EXIT WHEN n OPERATOR(pg_catalog.=) 0;
+        done := done OPERATOR(pg_catalog.+) n;
+        PERFORM byok.reencrypt_note(tbl, col, done, false);
+        RAISE NOTICE 'byok_reencrypt %.%: % of % values re-encrypted', tbl, col, done, plan.total;
+        COMMIT;
+    END LOOP;
+    WHILE p OPERATOR(pg_catalog.<) plan.pages AND byok.citus_kind(tbl) IS NULL LOOP
         n := byok.reencrypt_batch(tbl, col, p, step);
         done := done OPERATOR(pg_catalog.+) n;
         p := p OPERATOR(pg_catalog.+) step;

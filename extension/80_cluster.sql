@@ -328,7 +328,6 @@ BEGIN
         INTO k USING tbl;
     RETURN k;
 END $fn$;
-REVOKE ALL ON FUNCTION byok.citus_kind(regclass) FROM PUBLIC;
 
 -- The rows an UPDATE or DELETE through a protected view reads on a Citus
 -- cluster (src/catalog/viewdml.c): runs the SELECT of the view's rows it
@@ -381,6 +380,43 @@ BEGIN
 END $fn$;
 REVOKE ALL ON FUNCTION byok.citus_first_keys(text, text[]) FROM PUBLIC;
 
+-- The key columns of tbl (primary key, else replica identity), or NULL.
+CREATE FUNCTION byok.key_columns(tbl regclass) RETURNS name[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT pg_catalog.array_agg(a.attname ORDER BY k.n)
+    FROM (SELECT i.indkey FROM pg_catalog.pg_index i
+          WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND (i.indisprimary OR i.indisreplident)
+          ORDER BY i.indisprimary DESC LIMIT 1) ix,
+         pg_catalog.unnest(ix.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, n)
+         JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) tbl
+                                       AND a.attnum OPERATOR(pg_catalog.=) k.attnum
+$fn$;
+REVOKE ALL ON FUNCTION byok.key_columns(regclass) FROM PUBLIC;
+
+-- Each copy of a reference table is rewritten by its own node, so after a
+-- protection each copy holds its own ciphertexts (each one decrypts to the
+-- same value).  Make them one: the coordinator's copy is read once (the
+-- VOLATILE random() keeps Citus from sending the statement to every copy
+-- as it stands) and written to every copy, matched by key.  As the owner.
+CREATE FUNCTION byok.citus_sync_copies(tbl regclass, col name) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    keys name[] := byok.key_columns(tbl);
+BEGIN
+    RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
+        'WITH v AS MATERIALIZED (SELECT %1$s, %2$I FROM %3$s WHERE pg_catalog.random() OPERATOR(pg_catalog.>=) 0) '
+        'UPDATE %3$s AS t SET %2$I = v.%2$I FROM v WHERE %4$s AND t.%2$I IS DISTINCT FROM v.%2$I',
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
+        col, tbl,
+        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+         FROM pg_catalog.unnest(keys) AS k))))[1];
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_sync_copies(regclass, name) FROM PUBLIC;
+
 CREATE FUNCTION byok.citus_prepare_keys(tbl regclass, r byok.protected_columns) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -390,6 +426,11 @@ DECLARE
     ok boolean;
     answer text;
 BEGIN
+    IF byok.citus_kind(tbl) OPERATOR(pg_catalog.=) 'reference' AND byok.key_columns(tbl) IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = pg_catalog.format('byok protects columns of reference tables with a primary key only; %s has none', tbl),
+            DETAIL = 'Each node rewrites its own copy; byok then makes the copies equal, row by row, by key.';
+    END IF;
     tenants := byok.exec_as_owner_texts(tbl, pg_catalog.format(
         'SELECT DISTINCT (%I)::pg_catalog.text FROM %I.%I WHERE %I IS NOT NULL AND %I IS NOT NULL',
         r.tenant_column, r.table_schema, r.table_name, r.column_name, r.tenant_column));
@@ -403,6 +444,10 @@ BEGIN
     END IF;
 END $fn$;
 REVOKE ALL ON FUNCTION byok.citus_prepare_keys(regclass, byok.protected_columns) FROM PUBLIC;
+
+-- byok_protect_column_online and byok_reencrypt (70_roles.sql) on Citus tables
+GRANT EXECUTE ON FUNCTION byok.online_batch_citus(regclass, name, integer),
+    byok.reencrypt_batch_citus(regclass, name, integer) TO byok_admin;
 
 -- CREATE EXTENSION byok on a Citus coordinator that is in Citus's metadata
 -- sets the catalog up for the cluster at once (Citus then creates the

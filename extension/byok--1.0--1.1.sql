@@ -153,6 +153,10 @@ BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_trigger g
                WHERE g.tgrelid OPERATOR(pg_catalog.=) byok.registered_table(tschema, tname)
                  AND g.tgname OPERATOR(pg_catalog.=) 'zzz_byok_guard') THEN
+        IF byok.citus_kind(byok.registered_table(tschema, tname)) IS NOT NULL THEN
+            -- byok's own trigger on a Citus table (for the rest of the transaction)
+            PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+        END IF;
         EXECUTE pg_catalog.format('DROP TRIGGER zzz_byok_guard ON %I.%I', tschema, tname);
     END IF;
     PERFORM byok.drop_function(byok.object_name('guard', tschema, tname));
@@ -244,6 +248,9 @@ BEGIN
     INSERT INTO byok.protected_columns SELECT r.*;
     PERFORM byok.exec_as_owner(tbl, pg_catalog.format('ALTER TABLE %I.%I ALTER COLUMN %I TYPE pg_catalog.bytea USING %s',
                                                       r.table_schema, r.table_name, col, byok.enc_sql(r, '')));
+    IF citus OPERATOR(pg_catalog.=) 'reference' THEN
+        PERFORM byok.citus_sync_copies(tbl, col);
+    END IF;
     PERFORM byok.create_table_objects(r.table_schema, r.table_name, acl);
     RAISE NOTICE 'byok: % value(s) of column "%" of % encrypted', counts[1], col, tbl;
 END $fn$;
@@ -312,6 +319,9 @@ DECLARE
     col_not_null boolean;
 BEGIN
     PERFORM byok.check_table_owner(tbl);
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        PERFORM byok.citus_settings();
+    END IF;
     EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
     SELECT p.* INTO r FROM byok.protected_columns p, pg_catalog.pg_class c, pg_catalog.pg_namespace n
     WHERE c.oid OPERATOR(pg_catalog.=) tbl AND n.oid OPERATOR(pg_catalog.=) c.relnamespace
@@ -335,6 +345,9 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, sh);
     END IF;
     EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT byok_converting', tbl);
+    IF byok.citus_kind(tbl) OPERATOR(pg_catalog.=) 'reference' THEN
+        PERFORM byok.citus_sync_copies(tbl, sh);
+    END IF;
     EXECUTE pg_catalog.format('ALTER TABLE %s DROP COLUMN %I', tbl, col);
     EXECUTE pg_catalog.format('ALTER TABLE %s RENAME COLUMN %I TO %I', tbl, sh, col);
     r.state := 'protected';
@@ -342,6 +355,7 @@ BEGIN
     INSERT INTO byok.protected_columns SELECT r.*;
     PERFORM byok.create_table_objects(r.table_schema, r.table_name, acl);
 END $fn$;
+REVOKE ALL ON FUNCTION byok.online_finish(regclass, name) FROM PUBLIC;
 
 -- Reverse byok_protect_column; the rewrite runs as the table's owner.
 CREATE OR REPLACE FUNCTION byok_unprotect_column(tbl regclass, col name) RETURNS void
@@ -358,6 +372,9 @@ DECLARE
     acl aclitem[];
 BEGIN
     PERFORM byok.check_table_owner(tbl);
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        PERFORM byok.citus_settings();
+    END IF;
     SELECT n.nspname, c.relname INTO s, t FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
     WHERE c.oid OPERATOR(pg_catalog.=) tbl AND c.relkind OPERATOR(pg_catalog.=) 'r';
@@ -395,6 +412,7 @@ BEGIN
       AND p.column_name OPERATOR(pg_catalog.=) col;
     PERFORM byok.create_table_objects(s, t, acl);
 END $fn$;
+REVOKE ALL ON FUNCTION byok_unprotect_column(regclass, name) FROM PUBLIC;
 
 -- Re-encryption: every step that reads or writes the table runs as its
 -- owner; a view or any other relation is refused.
@@ -474,7 +492,16 @@ BEGIN
     SELECT * INTO plan FROM byok.reencrypt_begin(tbl, col);
     step := GREATEST(1, (plan.step OPERATOR(pg_catalog.*) batch_size) OPERATOR(pg_catalog./) 1000);
     COMMIT;
-    WHILE p OPERATOR(pg_catalog.<) plan.pages LOOP
+    -- a Citus table: batches of values, not of pages (its shards are elsewhere)
+    WHILE byok.citus_kind(tbl) IS NOT NULL LOOP
+        n := byok.reencrypt_batch_citus(tbl, col, batch_size);
+        EXIT WHEN n OPERATOR(pg_catalog.=) 0;
+        done := done OPERATOR(pg_catalog.+) n;
+        PERFORM byok.reencrypt_note(tbl, col, done, false);
+        RAISE NOTICE 'byok_reencrypt %.%: % of % values re-encrypted', tbl, col, done, plan.total;
+        COMMIT;
+    END LOOP;
+    WHILE p OPERATOR(pg_catalog.<) plan.pages AND byok.citus_kind(tbl) IS NULL LOOP
         n := byok.reencrypt_batch(tbl, col, p, step);
         done := done OPERATOR(pg_catalog.+) n;
         p := p OPERATOR(pg_catalog.+) step;
@@ -485,6 +512,7 @@ BEGIN
     PERFORM byok.reencrypt_note(tbl, col, done, true);
     COMMIT;
 END $$;
+REVOKE ALL ON PROCEDURE byok_reencrypt(regclass, name, integer) FROM PUBLIC;
 
 -- Versions below below_version stop decrypting; their wrapped keys are
 -- destroyed.  The count of values still sealed under them runs as each
@@ -619,18 +647,31 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     o record;
+    fn_kind text;
 BEGIN
     IF NOT byok.protected(NULL, NULL, NULL) THEN
         RETURN;
     END IF;
-    FOR o IN SELECT d.object_type, d.address_names FROM pg_catalog.pg_event_trigger_dropped_objects() d
+    FOR o IN SELECT d.object_type, d.address_names, d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
              WHERE d.object_type IN ('table', 'table column') LOOP
         IF o.object_type = 'table' THEN
             IF byok.protected(o.address_names[1]::name, o.address_names[2]::name, NULL) THEN
                 DELETE FROM byok.protected_columns p
                 WHERE p.table_schema = o.address_names[1] AND p.table_name = o.address_names[2];
-                PERFORM byok.drop_function(byok.object_name(k, o.address_names[1]::name, o.address_names[2]::name))
-                FROM pg_catalog.unnest(ARRAY['guard', 'dml', 'sync']) AS k;
+                IF byok.citus_kind(o.objid::pg_catalog.regclass) IS NOT NULL THEN
+                    -- Citus drops the shards after this trigger: on the
+                    -- workers, their triggers still use the functions
+                    FOREACH fn_kind IN ARRAY ARRAY['guard', 'dml', 'sync'] LOOP
+                        IF pg_catalog.to_regprocedure(pg_catalog.format('byok.%I()',
+                               byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name))) IS NOT NULL THEN
+                            EXECUTE pg_catalog.format('DROP FUNCTION byok.%I() CASCADE',
+                                                      byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name));
+                        END IF;
+                    END LOOP;
+                ELSE
+                    PERFORM byok.drop_function(byok.object_name(k, o.address_names[1]::name, o.address_names[2]::name))
+                    FROM pg_catalog.unnest(ARRAY['guard', 'dml', 'sync']) AS k;
+                END IF;
             END IF;
         ELSIF byok.protected(o.address_names[1]::name, o.address_names[2]::name, o.address_names[3]::name)
               AND pg_catalog.to_regclass(pg_catalog.format('%I.%I', o.address_names[1], o.address_names[2])) IS NOT NULL THEN
@@ -642,6 +683,7 @@ BEGIN
         END IF;
     END LOOP;
 END $fn$;
+REVOKE ALL ON FUNCTION byok.on_sql_drop() FROM PUBLIC;
 
 -- On a Citus worker, the coordinator's revocations, destructions, tenant-key
 -- rotations and rewraps arrive as Citus's UPDATE of this node's copy of
@@ -869,6 +911,10 @@ $g$,
             pg_catalog.format('Column "%s" still holds a ciphertext of the old tenant.', r.column_name));
     END LOOP;
 
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        -- byok's own trigger on a Citus table (for the rest of the transaction)
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
     PERFORM byok.create_trigger_function(guard_fn, false, pg_catalog.format(E'\nDECLARE\n    ct_tenant text;\n    ct_scope text;\nBEGIN%s    RETURN NEW;\nEND\n', body));
     EXECUTE pg_catalog.format('COMMENT ON FUNCTION byok.%I() IS %L', guard_fn,
         pg_catalog.format('byok: the guard of %s (generated; rebuilt by byok_protect_column)', tbl));
@@ -1075,7 +1121,6 @@ BEGIN
         INTO k USING tbl;
     RETURN k;
 END $fn$;
-REVOKE ALL ON FUNCTION byok.citus_kind(regclass) FROM PUBLIC;
 
 CREATE FUNCTION byok.citus_settings() RETURNS void
 LANGUAGE plpgsql
@@ -1115,6 +1160,11 @@ DECLARE
     ok boolean;
     answer text;
 BEGIN
+    IF byok.citus_kind(tbl) OPERATOR(pg_catalog.=) 'reference' AND byok.key_columns(tbl) IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = pg_catalog.format('byok protects columns of reference tables with a primary key only; %s has none', tbl),
+            DETAIL = 'Each node rewrites its own copy; byok then makes the copies equal, row by row, by key.';
+    END IF;
     tenants := byok.exec_as_owner_texts(tbl, pg_catalog.format(
         'SELECT DISTINCT (%I)::pg_catalog.text FROM %I.%I WHERE %I IS NOT NULL AND %I IS NOT NULL',
         r.tenant_column, r.table_schema, r.table_name, r.column_name, r.tenant_column));
@@ -1128,6 +1178,217 @@ BEGIN
     END IF;
 END $fn$;
 REVOKE ALL ON FUNCTION byok.citus_prepare_keys(regclass, byok.protected_columns) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION byok.online_begin(tbl regclass, col name, tenant_col name,
+                                  scope text, view_name name, bind_row boolean)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r byok.protected_columns;
+    sh name := byok.shadow_name(col);
+    sync_fn name;
+    col_not_null boolean;
+    chk text;
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    SELECT p.* INTO r FROM byok.protected_columns p, pg_catalog.pg_class c, pg_catalog.pg_namespace n
+    WHERE c.oid = tbl AND n.oid = c.relnamespace
+      AND p.table_schema = n.nspname AND p.table_name = c.relname AND p.column_name = col;
+    IF FOUND AND r.state = 'converting' THEN
+        RAISE NOTICE 'byok: resuming the conversion of column "%" of %', col, tbl;
+        RETURN;
+    END IF;
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        PERFORM byok.citus_settings();
+    END IF;
+    r := byok.plan_protection(tbl, col, tenant_col, scope, view_name, bind_row);
+    IF byok.citus_kind(tbl) IS NOT NULL THEN
+        PERFORM byok.citus_prepare_keys(tbl, r);
+    END IF;
+    IF EXISTS (SELECT FROM byok.protected_columns p WHERE p.table_schema = r.table_schema
+               AND p.table_name = r.table_name AND p.state = 'converting') THEN
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = pg_catalog.format('another column of %s is being converted', tbl);
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = tbl AND a.attname = sh AND NOT a.attisdropped)
+       OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.conrelid = tbl AND k.conname = 'byok_converting') THEN
+        RAISE EXCEPTION USING ERRCODE = '42701',
+            MESSAGE = pg_catalog.format('%s already has a column "%s" or a constraint "byok_converting"', tbl, sh);
+    END IF;
+    r.state := 'converting';
+    SELECT a.attnotnull INTO col_not_null FROM pg_catalog.pg_attribute a WHERE a.attrelid = tbl AND a.attname = col;
+    EXECUTE pg_catalog.format('ALTER TABLE %I.%I ADD COLUMN %I pg_catalog.bytea', r.table_schema, r.table_name, sh);
+    chk := CASE WHEN col_not_null THEN pg_catalog.format('%I IS NOT NULL', sh)
+                ELSE pg_catalog.format('%I IS NULL OR %I IS NOT NULL', col, sh) END;
+    EXECUTE pg_catalog.format('ALTER TABLE %I.%I ADD CONSTRAINT byok_converting CHECK (%s) NOT VALID',
+                              r.table_schema, r.table_name, chk);
+    INSERT INTO byok.protected_columns SELECT r.*;
+
+    sync_fn := byok.object_name('sync', r.table_schema, r.table_name);
+    PERFORM byok.create_trigger_function(sync_fn, true, pg_catalog.format($b$
+BEGIN
+    IF NEW.%1$I IS NULL THEN
+        NEW.%2$I := NULL;
+    ELSIF TG_OP = 'INSERT' OR NEW.%2$I IS NULL
+          OR %3$s
+          OR (NEW.%4$I)::pg_catalog.text IS DISTINCT FROM (OLD.%4$I)::pg_catalog.text
+          OR %5$s IS DISTINCT FROM %6$s THEN
+        IF NEW.%4$I IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '23502', MESSAGE = %7$L;
+        END IF;
+        NEW.%2$I := %8$s;
+    END IF;
+    RETURN NEW;
+END
+$b$, col, sh,
+        CASE WHEN byok.is_bytea_type(r.original_type)
+             THEN pg_catalog.format('NEW.%1$I IS DISTINCT FROM OLD.%1$I', col)
+             ELSE pg_catalog.format('(NEW.%1$I)::pg_catalog.text IS DISTINCT FROM (OLD.%1$I)::pg_catalog.text', col) END,
+        r.tenant_column, byok.aad_sql(r.key_columns, 'NEW.'), byok.aad_sql(r.key_columns, 'OLD.'),
+        pg_catalog.format('column "%s" of %s is being encrypted: a value needs a tenant, but column "%s" is null',
+                          col, tbl, r.tenant_column),
+        byok.enc_sql(r, 'NEW.')));
+    EXECUTE pg_catalog.format('COMMENT ON FUNCTION byok.%I() IS %L', sync_fn,
+        pg_catalog.format('byok: keeps %I of %s encrypted during byok_protect_column_online (generated)', sh, tbl));
+    EXECUTE pg_catalog.format('CREATE TRIGGER zzz_byok_sync BEFORE INSERT OR UPDATE ON %I.%I '
+                              'FOR EACH ROW EXECUTE FUNCTION byok.%I()', r.table_schema, r.table_name, sync_fn);
+END $fn$;
+REVOKE ALL ON FUNCTION byok.online_begin(regclass, name, name, text, name, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE PROCEDURE byok_protect_column_online(tbl regclass, col name, tenant_col name,
+                                            scope text DEFAULT NULL, view_name name DEFAULT NULL,
+                                            bind_row boolean DEFAULT false, batch_size integer DEFAULT 1000)
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    p record;
+    page bigint := 0;
+    done bigint := 0;
+    n bigint;
+    batch integer := 0;
+    tname text;
+BEGIN
+    SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) INTO tname
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+    WHERE c.oid OPERATOR(pg_catalog.=) tbl;
+    IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'batch_size must be positive';
+    END IF;
+    PERFORM byok.online_begin(tbl, col, tenant_col, scope, view_name, bind_row);
+    COMMIT;
+    SELECT * INTO p FROM byok.online_plan(tbl, col, batch_size);
+    COMMIT;
+    -- a Citus table: batches of values, not of pages (its shards are elsewhere)
+    WHILE byok.citus_kind(tbl) IS NOT NULL LOOP
+        n := byok.online_batch_citus(tbl, col, batch_size);
+        COMMIT;
+        EXIT WHEN n OPERATOR(pg_catalog.=) 0;
+        done := done OPERATOR(pg_catalog.+) n;
+        batch := batch OPERATOR(pg_catalog.+) 1;
+        RAISE NOTICE 'byok: column "%" of %: batch %: % of % value(s) encrypted',
+            col, tname, batch, done, p.total;
+    END LOOP;
+    WHILE page OPERATOR(pg_catalog.<) p.pages AND byok.citus_kind(tbl) IS NULL LOOP
+        n := byok.online_batch(tbl, col, page, p.pages_per_batch);
+        COMMIT;
+        done := done OPERATOR(pg_catalog.+) n;
+        page := page OPERATOR(pg_catalog.+) p.pages_per_batch;
+        batch := batch OPERATOR(pg_catalog.+) 1;
+        RAISE NOTICE 'byok: column "%" of %: batch %: % of % value(s) encrypted',
+            col, tname, batch, done, p.total;
+    END LOOP;
+    PERFORM byok.online_validate(tbl, col);
+    COMMIT;
+    PERFORM byok.online_finish(tbl, col);
+    COMMIT;
+    RAISE NOTICE 'byok: column "%" of % is protected', col, tname;
+END $fn$;
+REVOKE ALL ON PROCEDURE byok_protect_column_online(regclass, name, name, text, name, boolean, integer) FROM PUBLIC;
+
+CREATE FUNCTION byok.key_columns(tbl regclass) RETURNS name[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT pg_catalog.array_agg(a.attname ORDER BY k.n)
+    FROM (SELECT i.indkey FROM pg_catalog.pg_index i
+          WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND (i.indisprimary OR i.indisreplident)
+          ORDER BY i.indisprimary DESC LIMIT 1) ix,
+         pg_catalog.unnest(ix.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, n)
+         JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) tbl
+                                       AND a.attnum OPERATOR(pg_catalog.=) k.attnum
+$fn$;
+REVOKE ALL ON FUNCTION byok.key_columns(regclass) FROM PUBLIC;
+
+CREATE FUNCTION byok.citus_sync_copies(tbl regclass, col name) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    keys name[] := byok.key_columns(tbl);
+BEGIN
+    RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
+        'WITH v AS MATERIALIZED (SELECT %1$s, %2$I FROM %3$s WHERE pg_catalog.random() OPERATOR(pg_catalog.>=) 0) '
+        'UPDATE %3$s AS t SET %2$I = v.%2$I FROM v WHERE %4$s AND t.%2$I IS DISTINCT FROM v.%2$I',
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
+        col, tbl,
+        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+         FROM pg_catalog.unnest(keys) AS k))))[1];
+END $fn$;
+REVOKE ALL ON FUNCTION byok.citus_sync_copies(regclass, name) FROM PUBLIC;
+
+CREATE FUNCTION byok.online_batch_citus(tbl regclass, col name, batch_size integer)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    sh name := byok.shadow_name(col);
+    keys name[] := byok.key_columns(tbl);
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    IF keys IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = pg_catalog.format('byok protects columns of Citus tables online with a primary key only; %s has none', tbl);
+    END IF;
+    RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
+        'WITH v AS MATERIALIZED (SELECT %1$s FROM %2$s WHERE %3$I IS NOT NULL AND %4$I IS NULL '
+        'AND pg_catalog.random() OPERATOR(pg_catalog.>=) 0 LIMIT %5$s) '
+        'UPDATE %2$s AS t SET %4$I = NULL FROM v WHERE %6$s AND t.%4$I IS NULL',
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
+        tbl, col, sh, batch_size,
+        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+         FROM pg_catalog.unnest(keys) AS k))))[1];
+END $fn$;
+REVOKE ALL ON FUNCTION byok.online_batch_citus(regclass, name, integer) FROM PUBLIC;
+
+CREATE FUNCTION byok.reencrypt_batch_citus(tbl regclass, col name, batch_size integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r byok.protected_columns;
+    aad text;
+    keys name[] := byok.key_columns(tbl);
+BEGIN
+    PERFORM byok.check_table_owner(tbl);
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'byok re-encrypts Citus tables with a primary key only; % has none', tbl USING ERRCODE = '0A000';
+    END IF;
+    SELECT p.* INTO r FROM byok.protected_columns p, pg_catalog.pg_class c, pg_catalog.pg_namespace n
+    WHERE c.oid OPERATOR(pg_catalog.=) tbl AND n.oid OPERATOR(pg_catalog.=) c.relnamespace
+      AND p.table_schema OPERATOR(pg_catalog.=) n.nspname AND p.table_name OPERATOR(pg_catalog.=) c.relname
+      AND p.column_name OPERATOR(pg_catalog.=) col;
+    aad := CASE WHEN r.bind_row THEN byok.aad_sql(r.key_columns, '') ELSE 'NULL::pg_catalog.bytea' END;
+    RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
+        'WITH v AS MATERIALIZED (SELECT %1$s, %2$I AS "byok$old", @extschema@.byok_reencrypt_value(%2$I, %3$s) AS "byok$new" '
+        'FROM %4$s WHERE %2$I IS NOT NULL AND @extschema@.byok_needs_reencrypt(%2$I) LIMIT %5$s) '
+        'UPDATE %4$s AS t SET %2$I = v."byok$new" FROM v WHERE %6$s AND t.%2$I OPERATOR(pg_catalog.=) v."byok$old"',
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
+        col, aad, tbl, batch_size,
+        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+         FROM pg_catalog.unnest(keys) AS k))))[1];
+END $$;
+REVOKE ALL ON FUNCTION byok.reencrypt_batch_citus(regclass, name, integer) FROM PUBLIC;
 
 -- Rebuild the guard, view and generated functions of every protected
 -- table with this version's code (they are not members of the extension).
@@ -1427,3 +1688,7 @@ BEGIN
         END IF;
     END IF;
 END $citus$;
+
+-- byok_protect_column_online and byok_reencrypt (70_roles.sql) on Citus tables
+GRANT EXECUTE ON FUNCTION byok.online_batch_citus(regclass, name, integer),
+    byok.reencrypt_batch_citus(regclass, name, integer) TO byok_admin;
