@@ -58,6 +58,7 @@ byok_shmem_startup(void)
 	byok_cache_shmem_startup();
 	/* after every library's _PG_init: ahead of Citus's planner either way */
 	byok_viewdml_install();
+	byok_citus_bind_install();
 }
 
 static void byok_xact_event(XactEvent event);

@@ -80,5 +80,7 @@ extern void byok_raise_tenant_state(ByokTenantState state, const char *tenant) p
 
 /* viewdml.c: UPDATE and DELETE through a byok view on Citus (planner hook) */
 extern void byok_viewdml_install(void);
+/* citus_bind.c: a bound session stays bound on the Citus workers (executor hook) */
+extern void byok_citus_bind_install(void);
 
 #endif							/* BYOK_KEYSTORE_H */
