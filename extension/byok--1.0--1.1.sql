@@ -810,6 +810,7 @@ DECLARE
     unchanged text;
     expr     text;
     ret      text;
+    ddl_propagation text;
 BEGIN
     SELECT p.* INTO first FROM byok.protected_columns p
     WHERE p.table_schema = tschema AND p.table_name = tname AND p.state = 'protected'
@@ -999,7 +1000,16 @@ $g$,
     viewq := vq::regclass;
     EXECUTE pg_catalog.format('ALTER VIEW %s OWNER TO %I', vq, owner);
     IF pg_catalog.cardinality(defaults) > 0 THEN
+        IF byok.citus_kind(tbl) IS NOT NULL THEN
+            -- Citus cannot carry a view's column defaults to the workers:
+            -- they are set here, where writes through the view run
+            ddl_propagation := pg_catalog.current_setting('citus.enable_ddl_propagation');
+            PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+        END IF;
         EXECUTE pg_catalog.format('ALTER VIEW %s %s', vq, pg_catalog.array_to_string(defaults, ', '));
+        IF ddl_propagation IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', ddl_propagation, true);
+        END IF;
     END IF;
     IF view_acl IS NOT NULL THEN
         PERFORM byok.apply_acl(viewq, view_acl, false);
