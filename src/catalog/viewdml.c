@@ -57,6 +57,7 @@
 #include "parser/parsetree.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/ruleutils.h"
 #include "utils/rel.h"
@@ -168,6 +169,8 @@ vd_rewrite(Query *parse)
 	ListCell   *lc;
 	Oid			fn;
 	Oid			argtypes[2] = {TEXTOID, TEXTARRAYOID};
+	char	   *sql;
+	int			nest;
 
 	if ((parse->commandType != CMD_UPDATE && parse->commandType != CMD_DELETE) ||
 		parse->resultRelation <= 1 || parse->cteList != NIL || parse->hasModifyingCTE ||
@@ -233,10 +236,19 @@ vd_rewrite(Query *parse)
 	params->elements = ctx.args;
 	params->multidims = false;
 	params->location = -1;
+	/*
+	 * Deparsed with search_path = pg_catalog, so every name outside it is
+	 * schema-qualified: a cached plan run later under another search_path
+	 * still reads the same view.
+	 */
+	nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	sql = pg_get_querydef(rows, false);
+	AtEOXact_GUC(true, nest);
 	call = makeFuncExpr(fn, RECORDOID,
 						list_make2(makeConst(TEXTOID, -1, DEFAULT_COLLATION_OID, -1,
-											 CStringGetTextDatum(pg_get_querydef(rows, false)),
-											 false, false),
+											 CStringGetTextDatum(sql), false, false),
 								   params),
 						InvalidOid, DEFAULT_COLLATION_OID, COERCE_EXPLICIT_CALL);
 	call->funcretset = true;
