@@ -395,7 +395,7 @@ BEGIN
         'UPDATE %2$s AS t SET %4$I = NULL FROM v WHERE %6$s AND t.%4$I IS NULL',
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
         tbl, col, sh, batch_size,
-        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+        (SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = v.%1$I', k), ' AND ')
          FROM pg_catalog.unnest(keys) AS k))))[1];
 END $fn$;
 REVOKE ALL ON FUNCTION byok.online_batch_citus(regclass, name, integer) FROM PUBLIC;
@@ -598,6 +598,7 @@ AS $fn$
 DECLARE
     o record;
     fn_kind text;
+    fn regprocedure;
 BEGIN
     IF NOT byok.protected(NULL, NULL, NULL) THEN
         RETURN;
@@ -612,8 +613,19 @@ BEGIN
                     -- Citus drops the shards after this trigger: on the
                     -- workers, their triggers still use the functions
                     FOREACH fn_kind IN ARRAY ARRAY['guard', 'dml', 'sync'] LOOP
-                        IF pg_catalog.to_regprocedure(pg_catalog.format('byok.%I()',
-                               byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name))) IS NOT NULL THEN
+                        fn := pg_catalog.to_regprocedure(pg_catalog.format('byok.%I()',
+                                  byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name)));
+                        -- here the table and view are gone: what still uses
+                        -- the function, but the triggers of shards (which
+                        -- go with it), is someone else's, and stays
+                        IF fn IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_depend d
+                               WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                 AND d.refobjid OPERATOR(pg_catalog.=) fn
+                                 AND d.classid OPERATOR(pg_catalog.<>) 'pg_catalog.pg_trigger'::pg_catalog.regclass) THEN
+                            RAISE EXCEPTION USING ERRCODE = '2BP01',
+                                MESSAGE = pg_catalog.format('cannot drop %s: other objects use it', fn);
+                        END IF;
+                        IF fn IS NOT NULL THEN
                             EXECUTE pg_catalog.format('DROP FUNCTION byok.%I() CASCADE',
                                                       byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name));
                         END IF;

@@ -133,6 +133,9 @@ BEGIN
     WHERE c.oid OPERATOR(pg_catalog.=) tbl AND n.oid OPERATOR(pg_catalog.=) c.relnamespace
       AND p.table_schema OPERATOR(pg_catalog.=) n.nspname AND p.table_name OPERATOR(pg_catalog.=) c.relname
       AND p.column_name OPERATOR(pg_catalog.=) col;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of % is not protected by byok', col, tbl USING ERRCODE = '55000';
+    END IF;
     aad := CASE WHEN r.bind_row THEN byok.aad_sql(r.key_columns, '') ELSE 'NULL::pg_catalog.bytea' END;
     RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
         'WITH v AS MATERIALIZED (SELECT %1$s, %2$I AS "byok$old", @extschema@.byok_reencrypt_value(%2$I, %3$s) AS "byok$new" '
@@ -140,7 +143,7 @@ BEGIN
         'UPDATE %4$s AS t SET %2$I = v."byok$new" FROM v WHERE %6$s AND t.%2$I OPERATOR(pg_catalog.=) v."byok$old"',
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
         col, aad, tbl, batch_size,
-        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+        (SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = v.%1$I', k), ' AND ')
          FROM pg_catalog.unnest(keys) AS k))))[1];
 END $$;
 REVOKE ALL ON FUNCTION byok.reencrypt_batch_citus(regclass, name, integer) FROM PUBLIC;

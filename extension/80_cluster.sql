@@ -360,10 +360,14 @@ REVOKE ALL ON FUNCTION byok.citus_settings() FROM PUBLIC;
 -- declared and every tenant of the column gets its first data key first,
 -- committed, in a transaction of their own on the coordinator (Citus's
 -- run_command_on_coordinator).  Should the protection then fail, those
--- keys stay, unused, as byok_encrypt would have left them.
+-- keys stay, unused, as byok_encrypt would have left them.  A lock held by
+-- the calling transaction (a scope it declared itself, say) would make the
+-- loopback wait for ever, unseen by any deadlock detector: it waits 10 s
+-- at most, and the protection fails with YK015.
 CREATE FUNCTION byok.citus_first_keys(scope text, tenants text[]) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
 AS $fn$
 DECLARE
     t text;
@@ -412,7 +416,7 @@ BEGIN
         'UPDATE %3$s AS t SET %2$I = v.%2$I FROM v WHERE %4$s AND t.%2$I IS DISTINCT FROM v.%2$I',
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
         col, tbl,
-        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+        (SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = v.%1$I', k), ' AND ')
          FROM pg_catalog.unnest(keys) AS k))))[1];
 END $fn$;
 REVOKE ALL ON FUNCTION byok.citus_sync_copies(regclass, name) FROM PUBLIC;

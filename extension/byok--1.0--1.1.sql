@@ -648,6 +648,7 @@ AS $fn$
 DECLARE
     o record;
     fn_kind text;
+    fn regprocedure;
 BEGIN
     IF NOT byok.protected(NULL, NULL, NULL) THEN
         RETURN;
@@ -662,8 +663,19 @@ BEGIN
                     -- Citus drops the shards after this trigger: on the
                     -- workers, their triggers still use the functions
                     FOREACH fn_kind IN ARRAY ARRAY['guard', 'dml', 'sync'] LOOP
-                        IF pg_catalog.to_regprocedure(pg_catalog.format('byok.%I()',
-                               byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name))) IS NOT NULL THEN
+                        fn := pg_catalog.to_regprocedure(pg_catalog.format('byok.%I()',
+                                  byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name)));
+                        -- here the table and view are gone: what still uses
+                        -- the function, but the triggers of shards (which
+                        -- go with it), is someone else's, and stays
+                        IF fn IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_depend d
+                               WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                 AND d.refobjid OPERATOR(pg_catalog.=) fn
+                                 AND d.classid OPERATOR(pg_catalog.<>) 'pg_catalog.pg_trigger'::pg_catalog.regclass) THEN
+                            RAISE EXCEPTION USING ERRCODE = '2BP01',
+                                MESSAGE = pg_catalog.format('cannot drop %s: other objects use it', fn);
+                        END IF;
+                        IF fn IS NOT NULL THEN
                             EXECUTE pg_catalog.format('DROP FUNCTION byok.%I() CASCADE',
                                                       byok.object_name(fn_kind, o.address_names[1]::name, o.address_names[2]::name));
                         END IF;
@@ -1145,6 +1157,7 @@ REVOKE ALL ON FUNCTION byok.citus_settings() FROM PUBLIC;
 CREATE FUNCTION byok.citus_first_keys(scope text, tenants text[]) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
 AS $fn$
 DECLARE
     t text;
@@ -1343,7 +1356,7 @@ BEGIN
         'UPDATE %3$s AS t SET %2$I = v.%2$I FROM v WHERE %4$s AND t.%2$I IS DISTINCT FROM v.%2$I',
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
         col, tbl,
-        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+        (SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = v.%1$I', k), ' AND ')
          FROM pg_catalog.unnest(keys) AS k))))[1];
 END $fn$;
 REVOKE ALL ON FUNCTION byok.citus_sync_copies(regclass, name) FROM PUBLIC;
@@ -1368,7 +1381,7 @@ BEGIN
         'UPDATE %2$s AS t SET %4$I = NULL FROM v WHERE %6$s AND t.%4$I IS NULL',
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
         tbl, col, sh, batch_size,
-        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+        (SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = v.%1$I', k), ' AND ')
          FROM pg_catalog.unnest(keys) AS k))))[1];
 END $fn$;
 REVOKE ALL ON FUNCTION byok.online_batch_citus(regclass, name, integer) FROM PUBLIC;
@@ -1388,6 +1401,9 @@ BEGIN
     WHERE c.oid OPERATOR(pg_catalog.=) tbl AND n.oid OPERATOR(pg_catalog.=) c.relnamespace
       AND p.table_schema OPERATOR(pg_catalog.=) n.nspname AND p.table_name OPERATOR(pg_catalog.=) c.relname
       AND p.column_name OPERATOR(pg_catalog.=) col;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of % is not protected by byok', col, tbl USING ERRCODE = '55000';
+    END IF;
     aad := CASE WHEN r.bind_row THEN byok.aad_sql(r.key_columns, '') ELSE 'NULL::pg_catalog.bytea' END;
     RETURN (byok.exec_as_owner(tbl, pg_catalog.format(
         'WITH v AS MATERIALIZED (SELECT %1$s, %2$I AS "byok$old", @extschema@.byok_reencrypt_value(%2$I, %3$s) AS "byok$new" '
@@ -1395,7 +1411,7 @@ BEGIN
         'UPDATE %4$s AS t SET %2$I = v."byok$new" FROM v WHERE %6$s AND t.%2$I OPERATOR(pg_catalog.=) v."byok$old"',
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') FROM pg_catalog.unnest(keys) AS k),
         col, aad, tbl, batch_size,
-        (SELECT pg_catalog.string_agg(pg_catalog.format('(t.%1$I)::pg_catalog.text OPERATOR(pg_catalog.=) (v.%1$I)::pg_catalog.text', k), ' AND ')
+        (SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = v.%1$I', k), ' AND ')
          FROM pg_catalog.unnest(keys) AS k))))[1];
 END $$;
 REVOKE ALL ON FUNCTION byok.reencrypt_batch_citus(regclass, name, integer) FROM PUBLIC;

@@ -41,10 +41,12 @@
 
 #include <dlfcn.h>
 
+#include "access/parallel.h"
 #include "access/xact.h"
 #include "commands/extension.h"
 #include "executor/executor.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
@@ -80,6 +82,9 @@ cb_bind_workers(void)
 	}
 	if (cb_use_coordinated == NULL || cb_propagate_set == NULL || !IsTransactionState())
 		return;
+	/* a parallel worker or a background process: its leader binds the workers */
+	if (IsParallelWorker() || MyBackendType != B_BACKEND)
+		return;
 	/* a session Citus opened from another node: bound by that node's SET LOCAL */
 	if (application_name != NULL && strncmp(application_name, "citus_internal", 14) == 0)
 		return;
@@ -102,6 +107,18 @@ cb_bind_workers(void)
 	pfree(sql.data);
 }
 
+/*
+ * Citus puts its SET LOCAL list back as it was when a subtransaction ends
+ * (committed or rolled back), and a rolled-back SAVEPOINT undoes the SET on
+ * the workers: hand it over again at the next statement.
+ */
+static void
+cb_subxact(SubXactEvent event, SubTransactionId sub, SubTransactionId parent, void *arg)
+{
+	if (event == SUBXACT_EVENT_COMMIT_SUB || event == SUBXACT_EVENT_ABORT_SUB)
+		cb_lxid = InvalidLocalTransactionId;
+}
+
 static void
 byok_executor_start(QueryDesc *query, int eflags)
 {
@@ -119,6 +136,7 @@ byok_citus_bind_install(void)
 {
 	if (cb_installed)
 		return;
+	RegisterSubXactCallback(cb_subxact, NULL);
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = byok_executor_start;
 	cb_installed = true;

@@ -44,7 +44,10 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/dependency.h"
 #include "catalog/pg_collation_d.h"
+#include "catalog/pg_namespace_d.h"
+#include "catalog/pg_proc_d.h"
 #include "catalog/pg_type_d.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -67,6 +70,15 @@
 static planner_hook_type prev_planner_hook = NULL;
 static bool byok_planner_installed = false;
 
+/* Is object 'oid' of catalog 'classid' a member of the byok extension? */
+static bool
+vd_byok_owns(Oid classid, Oid oid)
+{
+	Oid			ext = get_extension_oid("byok", true);
+
+	return OidIsValid(ext) && getExtensionOfObject(classid, oid) == ext;
+}
+
 /* Does 'view' carry byok's INSTEAD OF trigger byok_dml? */
 static bool
 vd_byok_view(Oid view)
@@ -83,7 +95,9 @@ vd_byok_view(Oid view)
 			if (strcmp(tg->tgname, "byok_dml") != 0)
 				continue;
 			nsp = get_namespace_name(get_func_namespace(tg->tgfoid));
-			found = nsp != NULL && strcmp(nsp, "byok") == 0;
+			/* schema byok, and the byok extension's own schema byok */
+			found = nsp != NULL && strcmp(nsp, "byok") == 0 &&
+				vd_byok_owns(NamespaceRelationId, get_func_namespace(tg->tgfoid));
 		}
 	table_close(rel, NoLock);
 	return found;
@@ -190,7 +204,7 @@ vd_rewrite(Query *parse)
 	if (!OidIsValid(get_extension_oid("citus", true)) || !vd_byok_view(target->relid))
 		return false;
 	fn = LookupFuncName(list_make2(makeString("byok"), makeString("view_rows")), 2, argtypes, true);
-	if (!OidIsValid(fn))
+	if (!OidIsValid(fn) || !vd_byok_owns(ProcedureRelationId, fn))
 		return false;
 
 	/* SELECT <every column> FROM <the view> WHERE <the statement's WHERE> */
@@ -292,6 +306,7 @@ byok_view_rows(PG_FUNCTION_ARGS)
 	TupleDesc	got;
 	Datum	   *values;
 	bool	   *isnull;
+	int			nest;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -314,10 +329,18 @@ byok_view_rows(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(query, nparams, types, elems, nulls, false, 0) != SPI_OK_SELECT)
+	/*
+	 * Read-only: the statement's snapshot, and nothing but reads; names
+	 * resolved as when the query was written (search_path = pg_catalog).
+	 */
+	nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_execute_with_args(query, nparams, types, elems, nulls, true, 0) != SPI_OK_SELECT)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("byok.view_rows runs a SELECT only")));
+	AtEOXact_GUC(true, nest);
 	got = SPI_tuptable->tupdesc;
 	if (got->natts != want->natts)
 		ereport(ERROR,

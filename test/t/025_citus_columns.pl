@@ -127,6 +127,17 @@ is(cq(q{BEGIN; SELECT count(*) FROM orders;
         SET byok.tenant = 'initech'; SELECT count(DISTINCT tenant) || ':' || min(tenant) FROM orders_decrypted;
         COMMIT}), "57\n1:globex\n1:initech",
 	'a binding set or changed inside a transaction reaches the workers already in it');
+# subtransactions: Citus puts its SET LOCAL list back when one ends
+is(cq(q{BEGIN; SET byok.tenant = 'acme'; SAVEPOINT a; SELECT count(*) > 0 FROM orders_decrypted; ROLLBACK TO a;
+        SELECT count(DISTINCT tenant) || ':' || min(tenant) FROM orders_decrypted; COMMIT}), "t\n1:acme",
+	'still bound on the workers after ROLLBACK TO SAVEPOINT');
+is(cq(q{BEGIN; SET byok.tenant = 'globex'; SAVEPOINT a; SELECT count(*) FROM orders WHERE id = 1; RELEASE a;
+        SELECT count(DISTINCT tenant) || ':' || min(tenant) FROM orders_decrypted; COMMIT}), "1\n1:globex",
+	'... after RELEASE SAVEPOINT (workers reached only afterwards)');
+is(cq(q{SET byok.tenant = 'initech';
+        DO $$ BEGIN PERFORM count(*) FROM orders_decrypted; RAISE EXCEPTION 'x'; EXCEPTION WHEN raise_exception THEN NULL; END $$;
+        SELECT count(DISTINCT tenant) || ':' || min(tenant) FROM orders_decrypted}), '1:initech',
+	'... and after a plpgsql exception block');
 cq(q{SET byok.tenant = 'initech'; UPDATE orders_decrypted SET note = 'bound' WHERE id < 40});
 is(cq(q{SELECT count(*) FILTER (WHERE note = 'bound') || '/' || count(*) FILTER (WHERE note = 'bound' AND tenant <> 'initech')
         FROM orders_decrypted}),
