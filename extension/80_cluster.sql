@@ -331,8 +331,9 @@ END $fn$;
 
 -- The rows an UPDATE or DELETE through a protected view reads on a Citus
 -- cluster (src/catalog/viewdml.c): runs the SELECT of the view's rows it
--- is given, with its parameters, as the caller (SECURITY INVOKER).
-CREATE FUNCTION byok.view_rows(query text, params text[]) RETURNS SETOF record
+-- is given, with its parameters ($1, $2, ... as they are), as the caller
+-- (SECURITY INVOKER).
+CREATE FUNCTION byok.view_rows(query text, VARIADIC params "any") RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'byok_view_rows'
 LANGUAGE C VOLATILE;
 

@@ -1123,7 +1123,7 @@ $b$, del_sql, nt, pg_catalog.array_to_string(any_val, ' OR '),
                               'FOR EACH ROW EXECUTE FUNCTION byok.%I()', vq, dml_fn);
 END $fn$;
 
-CREATE FUNCTION byok.view_rows(query text, params text[]) RETURNS SETOF record
+CREATE FUNCTION byok.view_rows(query text, VARIADIC params "any") RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'byok_view_rows'
 LANGUAGE C VOLATILE;
 

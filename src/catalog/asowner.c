@@ -214,6 +214,7 @@ byok_exec_as_owner_texts(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Oid			owner;
 	ByokUserSwitch sw;
 	int			rc;
 	int			n = 0;
@@ -228,7 +229,8 @@ byok_exec_as_owner_texts(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for function exec_as_owner_texts"),
 				 errdetail("Only byok's own functions run queries as a table's owner.")));
-	byok_switch_user(ao_table_owner(relid), SECURITY_RESTRICTED_OPERATION, &sw);
+	owner = ao_table_owner(relid);
+	byok_switch_user(owner, SECURITY_RESTRICTED_OPERATION, &sw);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

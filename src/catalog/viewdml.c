@@ -14,7 +14,7 @@
  *
  * byok_planner rewrites exactly that shape before Citus plans it: the
  * statement reads its rows from byok.view_rows(<SELECT * FROM the view
- * WHERE the statement's WHERE>, <its parameters as text>), a set-returning
+ * WHERE the statement's WHERE>, <its parameters>...), a set-returning
  * function that runs that SELECT as the caller.  The SELECT names the view,
  * so the view is expanded again there, still a security barrier below the
  * statement's WHERE; Citus plans it as any read of the view (decryption
@@ -103,25 +103,15 @@ vd_byok_view(Oid view)
 	return found;
 }
 
-/* The statement's parameters become $n of the rows' SELECT, passed as text */
+/*
+ * The statement's parameters become $n of the rows' SELECT, passed to
+ * byok.view_rows as they are (its VARIADIC "any"): no text round trip.
+ */
 typedef struct VdParams
 {
 	List	   *ids;			/* the statement's paramid of each $n */
-	List	   *args;			/* that parameter as text, for each $n */
+	List	   *args;			/* that parameter, for each $n */
 } VdParams;
-
-static CoerceViaIO *
-vd_coerce(Node *arg, Oid type, Oid collation)
-{
-	CoerceViaIO *c = makeNode(CoerceViaIO);
-
-	c->arg = (Expr *) arg;
-	c->resulttype = type;
-	c->resultcollid = collation;
-	c->coerceformat = COERCE_EXPLICIT_CAST;
-	c->location = -1;
-	return c;
-}
 
 static Node *
 vd_params_mutator(Node *node, VdParams *ctx)
@@ -145,16 +135,16 @@ vd_params_mutator(Node *node, VdParams *ctx)
 		if (k == 0)
 		{
 			ctx->ids = lappend_int(ctx->ids, p->paramid);
-			ctx->args = lappend(ctx->args, vd_coerce(copyObject(node), TEXTOID, DEFAULT_COLLATION_OID));
+			ctx->args = lappend(ctx->args, copyObject(node));
 			k = list_length(ctx->ids);
 		}
 		n->paramkind = PARAM_EXTERN;
 		n->paramid = k;
-		n->paramtype = TEXTOID;
-		n->paramtypmod = -1;
-		n->paramcollid = DEFAULT_COLLATION_OID;
+		n->paramtype = p->paramtype;
+		n->paramtypmod = p->paramtypmod;
+		n->paramcollid = p->paramcollid;
 		n->location = -1;
-		return (Node *) vd_coerce((Node *) n, p->paramtype, p->paramcollid);
+		return (Node *) n;
 	}
 	if (IsA(node, Query))
 		return (Node *) query_tree_mutator((Query *) node, vd_params_mutator, ctx, 0);
@@ -177,12 +167,11 @@ vd_rewrite(Query *parse)
 	RangeTblRef *one;
 	Query	   *rows;
 	FuncExpr   *call;
-	ArrayExpr  *params;
 	VdParams	ctx = {NIL, NIL};
 	Node	   *quals;
 	ListCell   *lc;
 	Oid			fn;
-	Oid			argtypes[2] = {TEXTOID, TEXTARRAYOID};
+	Oid			argtypes[2] = {TEXTOID, ANYOID};
 	char	   *sql;
 	int			nest;
 
@@ -243,13 +232,6 @@ vd_rewrite(Query *parse)
 	if (rtf->funccolcount != list_length(src->eref->colnames))
 		return false;
 
-	params = makeNode(ArrayExpr);
-	params->array_typeid = TEXTARRAYOID;
-	params->array_collid = DEFAULT_COLLATION_OID;
-	params->element_typeid = TEXTOID;
-	params->elements = ctx.args;
-	params->multidims = false;
-	params->location = -1;
 	/*
 	 * Deparsed with search_path = pg_catalog, so every name outside it is
 	 * schema-qualified: a cached plan run later under another search_path
@@ -260,10 +242,13 @@ vd_rewrite(Query *parse)
 							 GUC_ACTION_SAVE, true, 0, false);
 	sql = pg_get_querydef(rows, false);
 	AtEOXact_GUC(true, nest);
+	/* a VARIADIC argument needs at least one value: an unused $1 then */
+	if (ctx.args == NIL)
+		ctx.args = list_make1(makeNullConst(BOOLOID, -1, InvalidOid));
 	call = makeFuncExpr(fn, RECORDOID,
-						list_make2(makeConst(TEXTOID, -1, DEFAULT_COLLATION_OID, -1,
-											 CStringGetTextDatum(sql), false, false),
-								   params),
+						lcons(makeConst(TEXTOID, -1, DEFAULT_COLLATION_OID, -1,
+										CStringGetTextDatum(sql), false, false),
+							  ctx.args),
 						InvalidOid, DEFAULT_COLLATION_OID, COERCE_EXPLICIT_CALL);
 	call->funcretset = true;
 	rtf->funcexpr = (Node *) call;
@@ -285,10 +270,10 @@ vd_rewrite(Query *parse)
 PG_FUNCTION_INFO_V1(byok_view_rows);
 
 /*
- * byok.view_rows(query text, params text[]) -> SETOF record
+ * byok.view_rows(query text, VARIADIC params "any") -> SETOF record
  *
  * Runs 'query' (the SELECT of a view's rows that byok_planner made), with
- * $1, $2, ... the text of 'params', as the calling user, and returns its
+ * $1, $2, ... the parameters that follow it, as the calling user, and returns its
  * rows, which must have the column types the call expects.  It runs
  * nothing the caller could not run: SECURITY INVOKER.
  */
@@ -297,9 +282,8 @@ byok_view_rows(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *query;
-	Datum	   *elems = NULL;
-	bool	   *enulls = NULL;
-	int			nparams = 0;
+	Datum	   *elems;
+	int			nparams = PG_NARGS() - 1;
 	Oid		   *types;
 	char	   *nulls;
 	TupleDesc	want;
@@ -315,15 +299,18 @@ byok_view_rows(PG_FUNCTION_ARGS)
 	query = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	want = rsinfo->setDesc;
-	if (!PG_ARGISNULL(1))
-		deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false, TYPALIGN_INT,
-						  &elems, &enulls, &nparams);
 	types = palloc(sizeof(Oid) * Max(nparams, 1));
+	elems = palloc(sizeof(Datum) * Max(nparams, 1));
 	nulls = palloc(nparams + 1);
 	for (int i = 0; i < nparams; i++)
 	{
-		types[i] = TEXTOID;
-		nulls[i] = enulls[i] ? 'n' : ' ';
+		types[i] = get_fn_expr_argtype(fcinfo->flinfo, i + 1);
+		if (!OidIsValid(types[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("byok.view_rows: the type of parameter %d is not known", i + 1)));
+		elems[i] = PG_GETARG_DATUM(i + 1);
+		nulls[i] = PG_ARGISNULL(i + 1) ? 'n' : ' ';
 	}
 	nulls[nparams] = '\0';
 
