@@ -12,7 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT = qw(byok_node new_key disable_key enable_key destroy_key keyring
+our @EXPORT = qw(byok_node citus_node new_key disable_key enable_key destroy_key keyring
   create_tenant wait_state wait_destroyed median sql_error lockout_drill lockout_ok lockout_summary
   timed_failure cancel_checks);
 
@@ -42,6 +42,32 @@ sub byok_node
 sub keyring { return $_[0]->{byok_keyring}; }
 
 # A new 32-byte customer key file, readable by its owner only.
+
+# A Citus node (Citus built by test/check.sh) preloaded in 'order' with
+# byok, sharing the keyring directory 'keyring', started, with the citus
+# extension created.
+sub citus_node
+{
+	my ($name, $order, $keyring) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', join("\n",
+		"shared_preload_libraries = '$order'",
+		"byok.local_keyring = '$keyring'",
+		"byok.poll_interval = 200ms",
+		"wal_level = logical",
+		"max_prepared_transactions = 20",
+		"max_wal_senders = 10",
+		"max_replication_slots = 10",
+		"max_worker_processes = 32",
+		"citus.shard_count = 4",
+		"listen_addresses = '127.0.0.1'") . "\n");
+	$node->{byok_keyring} = $keyring;
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
+	return $node;
+}
+
 sub new_key
 {
 	my ($node, $name) = @_;

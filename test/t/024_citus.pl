@@ -22,30 +22,8 @@ my $keyring = PostgreSQL::Test::Utils::tempdir() . '/keyring';
 make_path($keyring);
 chmod 0700, $keyring;
 
-sub citus_node
-{
-	my ($name, $order) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', join("\n",
-		"shared_preload_libraries = '$order'",
-		"byok.local_keyring = '$keyring'",
-		"byok.poll_interval = 200ms",
-		"wal_level = logical",
-		"max_prepared_transactions = 20",
-		"max_wal_senders = 10",
-		"max_replication_slots = 10",
-		"max_worker_processes = 32",
-		"citus.shard_count = 4",
-		"listen_addresses = '127.0.0.1'") . "\n");
-	$node->{byok_keyring} = $keyring;
-	$node->start;
-	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
-	return $node;
-}
-
-my $coord = citus_node('coordinator', 'citus,byok');
-my @workers = (citus_node('worker1', 'citus,byok'), citus_node('worker2', 'byok,citus'));
+my $coord = citus_node('coordinator', 'citus,byok', $keyring);
+my @workers = (citus_node('worker1', 'citus,byok', $keyring), citus_node('worker2', 'byok,citus', $keyring));
 sub cq { return $coord->safe_psql('postgres', $_[0]); }
 cq(sprintf(q{SELECT citus_set_coordinator_host('127.0.0.1', %d)}, $coord->port));
 cq(sprintf(q{SELECT citus_add_node('127.0.0.1', %d)}, $_->port)) for @workers;
@@ -346,7 +324,7 @@ for my $n ($coord, @workers)
 # a node added later: no copy of the catalog until Citus replicates the
 # reference tables (a clear error), then a rebalance under load moves shards
 # onto it and every value still decrypts
-my $w3 = citus_node('worker3', 'byok,citus');
+my $w3 = citus_node('worker3', 'byok,citus', $keyring);
 cq(sprintf(q{SELECT citus_add_node('127.0.0.1', %d)}, $w3->port));
 is($w3->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'byok'}), '1.1',
 	'worker3, added later, has byok');

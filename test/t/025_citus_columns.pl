@@ -22,28 +22,8 @@ my $keyring = PostgreSQL::Test::Utils::tempdir() . '/keyring';
 make_path($keyring);
 chmod 0700, $keyring;
 
-sub citus_node
-{
-	my ($name, $order) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', join("\n",
-		"shared_preload_libraries = '$order'",
-		"byok.local_keyring = '$keyring'",
-		"byok.poll_interval = 200ms",
-		"wal_level = logical",
-		"max_prepared_transactions = 20",
-		"max_worker_processes = 32",
-		"citus.shard_count = 4",
-		"listen_addresses = '127.0.0.1'") . "\n");
-	$node->{byok_keyring} = $keyring;
-	$node->start;
-	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
-	return $node;
-}
-
-my $coord = citus_node('coordinator', 'byok,citus');
-my @workers = (citus_node('worker1', 'citus,byok'), citus_node('worker2', 'byok,citus'));
+my $coord = citus_node('coordinator', 'byok,citus', $keyring);
+my @workers = (citus_node('worker1', 'citus,byok', $keyring), citus_node('worker2', 'byok,citus', $keyring));
 my @nodes = ($coord, @workers);
 sub cq { return $coord->safe_psql('postgres', $_[0]); }
 sub each_node { my ($sql) = @_; return join(',', map { $_->safe_psql('postgres', $sql) } @nodes); }
