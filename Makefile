@@ -10,7 +10,7 @@ OBJS = \
 	src/providers/json.o src/providers/answers.o src/providers/sigv4.o \
 	src/cache/shmem.o src/cache/slots.o src/cache/keys.o src/cache/flight.o src/cache/cmk.o src/cache/events.o src/cache/poller.o src/cache/wal.o \
 	src/catalog/access.o src/catalog/citus.o src/catalog/data_keys.o src/catalog/tenants.o src/catalog/xact.o \
-	src/catalog/asowner.o src/catalog/extdrop.o src/catalog/ledger.o src/catalog/viewdml.o src/catalog/citus_bind.o \
+	src/catalog/asowner.o src/catalog/extdrop.o src/catalog/ledger.o src/catalog/viewdml.o src/catalog/citus_bind.o src/catalog/citus_pollers.o \
 	src/handles/handles.o \
 	src/worker/worker.o \
 	src/sql/api.o src/sql/stats.o

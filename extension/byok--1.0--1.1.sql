@@ -758,7 +758,7 @@ BEGIN
     END IF;
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
     PERFORM pg_catalog.set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
-    FOREACH t IN ARRAY ARRAY['tenants', 'tenant_keys', 'data_keys', 'scopes', 'protected_columns'] LOOP
+    FOREACH t IN ARRAY ARRAY['tenants', 'tenant_keys', 'data_keys', 'scopes', 'protected_columns', 'cmk_reports'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
                        WHERE logicalrelid OPERATOR(pg_catalog.=) pg_catalog.format('byok.%I', t)::pg_catalog.regclass) THEN
             PERFORM pg_catalog.create_reference_table(pg_catalog.format('byok.%I', t)::pg_catalog.regclass);
@@ -768,7 +768,7 @@ BEGIN
     -- the rows now live in the copies; none may linger in the shells (a
     -- destroyed tenant's wrapped keys would outlive its destruction there);
     -- referencing tables first
-    FOREACH t IN ARRAY ARRAY['data_keys', 'tenant_keys', 'scopes', 'protected_columns', 'tenants'] LOOP
+    FOREACH t IN ARRAY ARRAY['data_keys', 'tenant_keys', 'scopes', 'protected_columns', 'tenants', 'cmk_reports'] LOOP
         IF t OPERATOR(pg_catalog.=) ANY (made) THEN
             PERFORM pg_catalog.truncate_local_data_after_distributing_table(
                 pg_catalog.format('byok.%I', t)::pg_catalog.regclass);
@@ -1699,6 +1699,44 @@ CREATE FUNCTION byok_rotate_for_limit(tenant text, scope text, dek_id bigint) RE
 AS 'MODULE_PATHNAME', 'byok_rotate_for_limit'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION byok_rotate_for_limit(text, text, bigint) FROM PUBLIC;
+
+-- byok.cluster_pollers (src/catalog/citus_pollers.c): what the nodes that
+-- ask a provider about a CMK answered, for the nodes that do not.  A
+-- reference table on a Citus cluster, written by each node's "byok cmk
+-- reporter" only (a forged 'enabled' would let a disabled tenant back in);
+-- the row trigger applies each report to the node's tenants.  Not dumped:
+-- a report is of the moment, and a restored cluster asks again.
+CREATE TABLE byok.cmk_reports (
+    provider text NOT NULL,
+    key_ref text NOT NULL,
+    node_group integer NOT NULL,
+    state text NOT NULL CHECK (state IN ('enabled', 'disabled', 'destroyed')),
+    asked_at timestamptz NOT NULL,
+    reported_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (provider, key_ref, node_group)
+);
+REVOKE ALL ON byok.cmk_reports FROM PUBLIC;
+GRANT SELECT ON byok.cmk_reports TO byok_auditor;
+
+CREATE FUNCTION byok.cmk_reported() RETURNS trigger
+AS 'MODULE_PATHNAME', 'byok_cmk_reported'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION byok.cmk_reported() FROM PUBLIC;
+CREATE TRIGGER cmk_reported AFTER INSERT OR UPDATE ON byok.cmk_reports
+    FOR EACH ROW EXECUTE FUNCTION byok.cmk_reported();
+
+-- This node's CMK registry: each key's last known state, whether this
+-- node's poller asks the provider about it (byok.cluster_pollers), and the
+-- last report of another node applied here.
+CREATE FUNCTION byok_cmk_status(
+    OUT provider text, OUT key_ref text, OUT state text, OUT polled_here boolean,
+    OUT relayed boolean, OUT reported_by integer, OUT reported_at timestamptz,
+    OUT last_asked_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'byok_cmk_status'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+REVOKE ALL ON FUNCTION byok_cmk_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION byok_cmk_status() TO byok_auditor;
 
 -- CREATE EXTENSION byok on a Citus coordinator that is in Citus's metadata
 -- sets the catalog up for the cluster at once (Citus then creates the

@@ -81,6 +81,7 @@ byok_xact_event(XactEvent event)
 			byok_handle_pre_commit();
 			byok_keystore_pre_commit();
 			byok_keystore_apply_lockouts();
+			byok_cmk_reports_apply();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			byok_handle_check_lockouts();
@@ -92,6 +93,7 @@ byok_xact_event(XactEvent event)
 			byok_keystore_pre_prepare();
 			/* a Citus worker's lockouts, before the coordinator commits */
 			byok_keystore_apply_lockouts();
+			byok_cmk_reports_apply();
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:

@@ -31,6 +31,7 @@ char	   *byok_local_keyring = NULL;
 char	   *byok_tenant = NULL;
 uint32		byok_tenant_guc_epoch = 1;
 int			byok_poll_interval = 1000;
+int			byok_cluster_pollers = 0;
 int			byok_kms_timeout = 5000;
 int			byok_unreachable_policy = BYOK_SERVE_CACHED;
 int			byok_unreachable_grace = 60;
@@ -152,6 +153,14 @@ byok_guc_define(void)
 							"A customer's disabled or destroyed key locks its tenant out within about this interval.",
 							&byok_poll_interval, 1000, 100, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("byok.cluster_pollers",
+							"How many nodes of a Citus cluster ask a provider about each customer master key.",
+							"0: every node asks about every key it uses.  N: N primary nodes, chosen per key, ask "
+							"and report the answer to the others through byok.cmk_reports; a node whose reports "
+							"stop asks again itself.  Set the same on every node.",
+							&byok_cluster_pollers, 0, 0, 1000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	DefineCustomEnumVariable("byok.unreachable_policy",
 							 "What happens to a tenant whose key provider cannot be reached.",

@@ -15,6 +15,7 @@ extern char *byok_local_keyring;
 extern char *byok_tenant;
 extern uint32 byok_tenant_guc_epoch;
 extern int	byok_poll_interval;
+extern int	byok_cluster_pollers;
 extern int	byok_kms_timeout;
 extern int	byok_unreachable_policy;
 extern int	byok_unreachable_grace;

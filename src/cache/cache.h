@@ -113,6 +113,13 @@ typedef struct ByokCmkInfo
 	int64		last_poll_us;	/* duration of the last poll */
 	TimestampTz unreachable_since;	/* first failed poll in a row, or 0 */
 	char		last_error[128];	/* sanitised, from the provider */
+	TimestampTz last_asked_at;	/* when the answer recorded was asked for */
+	bool		relayed;		/* other nodes ask (byok.cluster_pollers) */
+	TimestampTz reported_at;	/* their last report applied here, or 0 */
+	int32		reported_group; /* the node group that sent it */
+	int			sent_state;		/* last state reported from here, -1 if none */
+	TimestampTz sent_at;
+	TimestampTz sent_asked_at;
 } ByokCmkInfo;
 
 /* a tenant state change, reported to the server log and the audit log */
@@ -226,6 +233,13 @@ extern bool byok_cmk_get(int idx, ByokCmkInfo *out);
 extern List *byok_cmk_record_poll(int idx, uint64 serial, TimestampTz asked_at,
 								  ByokKmsStatus status, ByokKeyState state,
 								  int64 us, const ByokKmsError *err);
+extern void byok_cmk_watch(const char *provider, const char *key_ref);
+extern void byok_cmk_set_relayed(int idx, uint64 serial, bool relayed);
+extern void byok_cmk_mark_sent(int idx, uint64 serial, int state, TimestampTz asked_at);
+extern List *byok_cmk_record_report(const char *provider, const char *key_ref, ByokKeyState state,
+									TimestampTz asked_at, int32 group);
+extern int64 byok_cmk_report_interval_us(void);
+extern bool byok_cmk_polled_here(const ByokCmkInfo *c);
 
 /* events.c */
 extern void byok_event_queue(const ByokStateChange *change, const char *event, const char *detail);
@@ -238,6 +252,10 @@ extern void byok_poller_register(bool slow_lane);
 extern void byok_slow_lane_beat(void);
 extern bool byok_slow_lane_alive(void);
 extern void byok_poller_wake(void);
+extern void byok_cluster_note_db(Oid dboid);
+extern Oid	byok_cluster_db(void);
+extern void byok_reporter_register(void);
+extern void byok_reporter_wake(void);
 extern void byok_poller_round_done(int64 us, int ncmks);
 extern void byok_poller_get_status(ByokPollerStatus *out);
 

@@ -62,6 +62,12 @@ typedef struct ByokCmk
 	bool		slow;			/* asked by the slow-key poller (see byok_cmk_record_poll) */
 	int			fast_streak;	/* answers in time in a row while slow */
 	int			destroyed_polls;	/* polls in a row that said destroyed */
+	bool		relayed;		/* other nodes ask, this one takes their reports */
+	TimestampTz reported_at;	/* last report of another node applied here */
+	int32		reported_group; /* the Citus node group that sent it */
+	int			sent_state;		/* last state this node reported, -1 if none */
+	TimestampTz sent_at;		/* when it reported it */
+	TimestampTz sent_asked_at;	/* the question that answer came from */
 } ByokCmk;
 
 typedef struct ByokCmkMapKey
@@ -94,6 +100,8 @@ typedef struct ByokShared
 	ByokPollerStatus poller;	/* the poller's own figures */
 	int			slow_pid;		/* the slow-key poller, 0 when not running */
 	TimestampTz slow_seen_at;	/* when it last started or ended a round */
+	Oid			cluster_db;		/* the database whose catalog Citus copies, or 0 */
+	int			reporter_procno;	/* pgprocno of the CMK reporter, -1 if none */
 } ByokShared;
 
 typedef struct ByokCacheEntry

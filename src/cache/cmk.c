@@ -73,6 +73,7 @@ byok_cmk_register(int slot, const char *provider, const char *key_ref, int32 ver
 			strlcpy(c->provider, provider, sizeof(c->provider));
 			strlcpy(c->key_ref, key_ref, sizeof(c->key_ref));
 			c->last_state = -1;
+			c->sent_state = -1;
 		}
 	}
 	if (me != NULL)
@@ -109,6 +110,13 @@ kc_cmk_copy(int idx, ByokCmkInfo *out)
 	out->last_poll_us = c->last_poll_us;
 	out->unreachable_since = c->unreachable_since;
 	strlcpy(out->last_error, c->last_error, sizeof(out->last_error));
+	out->last_asked_at = c->last_asked_at;
+	out->relayed = c->relayed;
+	out->reported_at = c->reported_at;
+	out->reported_group = c->reported_group;
+	out->sent_state = c->sent_state;
+	out->sent_at = c->sent_at;
+	out->sent_asked_at = c->sent_asked_at;
 }
 
 /*
@@ -313,5 +321,141 @@ byok_cmk_record_poll(int idx, uint64 serial, TimestampTz asked_at, ByokKmsStatus
 		}
 	}
 	LWLockRelease(kc_lock);
+	return changes;
+}
+
+/* ---- byok.cluster_pollers: CMKs other nodes ask about ---- */
+
+/*
+ * How often a node that asks about a CMK for the others reports its answer
+ * when nothing changed (a change is reported at once): five poll
+ * intervals.  A relayed CMK whose last report is older than three of these
+ * and a poll interval is asked about here again (byok_cmk_polled_here): a
+ * node that stops reporting (down, its provider failing, cluster_pollers
+ * set to 0 there) never leaves the others blind for longer than that.
+ */
+int64
+byok_cmk_report_interval_us(void)
+{
+	return (int64) byok_poll_interval * 5 * 1000;
+}
+
+/* Does this node's poller ask the provider about CMK c this round? */
+bool
+byok_cmk_polled_here(const ByokCmkInfo *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (byok_cluster_pollers == 0 || !c->relayed || c->reported_at == 0)
+		return true;
+	return now - c->reported_at >= 3 * byok_cmk_report_interval_us() + (int64) byok_poll_interval * 1000;
+}
+
+/*
+ * This node asks about CMK (provider, key_ref) for the others: enter it in
+ * the registry if no session here has (no tenant slot points at it; it
+ * stays live while the reporter calls this, every second), and ask about
+ * it here.  Takes the lock exclusive.
+ */
+void
+byok_cmk_watch(const char *provider, const char *key_ref)
+{
+	ByokCmkMapKey mk;
+	ByokCmkMapEntry *me;
+	bool		found;
+
+	memset(&mk, 0, sizeof(mk));
+	strlcpy(mk.provider, provider, sizeof(mk.provider));
+	strlcpy(mk.key_ref, key_ref, sizeof(mk.key_ref));
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	me = hash_search(kc_cmk_map, &mk, HASH_FIND, NULL);
+	if (me == NULL)
+	{
+		for (int i = 0; i < byok_max_tenants; i++)
+			if (!kc_cmks[i].in_use)
+			{
+				ByokCmk    *c = &kc_cmks[i];
+
+				me = hash_search(kc_cmk_map, &mk, HASH_ENTER, &found);
+				me->idx = i;
+				memset(c, 0, sizeof(ByokCmk));
+				c->in_use = true;
+				c->serial = ++kc_shared->cmk_serial;
+				strlcpy(c->provider, provider, sizeof(c->provider));
+				strlcpy(c->key_ref, key_ref, sizeof(c->key_ref));
+				c->last_state = -1;
+				c->sent_state = -1;
+				break;
+			}
+	}
+	if (me != NULL)
+	{
+		kc_cmks[me->idx].last_active_at = GetCurrentTimestamp();
+		kc_cmks[me->idx].relayed = false;
+	}
+	LWLockRelease(kc_lock);
+}
+
+/* Mark CMK idx as asked about by other nodes (or by this one).  Lock exclusive. */
+void
+byok_cmk_set_relayed(int idx, uint64 serial, bool relayed)
+{
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (idx >= 0 && idx < byok_max_tenants && kc_cmks[idx].in_use && kc_cmks[idx].serial == serial)
+		kc_cmks[idx].relayed = relayed;
+	LWLockRelease(kc_lock);
+}
+
+/* The reporter sent this answer about CMK idx.  Lock exclusive. */
+void
+byok_cmk_mark_sent(int idx, uint64 serial, int state, TimestampTz asked_at)
+{
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (idx >= 0 && idx < byok_max_tenants && kc_cmks[idx].in_use && kc_cmks[idx].serial == serial)
+	{
+		kc_cmks[idx].sent_state = state;
+		kc_cmks[idx].sent_at = GetCurrentTimestamp();
+		kc_cmks[idx].sent_asked_at = asked_at;
+	}
+	LWLockRelease(kc_lock);
+}
+
+/*
+ * Another node's answer about CMK (provider, key_ref), asked at asked_at:
+ * applied to this node's tenants exactly as a poll of its own would be
+ * (byok_cmk_record_poll: an older answer than the last one recorded is
+ * not), if this node relays the CMK; a CMK this node asks about itself, or
+ * does not use, is left alone.  Returns the state changes.
+ */
+List *
+byok_cmk_record_report(const char *provider, const char *key_ref, ByokKeyState state,
+					   TimestampTz asked_at, int32 group)
+{
+	ByokCmkMapKey mk;
+	ByokCmkMapEntry *me;
+	ByokKmsError err;
+	int			idx = -1;
+	uint64		serial = 0;
+	List	   *changes;
+
+	if (state >= BYOK_KEY_STATE_COUNT)
+		return NIL;
+	memset(&mk, 0, sizeof(mk));
+	strlcpy(mk.provider, provider, sizeof(mk.provider));
+	strlcpy(mk.key_ref, key_ref, sizeof(mk.key_ref));
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	me = hash_search(kc_cmk_map, &mk, HASH_FIND, NULL);
+	if (me != NULL && kc_cmks[me->idx].relayed)
+	{
+		idx = me->idx;
+		serial = kc_cmks[idx].serial;
+		kc_cmks[idx].reported_at = GetCurrentTimestamp();
+		kc_cmks[idx].reported_group = group;
+	}
+	LWLockRelease(kc_lock);
+	if (idx < 0)
+		return NIL;
+	memset(&err, 0, sizeof(err));
+	changes = byok_cmk_record_poll(idx, serial, asked_at, BYOK_KMS_OK, state, 0, &err);
 	return changes;
 }

@@ -125,3 +125,57 @@ byok_poller_get_status(ByokPollerStatus *out)
 	*out = kc_shared->poller;
 	LWLockRelease(kc_lock);
 }
+
+/* ---- byok.cluster_pollers: the database Citus copies byok's catalog in ---- */
+
+/* A backend found this database's catalog copied by Citus (ks_citus_refresh). */
+void
+byok_cluster_note_db(Oid dboid)
+{
+	if (kc_shared->cluster_db == dboid)
+		return;
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	kc_shared->cluster_db = dboid;
+	LWLockRelease(kc_lock);
+}
+
+Oid
+byok_cluster_db(void)
+{
+	Oid			db;
+
+	LWLockAcquire(kc_lock, LW_SHARED);
+	db = kc_shared->cluster_db;
+	LWLockRelease(kc_lock);
+	return db;
+}
+
+static void
+kc_reporter_exit(int code, Datum arg)
+{
+	LWLockReleaseAll();
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (kc_shared->reporter_procno == MyProc->pgprocno)
+		kc_shared->reporter_procno = -1;
+	LWLockRelease(kc_lock);
+}
+
+/* The CMK reporter (catalog/citus_pollers.c) is running: the poller wakes it. */
+void
+byok_reporter_register(void)
+{
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	kc_shared->reporter_procno = MyProc->pgprocno;
+	LWLockRelease(kc_lock);
+	before_shmem_exit(kc_reporter_exit, 0);
+}
+
+/* After each round: the reporter sends what changed at once. */
+void
+byok_reporter_wake(void)
+{
+	int			procno = kc_shared->reporter_procno;
+
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}

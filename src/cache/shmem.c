@@ -159,6 +159,8 @@ byok_cache_shmem_startup(void)
 		memset(&kc_shared->poller, 0, sizeof(ByokPollerStatus));
 		kc_shared->slow_pid = 0;
 		kc_shared->slow_seen_at = 0;
+		kc_shared->cluster_db = InvalidOid;
+		kc_shared->reporter_procno = -1;
 		for (int i = 0; i < byok_cache_size; i++)
 			kc_free[i] = byok_cache_size - 1 - i;
 		kc_shared->nfree = byok_cache_size;

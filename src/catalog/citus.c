@@ -200,7 +200,10 @@ ks_citus_refresh(void)
 		ks_place.active = n > 0;
 	}
 	if (ks_place.active)
+	{
 		ks_callbacks_first();
+		byok_cluster_note_db(MyDatabaseId);
+	}
 	if (memcmp(&ks_place, &ks_planned, sizeof(ks_place)) != 0)
 	{
 		ks_free_plans();

@@ -72,6 +72,10 @@ extern void byok_keystore_xact_callbacks(XactCallback xact, SubXactCallback subx
 extern bool byok_in_xact_callback;
 extern int64 byok_keystore_citus_reserve(int64 dek_id, uint64 want);
 extern void byok_keystore_forget_lockouts(void);
+
+/* citus_pollers.c: other nodes' answers about a CMK (byok.cluster_pollers) */
+extern void byok_cmk_reports_apply(void);
+extern void byok_cmk_reports_forget(void);
 extern void byok_keystore_catalog_changed(void);
 
 extern void byok_check_tenant_name(const char *tenant);

@@ -176,6 +176,7 @@ byok_keystore_xact_end(bool commit)
 	ks_bump_epoch = false;
 	ks_flush_at_commit = false;
 	byok_keystore_forget_lockouts();
+	byok_cmk_reports_forget();
 }
 
 /*

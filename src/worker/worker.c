@@ -70,6 +70,8 @@ PGDLLEXPORT void byok_event_writer_main(Datum arg);
 #define WRITER_BATCH 512
 
 static BackgroundWorkerHandle *writer_handle = NULL;
+static BackgroundWorkerHandle *reporter_handle = NULL;
+static TimestampTz reporter_started = 0;
 static Oid	writer_db = InvalidOid;
 static int	writer_tries = 0;
 
@@ -206,7 +208,7 @@ wk_poll_round(bool slow_lane, MemoryContext round_cxt)
 	/* this lane's CMKs; the poller asks about all of them if the slow lane is gone */
 	all = !slow_lane && !byok_slow_lane_alive();
 	for (int i = 0; i < n; i++)
-		if (all || wk_slow(&cmks[i]) == slow_lane)
+		if ((all || wk_slow(&cmks[i]) == slow_lane) && byok_cmk_polled_here(&cmks[i]))
 			cmks[kept++] = cmks[i];
 	n = kept;
 	if (n > 0)
@@ -251,6 +253,8 @@ wk_poll_round(bool slow_lane, MemoryContext round_cxt)
 	}
 	if (n > 0)
 		pgstat_report_activity(STATE_IDLE, NULL);
+	/* what other nodes rely on is reported at once */
+	byok_reporter_wake();
 
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(round_cxt);
@@ -326,6 +330,48 @@ wk_launch_writer(void)
 }
 
 /*
+ * With byok.cluster_pollers set, on a primary whose database has byok's
+ * catalog copied by Citus: keep the CMK reporter (catalog/citus_pollers.c)
+ * running there.  It exits by itself when the setting goes back to 0.
+ */
+static void
+wk_launch_reporter(void)
+{
+	BackgroundWorker worker;
+	Oid			dboid;
+	pid_t		pid;
+
+	if (byok_cluster_pollers == 0 || RecoveryInProgress())
+		return;
+	dboid = byok_cluster_db();
+	if (!OidIsValid(dboid))
+		return;
+	if (reporter_handle != NULL)
+	{
+		if (GetBackgroundWorkerPid(reporter_handle, &pid) != BGWH_STOPPED)
+			return;
+		pfree(reporter_handle);
+		reporter_handle = NULL;
+	}
+	/* one that failed (a node down, say) is started again a second later */
+	if (GetCurrentTimestamp() - reporter_started < USECS_PER_SEC)
+		return;
+	reporter_started = GetCurrentTimestamp();
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "byok", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "byok_reporter_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "byok cmk reporter", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "byok cmk reporter", BGW_MAXLEN);
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+	worker.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&worker, &reporter_handle))
+		reporter_handle = NULL; /* no worker slot free: try next round */
+}
+
+/*
  * The time to the next round: byok.poll_interval less up to a tenth of it
  * at random, so that the pollers of many nodes (standbys, a platform's
  * clusters) do not ask a provider in lockstep; never more than the
@@ -376,7 +422,10 @@ byok_poller_main(Datum arg)
 			wk_poll_round(slow_lane, round_cxt);
 		}
 		if (!slow_lane)
+		{
 			wk_launch_writer();
+			wk_launch_reporter();
+		}
 
 		now = GetCurrentTimestamp();
 		wait_ms = next_round > now ? (long) ((next_round - now + 999) / 1000) : 0;
