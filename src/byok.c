@@ -124,6 +124,7 @@ byok_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		/* the aborted work may have created a DEK that no longer exists */
 		byok_handle_forget_current();
 		byok_keystore_subxact_abort(mySubid);
+		byok_cmk_reports_subxact_abort(mySubid);
 	}
 }
 

@@ -120,6 +120,7 @@ typedef struct ByokCmkInfo
 	int			sent_state;		/* last state reported from here, -1 if none */
 	TimestampTz sent_at;
 	TimestampTz sent_asked_at;
+	bool		answer_reported;	/* the last answer is another node's report */
 } ByokCmkInfo;
 
 /* a tenant state change, reported to the server log and the audit log */
@@ -233,7 +234,8 @@ extern bool byok_cmk_get(int idx, ByokCmkInfo *out);
 extern List *byok_cmk_record_poll(int idx, uint64 serial, TimestampTz asked_at,
 								  ByokKmsStatus status, ByokKeyState state,
 								  int64 us, const ByokKmsError *err);
-extern void byok_cmk_watch(const char *provider, const char *key_ref);
+extern int	byok_cmk_snapshot_db(Oid dboid, bool unused, ByokCmkInfo **out);
+extern bool byok_cmk_watch(const char *provider, const char *key_ref);
 extern void byok_cmk_set_relayed(int idx, uint64 serial, bool relayed);
 extern void byok_cmk_mark_sent(int idx, uint64 serial, int state, TimestampTz asked_at);
 extern List *byok_cmk_record_report(const char *provider, const char *key_ref, ByokKeyState state,

@@ -68,6 +68,7 @@ typedef struct ByokCmk
 	int			sent_state;		/* last state this node reported, -1 if none */
 	TimestampTz sent_at;		/* when it reported it */
 	TimestampTz sent_asked_at;	/* the question that answer came from */
+	bool		answer_reported;	/* the last answer came from another node's report */
 } ByokCmk;
 
 typedef struct ByokCmkMapKey

@@ -117,6 +117,7 @@ kc_cmk_copy(int idx, ByokCmkInfo *out)
 	out->sent_state = c->sent_state;
 	out->sent_at = c->sent_at;
 	out->sent_asked_at = c->sent_asked_at;
+	out->answer_reported = c->answer_reported;
 }
 
 /*
@@ -230,6 +231,7 @@ byok_cmk_record_poll(int idx, uint64 serial, TimestampTz asked_at, ByokKmsStatus
 		return NIL;
 	}
 	c->last_asked_at = asked_at;
+	c->answer_reported = false;
 	/*
 	 * Which poller asks next time: a failed or slow answer (over half of
 	 * byok.kms_timeout) sends the CMK to the slow-key poller; three answers
@@ -351,25 +353,45 @@ byok_cmk_polled_here(const ByokCmkInfo *c)
 	return now - c->reported_at >= 3 * byok_cmk_report_interval_us() + (int64) byok_poll_interval * 1000;
 }
 
+/* Free registry entries.  Lock held. */
+static int
+kc_cmk_free(void)
+{
+	int			n = 0;
+
+	for (int i = 0; i < byok_max_tenants; i++)
+		if (!kc_cmks[i].in_use)
+			n++;
+	return n;
+}
+
 /*
  * This node asks about CMK (provider, key_ref) for the others: enter it in
  * the registry if no session here has (no tenant slot points at it; it
  * stays live while the reporter calls this, every second), and ask about
- * it here.  Takes the lock exclusive.
+ * it here.  A tenth of the registry stays free for this node's own
+ * sessions (a key they use that found no entry would not be polled):
+ * false when the key could not be entered for that reason.  Takes the
+ * lock exclusive.
  */
-void
+bool
 byok_cmk_watch(const char *provider, const char *key_ref)
 {
 	ByokCmkMapKey mk;
 	ByokCmkMapEntry *me;
 	bool		found;
+	bool		full = false;
 
 	memset(&mk, 0, sizeof(mk));
 	strlcpy(mk.provider, provider, sizeof(mk.provider));
 	strlcpy(mk.key_ref, key_ref, sizeof(mk.key_ref));
 	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
 	me = hash_search(kc_cmk_map, &mk, HASH_FIND, NULL);
-	if (me == NULL)
+	if (me != NULL)
+		;
+	else if (kc_cmk_free() <= Max(1, byok_max_tenants / 10))
+		full = true;
+	else
 	{
 		for (int i = 0; i < byok_max_tenants; i++)
 			if (!kc_cmks[i].in_use)
@@ -394,6 +416,7 @@ byok_cmk_watch(const char *provider, const char *key_ref)
 		kc_cmks[me->idx].relayed = false;
 	}
 	LWLockRelease(kc_lock);
+	return !full;
 }
 
 /* Mark CMK idx as asked about by other nodes (or by this one).  Lock exclusive. */
@@ -437,19 +460,28 @@ byok_cmk_record_report(const char *provider, const char *key_ref, ByokKeyState s
 	int			idx = -1;
 	uint64		serial = 0;
 	List	   *changes;
+	TimestampTz now = GetCurrentTimestamp();
 
 	if (state >= BYOK_KEY_STATE_COUNT)
 		return NIL;
 	memset(&mk, 0, sizeof(mk));
 	strlcpy(mk.provider, provider, sizeof(mk.provider));
 	strlcpy(mk.key_ref, key_ref, sizeof(mk.key_ref));
+	/*
+	 * The asking node's clock: an answer from its future counts as asked
+	 * now, so a node whose clock runs ahead cannot make every later answer
+	 * look older; one from further back than the last answer recorded here
+	 * is not applied and does not count as a report (a node whose clock
+	 * runs behind then leaves this node asking itself).
+	 */
+	asked_at = Min(asked_at, now);
 	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
 	me = hash_search(kc_cmk_map, &mk, HASH_FIND, NULL);
-	if (me != NULL && kc_cmks[me->idx].relayed)
+	if (me != NULL && kc_cmks[me->idx].relayed && asked_at >= kc_cmks[me->idx].last_asked_at)
 	{
 		idx = me->idx;
 		serial = kc_cmks[idx].serial;
-		kc_cmks[idx].reported_at = GetCurrentTimestamp();
+		kc_cmks[idx].reported_at = now;
 		kc_cmks[idx].reported_group = group;
 	}
 	LWLockRelease(kc_lock);
@@ -457,5 +489,38 @@ byok_cmk_record_report(const char *provider, const char *key_ref, ByokKeyState s
 		return NIL;
 	memset(&err, 0, sizeof(err));
 	changes = byok_cmk_record_poll(idx, serial, asked_at, BYOK_KMS_OK, state, 0, &err);
+	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
+	if (kc_cmks[idx].in_use && kc_cmks[idx].serial == serial && kc_cmks[idx].last_asked_at == asked_at)
+		kc_cmks[idx].answer_reported = true;
+	LWLockRelease(kc_lock);
 	return changes;
+}
+
+/*
+ * The registry entries database dboid may see (byok_cmk_status): those its
+ * tenants use, and (with unused) those no tenant of another database uses
+ * (the keys the reporter of the cluster's database watches).  Returns the
+ * count, a palloc'd array in *out.  Takes the lock shared.
+ */
+int
+byok_cmk_snapshot_db(Oid dboid, bool unused, ByokCmkInfo **out)
+{
+	int			n = 0;
+	char	   *use = palloc0(byok_max_tenants);	/* 1 here, 2 elsewhere */
+
+	*out = palloc(sizeof(ByokCmkInfo) * byok_max_tenants);
+	LWLockAcquire(kc_lock, LW_SHARED);
+	for (int i = 0; i < byok_max_tenants; i++)
+	{
+		ByokTenantSlot *ts = &kc_slots[i];
+
+		if (ts->in_use && ts->cmk >= 0 && ts->cmk < byok_max_tenants)
+			use[ts->cmk] |= ts->dboid == dboid ? 1 : 2;
+	}
+	for (int i = 0; i < byok_max_tenants; i++)
+		if (kc_cmks[i].in_use && ((use[i] & 1) || (unused && use[i] == 0)))
+			kc_cmk_copy(i, &(*out)[n++]);
+	LWLockRelease(kc_lock);
+	pfree(use);
+	return n;
 }

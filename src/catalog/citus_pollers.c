@@ -86,6 +86,7 @@ static const char *const cr_state_names[BYOK_KEY_STATE_COUNT] = {"enabled", "dis
 static int32 cr_groups[CR_MAX_GROUPS];
 static int	cr_ngroups = 0;
 static int32 cr_me = -1;
+static bool cr_full_warned = false;
 
 /* ---- who asks about a CMK ---- */
 
@@ -192,8 +193,16 @@ cr_assign(void)
 				char	   *provider = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 				char	   *key_ref = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
-				if (provider != NULL && key_ref != NULL && cr_asks(provider, key_ref))
-					byok_cmk_watch(provider, key_ref);
+				if (provider != NULL && key_ref != NULL && cr_asks(provider, key_ref) &&
+					!byok_cmk_watch(provider, key_ref) && !cr_full_warned)
+				{
+					ereport(WARNING,
+							(errmsg("byok key registry is nearly full; this node does not ask about every key it is chosen for"),
+							 errdetail("A tenth of byok.max_tenants stays free for this node's own sessions; "
+									   "the other nodes ask about those keys themselves once their reports are stale."),
+							 errhint("Raise byok.max_tenants.")));
+					cr_full_warned = true;
+				}
 			}
 		}
 	}
@@ -214,7 +223,8 @@ cr_assign(void)
 static bool
 cr_due(const ByokCmkInfo *c, TimestampTz now)
 {
-	if (c->relayed || c->last_status != BYOK_KMS_OK || c->last_state < 0 ||
+	/* this node's own answers only: never one it was told by another node */
+	if (c->relayed || c->answer_reported || c->last_status != BYOK_KMS_OK || c->last_state < 0 ||
 		c->last_state >= BYOK_KEY_STATE_COUNT || c->last_asked_at <= c->sent_asked_at)
 		return false;
 	return c->last_state != c->sent_state || now - c->sent_at >= byok_cmk_report_interval_us();
@@ -244,8 +254,8 @@ cr_report(void)
 						 due > 0 ? ", " : "",
 						 quote_literal_cstr(cmks[i].provider), quote_literal_cstr(cmks[i].key_ref),
 						 cr_me, quote_literal_cstr(cr_state_names[cmks[i].last_state]),
-						 quote_literal_cstr(timestamptz_to_str(cmks[i].last_asked_at)),
-						 quote_literal_cstr(timestamptz_to_str(now)));
+						 quote_literal_cstr(pstrdup(timestamptz_to_str(cmks[i].last_asked_at))),
+						 quote_literal_cstr(pstrdup(timestamptz_to_str(now))));
 		cmks[due++] = cmks[i];
 	}
 	if (due == 0)
@@ -285,6 +295,7 @@ byok_reporter_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	TimestampTz next_assign = 0;
+	MemoryContext loop_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -292,10 +303,12 @@ byok_reporter_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("byok cmk reporter");
 	byok_reporter_register();
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "byok cmk reporter", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
 		TimestampTz now;
+		MemoryContext old;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -306,12 +319,15 @@ byok_reporter_main(Datum arg)
 		if (byok_cluster_pollers == 0 || RecoveryInProgress())
 			break;
 		now = GetCurrentTimestamp();
+		old = MemoryContextSwitchTo(loop_cxt);
 		if (now >= next_assign)
 		{
 			cr_assign();
 			next_assign = now + USECS_PER_SEC;
 		}
 		cr_report();
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(loop_cxt);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 byok_poll_interval, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -328,6 +344,7 @@ typedef struct CrReport
 	ByokKeyState state;
 	TimestampTz asked_at;
 	int32		group;
+	SubTransactionId subid;		/* queued in this subtransaction */
 } CrReport;
 
 static List *cr_reports = NIL;	/* CrReport, in TopTransactionContext */
@@ -354,6 +371,9 @@ byok_cmk_reported(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("byok.cmk_reported() is a row trigger on INSERT or UPDATE of byok.cmk_reports")));
+	/* without byok's shared memory there is nothing to apply (and no callback to clear the queue) */
+	if (!byok_cache_ready())
+		return PointerGetDatum(NULL);
 	rel = RelationGetRelationName(td->tg_relation);
 	if (RelationGetNamespace(td->tg_relation) != get_namespace_oid("byok", true) ||
 		strncmp(rel, "cmk_reports", 11) != 0 || (rel[11] != '\0' && rel[11] != '_'))
@@ -381,6 +401,7 @@ byok_cmk_reported(PG_FUNCTION_ARGS)
 	r->asked_at = isnull ? 0 : DatumGetTimestampTz(d);
 	d = SPI_getbinval(row, desc, SPI_fnumber(desc, "node_group"), &isnull);
 	r->group = isnull ? -1 : DatumGetInt32(d);
+	r->subid = GetCurrentSubTransactionId();
 	cr_reports = lappend(cr_reports, r);
 	MemoryContextSwitchTo(old);
 	return PointerGetDatum(row);
@@ -414,6 +435,21 @@ byok_cmk_reports_forget(void)
 	cr_reports = NIL;
 }
 
+/* A subtransaction aborted: drop what it and its children queued. */
+void
+byok_cmk_reports_subxact_abort(SubTransactionId subid)
+{
+	ListCell   *lc;
+
+	foreach(lc, cr_reports)
+	{
+		CrReport   *r = lfirst(lc);
+
+		if (r->subid >= subid)
+			cr_reports = foreach_delete_current(cr_reports, lc);
+	}
+}
+
 /* ---- byok_cmk_status() ---- */
 
 /*
@@ -430,7 +466,8 @@ byok_cmk_status(PG_FUNCTION_ARGS)
 
 	byok_check_loaded();
 	InitMaterializedSRF(fcinfo, 0);
-	n = byok_cmk_snapshot(&cmks, false);
+	/* the keys of this database's tenants (and, in the cluster's database, those watched for it) */
+	n = byok_cmk_snapshot_db(MyDatabaseId, MyDatabaseId == byok_cluster_db(), &cmks);
 	for (int i = 0; i < n; i++)
 	{
 		Datum		values[8];

@@ -76,6 +76,7 @@ extern void byok_keystore_forget_lockouts(void);
 /* citus_pollers.c: other nodes' answers about a CMK (byok.cluster_pollers) */
 extern void byok_cmk_reports_apply(void);
 extern void byok_cmk_reports_forget(void);
+extern void byok_cmk_reports_subxact_abort(SubTransactionId subid);
 extern void byok_keystore_catalog_changed(void);
 
 extern void byok_check_tenant_name(const char *tenant);

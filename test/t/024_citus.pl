@@ -35,7 +35,7 @@ for my $n ($coord, @workers)
 	is($n->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'byok'}), '1.1',
 		$n->name . ': CREATE EXTENSION byok on the coordinator reached it');
 	is($n->safe_psql('postgres', $distributed),
-		'byok.data_keys,byok.protected_columns,byok.scopes,byok.tenant_keys,byok.tenants',
+		'byok.cmk_reports,byok.data_keys,byok.protected_columns,byok.scopes,byok.tenant_keys,byok.tenants',
 		$n->name . ': and made the catalog Citus reference tables');
 }
 

@@ -146,6 +146,28 @@ ok(@sorted == 10 && median(@sorted) <= 400,
 	sprintf('the slowest node of each drill: median %.0f ms (bound 400 ms: one poll and one report)', median(@sorted) // -1));
 diag(lockout_summary('cluster_pollers = 1, key disabled at the asking node', @drill_max));
 
+# a report from a node whose clock runs a day ahead (written here as the
+# owner) must not make every later answer look older: it counts as asked
+# now, so the asking node's next answer (the key disabled) still applies
+cq(qq{INSERT INTO byok.cmk_reports VALUES ('local', '$x', 99, 'enabled', now() + interval '1 day', now())});
+usleep(100_000);
+disable_key($asks, $x);
+my $t_skew = time();
+my @late;
+for my $n (@others)
+{
+	$n->poll_query_until('postgres', "SELECT state = 'cmk_disabled' FROM byok_stats() WHERE tenant = '$x'");
+	push @late, (time() - $t_skew) * 1000;
+}
+ok($late[-1] <= 1500, sprintf('after a report from a day ahead, the key disabled still locks every node out within 1.5 s (%.0f ms)', $late[-1]));
+enable_key($asks, $x);
+cq(q{DELETE FROM byok.cmk_reports WHERE node_group = 99});
+for my $n (@nodes)
+{
+	$n->poll_query_until('postgres', "SELECT state = 'active' FROM byok_stats() WHERE tenant = '$x'")
+	  or BAIL_OUT($n->name . " never let $x back in");
+}
+
 # the asking node stops reporting (cluster_pollers = 0 there): the others
 # ask about the key themselves once its last report is three report
 # intervals (5 polls each) and a poll old
