@@ -218,6 +218,11 @@ is($state, '42501', 'the report trigger cannot be attached by another role (4250
 	CREATE TRIGGER f AFTER INSERT ON mine2 FOR EACH ROW EXECUTE FUNCTION byok.cmk_reported();
 	INSERT INTO mine2 VALUES ('local', 'x', 1, 'disabled', now())});
 is($state, '39P01', 'attached by a superuser to another table, it refuses to fire (39P01)');
+($state) = sql_error($coord, q{CREATE TABLE byok.not_reports (provider text, key_ref text, node_group int, state text, asked_at timestamptz);
+	CREATE TRIGGER f AFTER INSERT ON byok.not_reports FOR EACH ROW EXECUTE FUNCTION byok.cmk_reported();
+	INSERT INTO byok.not_reports VALUES ('local', 'x', 1, 'disabled', now())});
+is($state, '39P01', '... even to another table in schema byok (39P01)');
+cq(q{DROP TABLE IF EXISTS byok.not_reports});
 
 $_->stop for @nodes;
 done_testing();
