@@ -353,6 +353,15 @@ byok_cmk_polled_here(const ByokCmkInfo *c)
 	return now - c->reported_at >= 3 * byok_cmk_report_interval_us() + (int64) byok_poll_interval * 1000;
 }
 
+/* The registry's hash key of CMK (provider, key_ref). */
+static void
+kc_map_key(ByokCmkMapKey *mk, const char *provider, const char *key_ref)
+{
+	memset(mk, 0, sizeof(*mk));
+	strlcpy(mk->provider, provider, sizeof(mk->provider));
+	strlcpy(mk->key_ref, key_ref, sizeof(mk->key_ref));
+}
+
 /* Free registry entries.  Lock held. */
 static int
 kc_cmk_free(void)
@@ -382,9 +391,7 @@ byok_cmk_watch(const char *provider, const char *key_ref)
 	bool		found;
 	bool		full = false;
 
-	memset(&mk, 0, sizeof(mk));
-	strlcpy(mk.provider, provider, sizeof(mk.provider));
-	strlcpy(mk.key_ref, key_ref, sizeof(mk.key_ref));
+	kc_map_key(&mk, provider, key_ref);
 	LWLockAcquire(kc_lock, LW_EXCLUSIVE);
 	me = hash_search(kc_cmk_map, &mk, HASH_FIND, NULL);
 	if (me != NULL)
@@ -464,9 +471,7 @@ byok_cmk_record_report(const char *provider, const char *key_ref, ByokKeyState s
 
 	if (state >= BYOK_KEY_STATE_COUNT)
 		return NIL;
-	memset(&mk, 0, sizeof(mk));
-	strlcpy(mk.provider, provider, sizeof(mk.provider));
-	strlcpy(mk.key_ref, key_ref, sizeof(mk.key_ref));
+	kc_map_key(&mk, provider, key_ref);
 	/*
 	 * The asking node's clock: an answer from its future counts as asked
 	 * now, so a node whose clock runs ahead cannot make every later answer

@@ -161,14 +161,15 @@ for my $slowness ('none', 'latency 1000 ms', 'hung (byok.kms_timeout)')
 $kms->clear_faults;
 $watch->quit;
 
-# jitter: rounds end at most the interval apart, and not in lockstep (each
+# jitter: rounds start at most the interval apart, and not in lockstep (each
 # wait is the interval less up to a tenth of it at random)
 {
 	# sampled inside the server every 5 ms (a client's own stalls would merge rounds)
 	sq(q{CREATE TABLE round_ends (at float8);
 		DO $$ BEGIN
 			FOR i IN 1 .. 800 LOOP
-				INSERT INTO round_ends SELECT extract(epoch FROM last_round_at) FROM byok_poller_status();
+				-- when each round started: its end less its length (the length varies with the provider)
+				INSERT INTO round_ends SELECT extract(epoch FROM last_round_at) - last_round_ms / 1000 FROM byok_poller_status();
 				PERFORM pg_sleep(0.005);
 			END LOOP;
 		END $$});
