@@ -33,6 +33,33 @@
 #include "guc.h"
 
 /*
+ * A free registry entry for CMK mk, entered in the hash; NULL if the
+ * registry is full.  Lock held exclusive.
+ */
+static ByokCmkMapEntry *
+kc_cmk_enter(const ByokCmkMapKey *mk)
+{
+	for (int i = 0; i < byok_max_tenants; i++)
+		if (!kc_cmks[i].in_use)
+		{
+			ByokCmk    *c = &kc_cmks[i];
+			bool		found;
+			ByokCmkMapEntry *me = hash_search(kc_cmk_map, mk, HASH_ENTER, &found);
+
+			me->idx = i;
+			memset(c, 0, sizeof(ByokCmk));
+			c->in_use = true;
+			c->serial = ++kc_shared->cmk_serial;
+			strlcpy(c->provider, mk->provider, sizeof(c->provider));
+			strlcpy(c->key_ref, mk->key_ref, sizeof(c->key_ref));
+			c->last_state = -1;
+			c->sent_state = -1;
+			return me;
+		}
+	return NULL;
+}
+
+/*
  * Record that tenant slot 'slot' uses CMK (provider, key_ref), so the
  * poller watches it.  Returns the registry index, or -1 if the registry is
  * full (then the tenant is not polled; a warning says so).  Takes the lock
@@ -44,7 +71,6 @@ byok_cmk_register(int slot, const char *provider, const char *key_ref, int32 ver
 	ByokCmkMapKey mk;
 	ByokCmkMapEntry *me;
 	ByokTenantSlot *ts = &kc_slots[slot];
-	bool		found;
 	int			idx = -1;
 
 	memset(&mk, 0, sizeof(mk));
@@ -55,26 +81,7 @@ byok_cmk_register(int slot, const char *provider, const char *key_ref, int32 ver
 	me = hash_search(kc_cmk_map, &mk, HASH_FIND, NULL);
 	if (me == NULL)
 	{
-		for (int i = 0; i < byok_max_tenants; i++)
-			if (!kc_cmks[i].in_use)
-			{
-				idx = i;
-				break;
-			}
-		if (idx >= 0)
-		{
-			ByokCmk    *c = &kc_cmks[idx];
-
-			me = hash_search(kc_cmk_map, &mk, HASH_ENTER, &found);
-			me->idx = idx;
-			memset(c, 0, sizeof(ByokCmk));
-			c->in_use = true;
-			c->serial = ++kc_shared->cmk_serial;
-			strlcpy(c->provider, provider, sizeof(c->provider));
-			strlcpy(c->key_ref, key_ref, sizeof(c->key_ref));
-			c->last_state = -1;
-			c->sent_state = -1;
-		}
+		me = kc_cmk_enter(&mk);
 	}
 	if (me != NULL)
 	{
@@ -388,7 +395,6 @@ byok_cmk_watch(const char *provider, const char *key_ref)
 {
 	ByokCmkMapKey mk;
 	ByokCmkMapEntry *me;
-	bool		found;
 	bool		full = false;
 
 	kc_map_key(&mk, provider, key_ref);
@@ -400,22 +406,7 @@ byok_cmk_watch(const char *provider, const char *key_ref)
 		full = true;
 	else
 	{
-		for (int i = 0; i < byok_max_tenants; i++)
-			if (!kc_cmks[i].in_use)
-			{
-				ByokCmk    *c = &kc_cmks[i];
-
-				me = hash_search(kc_cmk_map, &mk, HASH_ENTER, &found);
-				me->idx = i;
-				memset(c, 0, sizeof(ByokCmk));
-				c->in_use = true;
-				c->serial = ++kc_shared->cmk_serial;
-				strlcpy(c->provider, provider, sizeof(c->provider));
-				strlcpy(c->key_ref, key_ref, sizeof(c->key_ref));
-				c->last_state = -1;
-				c->sent_state = -1;
-				break;
-			}
+		me = kc_cmk_enter(&mk);
 	}
 	if (me != NULL)
 	{
